@@ -1,0 +1,1 @@
+"""Q-Former bridge from the frozen SeFAR encoder to an LLM."""

@@ -1,0 +1,1 @@
+"""Gradio chat app for questions about gymnastics clips."""

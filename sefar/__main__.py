@@ -1,0 +1,3 @@
+from sefar.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""``sefar <stage> <action> ...``: one console command with a sub-command group per stage.
+
+Each group lives in its own small module (``sefar/<stage>_cmd.py``) that registers its parser and calls
+the package that does the work. Bad input raises :class:`encoder.data.errors.DataError` or ``ConfigError`` (or ``FileNotFoundError``),
+which is printed as one ``error:`` line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (group name, module with ``add_parser(subparsers)``, help)
+_GROUPS = (
+    ("data", "sefar.data_cmd", "prepare, synthesise and check video datasets"),
+    ("gymqa", "sefar.gymqa_cmd", "build, score and describe the Gym-QA benchmark"),
+    ("encoder", "sefar.encoder_cmd", "train, evaluate and export the SeFAR encoder"),
+    ("quickstart", "sefar.quickstart_cmd", "run the main job on the embedded SynGym default"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sefar", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="group", required=True, metavar="{" + ",".join(g for g, _, _ in _GROUPS) + "}")
+    for name, module, help_ in _GROUPS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:  # a stage whose module is not installed yet
+            if err.name != module:
+                raise
+            continue
+        mod.add_parser(sub, name, help_)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from encoder.data.errors import ConfigError, DataError
+
+    try:
+        result = args.func(args)
+    except (DataError, ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return int(result or 0)
