@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from encoder.data.errors import ConfigError
+from encoder.data.sampling import PAPER_COMBOS, ElementLayout, parse_combo, segment_frame_indices
+
+
+def test_224_layout_is_the_papers():
+    layout = ElementLayout.from_combo("{2-2-4}")
+    assert layout.num_frames == 8
+    assert layout.fine == ((1, 5), (3, 7))
+    assert layout.context == (0, 2, 4, 6)
+    assert layout.combo == "2-2-4"
+
+
+@pytest.mark.parametrize("combo", PAPER_COMBOS)
+def test_every_paper_combo_partitions_the_frames(combo):
+    layout = ElementLayout.from_combo(combo)
+    flat = sorted(p for element in layout.elements for p in element)
+    assert flat == list(range(layout.num_frames))
+    assert tuple(len(e) for e in layout.elements) == parse_combo(combo)
+    for element in layout.fine:  # fine elements are evenly strided
+        assert len(set(np.diff(element))) <= 1
+
+
+def test_other_layouts_are_pinned():
+    assert ElementLayout.from_combo("2-4").elements == ((1, 4), (0, 2, 3, 5))
+    assert ElementLayout.from_combo("2-2-8").fine == ((1, 7), (4, 10))
+
+
+@pytest.mark.parametrize("bad", ["", "4", "2-x-4", "2-0-4", "2-4-1"])
+def test_bad_combos_raise(bad):
+    with pytest.raises(ConfigError):
+        ElementLayout.from_combo(bad)
+
+
+def test_eval_sampling_takes_segment_centres():
+    assert segment_frame_indices(80, 8, train=False).tolist() == [5, 15, 25, 35, 45, 55, 65, 75]
+    views = [segment_frame_indices(80, 8, train=False, views=2, view=v) for v in range(2)]
+    assert views[0].tolist() == [2, 12, 22, 32, 42, 52, 62, 72]
+    assert views[1].tolist() == [7, 17, 27, 37, 47, 57, 67, 77]
+
+
+def test_train_sampling_stays_in_segments_and_is_seeded():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        idx = segment_frame_indices(80, 8, train=True, rng=rng)
+        assert ((idx // 10) == np.arange(8)).all()
+    a = segment_frame_indices(80, 8, train=True, rng=np.random.default_rng(3))
+    b = segment_frame_indices(80, 8, train=True, rng=np.random.default_rng(3))
+    assert (a == b).all()
+
+
+def test_short_clips_repeat_frames():
+    idx = segment_frame_indices(3, 8, train=False)
+    assert len(idx) == 8 and idx.min() >= 0 and idx.max() <= 2
+    assert sorted(set(idx.tolist())) == [0, 1, 2]
+    assert segment_frame_indices(1, 8, train=True, rng=np.random.default_rng(0)).tolist() == [0] * 8
