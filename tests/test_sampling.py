@@ -28,7 +28,7 @@ def test_other_layouts_are_pinned():
     assert ElementLayout.from_combo("2-2-8").fine == ((1, 7), (4, 10))
 
 
-@pytest.mark.parametrize("bad", ["", "4", "2-x-4", "2-0-4", "2-4-1"])
+@pytest.mark.parametrize("bad", ["", "-", "2-x-4", "2-0-4", "2-4-1"])
 def test_bad_combos_raise(bad):
     with pytest.raises(ConfigError):
         ElementLayout.from_combo(bad)
@@ -56,3 +56,8 @@ def test_short_clips_repeat_frames():
     assert len(idx) == 8 and idx.min() >= 0 and idx.max() <= 2
     assert sorted(set(idx.tolist())) == [0, 1, 2]
     assert segment_frame_indices(1, 8, train=True, rng=np.random.default_rng(0)).tolist() == [0] * 8
+
+
+def test_single_element_combo_is_plain_clip():
+    layout = ElementLayout.from_combo("8")
+    assert layout.fine == () and layout.context == tuple(range(8))

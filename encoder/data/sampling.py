@@ -8,7 +8,8 @@ Fine element ``i`` of ``n``, with ``L`` frames, takes every ``s = K // L``-th fr
 ``o_i = floor((2i + 1) * s / (2n))``; the context element keeps the remaining frames in order. For ``"2-2-4"``
 this gives fine elements (f1, f5) and (f3, f7) and the context element (f0, f2, f4, f6), as in the paper.
 
-Elements are always listed in the combo's order: fine elements first, the context element last.
+Elements are always listed in the combo's order: fine elements first, the context element last. A single size
+(``"8"``) is the plain single-element model of the "without Dual-Ele" ablation: one context element, no fine.
 Pure Python + numpy; no torch.
 """
 
@@ -84,8 +85,8 @@ def parse_combo(combo: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
             raise ConfigError(f"combo {combo!r}: expected sizes joined by '-', such as '2-2-4'") from None
     else:
         sizes = tuple(int(s) for s in combo)
-    if len(sizes) < 2 or any(s < 1 for s in sizes):
-        raise ConfigError(f"combo {combo!r}: need at least one fine and one context element, each of size >= 1")
+    if not sizes or any(s < 1 for s in sizes):
+        raise ConfigError(f"combo {combo!r}: every element needs at least one frame")
     return sizes
 
 

@@ -1,0 +1,162 @@
+"""Torch datasets of sampled clips, and a resumable, rank-aware batch sampler.
+
+The sampler yields batches of ``(index, epoch)`` pairs. The dataset seeds every random choice of an item from
+``(seed, epoch, index, attempt)``, so an item's frames and augmentation do not depend on worker scheduling, on
+the number of processes, or on whether the run was resumed: a resumed run sees exactly the same batches.
+
+A clip that cannot be read (:class:`~encoder.data.errors.VideoReadError`) is counted and replaced by another,
+deterministically drawn, clip; :meth:`ClipDataset.take_skipped` reports and resets the count (shared across
+DataLoader workers).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from encoder.data.errors import VideoReadError
+from encoder.data.sampling import segment_frame_indices
+from encoder.data.video import read_frames, video_info
+
+log = logging.getLogger(__name__)
+
+#: ``transform(frames, generator) -> dict of tensors``; ``frames`` is uint8 ``(K, C, H, W)``.
+ClipTransform = Callable[[torch.Tensor, torch.Generator], dict]
+
+MAX_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class ClipItem:
+    path: str
+    label: int  # -1 where unknown (unlabeled clips)
+
+
+class ClipDataset(Dataset):
+    """Reads K frames per clip (one per equal segment) and applies ``transform``.
+
+    Args:
+        items: the clips.
+        num_frames: K, frames sampled per clip.
+        transform: turns uint8 frames ``(K, C, H, W)`` into named views.
+        train: random frame inside each segment (else the centre, or view ``v`` of ``temporal_views``).
+        seed: base seed of all per-item randomness.
+        short_side: resize frames on reading so that the short side has this many pixels.
+        temporal_views: evaluation only: each index ``i`` of the dataset is view ``i % temporal_views`` of
+            clip ``i // temporal_views``.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[ClipItem],
+        num_frames: int,
+        transform: ClipTransform,
+        *,
+        train: bool,
+        seed: int = 0,
+        short_side: int | None = None,
+        temporal_views: int = 1,
+    ):
+        if not items:
+            raise ValueError("a dataset needs at least one clip")
+        self.items = list(items)
+        self.num_frames = num_frames
+        self.transform = transform
+        self.train = train
+        self.seed = seed
+        self.short_side = short_side
+        self.temporal_views = 1 if train else temporal_views
+        self._skipped = mp.Value("i", 0)
+
+    def __len__(self) -> int:
+        return len(self.items) * self.temporal_views
+
+    def take_skipped(self) -> int:
+        """Unreadable clips met since the last call (all workers together); resets the count."""
+        with self._skipped.get_lock():
+            n, self._skipped.value = self._skipped.value, 0
+        return n
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        for attempt in range(MAX_ATTEMPTS):
+            rng = np.random.default_rng([self.seed, epoch, index, attempt])
+            clip_index, view = divmod(index, self.temporal_views)
+            item = self.items[clip_index]
+            try:
+                frames = self._read(item, rng, view)
+            except VideoReadError as err:
+                with self._skipped.get_lock():
+                    self._skipped.value += 1
+                log.warning("skipping unreadable clip: %s", err)
+                if not self.train:
+                    raise  # evaluation must not silently change the test set
+                index = int(rng.integers(len(self)))
+                continue
+            generator = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
+            out = self.transform(frames, generator)
+            out["label"] = item.label
+            out["index"] = clip_index
+            return out
+        raise RuntimeError(f"{MAX_ATTEMPTS} unreadable clips in a row; last: {item.path}")
+
+    def _read(self, item: ClipItem, rng: np.random.Generator, view: int) -> torch.Tensor:
+        n = video_info(item.path).num_frames
+        idx = segment_frame_indices(
+            n, self.num_frames, train=self.train, rng=rng, views=self.temporal_views, view=view
+        )
+        frames = read_frames(item.path, idx, short_side=self.short_side)  # (K, H, W, C) uint8
+        return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # (K, C, H, W)
+
+
+class EpochBatchSampler(Sampler):
+    """Endless batches of ``(index, epoch)`` for one rank, reshuffled every epoch from ``seed``.
+
+    Every epoch is a permutation of ``range(n)`` cut into global batches of ``batch_size * world_size``
+    (the last incomplete batch is dropped, unless the whole set is smaller than one batch, in which case
+    indices wrap around); rank ``r`` takes its contiguous share of each global batch. ``start_batch`` skips
+    the global batches already consumed (for resuming).
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1, start_batch: int = 0
+    ):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return max(1, self.n // self.global_batch)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        need = self.batches_per_epoch * self.global_batch
+        return np.resize(order, need) if need > self.n else order[:need]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        b = self.start_batch
+        while True:
+            epoch, k = divmod(b, self.batches_per_epoch)
+            order = self.epoch_order(epoch)
+            lo = k * self.global_batch + self.rank * self.batch_size
+            yield [(int(i), epoch) for i in order[lo : lo + self.batch_size]]
+            b += 1
+
+
+def collate(batch: list[dict]) -> dict:
+    """Stack the tensors of a list of items; labels and indices become LongTensors."""
+    out: dict = {}
+    for key in batch[0]:
+        values = [item[key] for item in batch]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+    return out

@@ -1,0 +1,154 @@
+"""The semi-supervised parts of SeFAR: pseudo-labels with Adaptive Regulation, tube mixing, EMA, warm-up.
+
+Notation follows the paper (see DESIGN.md):
+
+* the teacher predicts each unlabeled clip U times with its head's dropout active; ``p̄`` is the mean softmax,
+  the pseudo-label is ``argmax p̄``, ``μ* = p̄[target]`` and ``σ*`` the (unbiased) standard deviation of the
+  target class's probability over the U passes;
+* ``τ1 = 2·sigmoid(e^μ* − e)``, ``τ2 = 2·(sigmoid(1 / (β σ* + ε)) − 0.5)``, ``η = τ1·τ2 ∈ (0, 1]``;
+* ``L_un = mean(η · CE(student(strong), target))``;
+* tube mixing pastes a patch-aligned box, the same in every frame, of clip ``j`` into clip ``i``;
+  ``λ`` is the fraction of clip ``i`` that is kept, target ``λ p̄_i + (1−λ) p̄_j`` and weight ``η' = λη_i + (1−λ)η_j``;
+* ``L = L_sup + ξ (γ1 L_un + γ2 L_mix)`` with ``ξ`` a sine-shaped warm-up after some supervised-only epochs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class PseudoLabels:
+    """Teacher targets for a batch of B unlabeled clips."""
+
+    probs: torch.Tensor  # (B, C) mean softmax over the passes, p̄
+    target: torch.Tensor  # (B,) argmax of p̄
+    confidence: torch.Tensor  # (B,) μ* = p̄[target]
+    spread: torch.Tensor  # (B,) σ*: std of the target's probability over the passes (0 for one pass)
+    weight: torch.Tensor  # (B,) η (Adaptive Regulation) or the 0/1 threshold mask
+
+
+def adaptive_weight(mu: torch.Tensor, sigma: torch.Tensor, beta: float = 20.0, eps: float = 1e-9) -> torch.Tensor:
+    """η = τ1·τ2 for confidence ``mu`` and spread ``sigma`` (both shaped (B,)); η ∈ (0, 1]."""
+    tau1 = 2 * torch.sigmoid(torch.exp(mu) - math.e)
+    tau2 = 2 * (torch.sigmoid(1.0 / (beta * sigma + eps)) - 0.5)
+    return tau1 * tau2
+
+
+def pseudo_labels(
+    pass_logits: torch.Tensor,
+    *,
+    adaptive: bool = True,
+    threshold: float | None = None,
+    beta: float = 20.0,
+    eps: float = 1e-9,
+) -> PseudoLabels:
+    """Targets from ``pass_logits`` shaped (U, B, C): U stochastic teacher passes.
+
+    ``adaptive``: η from Adaptive Regulation (needs U >= 2). Otherwise the weight is the mask
+    ``μ* >= threshold`` (FixMatch), or 1 everywhere when ``threshold`` is None.
+    """
+    probs = pass_logits.float().softmax(dim=-1)  # (U, B, C)
+    mean = probs.mean(dim=0)  # (B, C)
+    target = mean.argmax(dim=-1)  # (B,)
+    mu = mean.gather(1, target[:, None]).squeeze(1)  # (B,)
+    per_pass = probs.gather(2, target[None, :, None].expand(probs.shape[0], -1, 1)).squeeze(2)  # (U, B)
+    sigma = per_pass.std(dim=0) if probs.shape[0] > 1 else torch.zeros_like(mu)
+    if adaptive:
+        if probs.shape[0] < 2:
+            raise ValueError("Adaptive Regulation needs at least 2 teacher passes (ssl.passes >= 2)")
+        weight = adaptive_weight(mu, sigma, beta, eps)
+    elif threshold is not None:
+        weight = (mu >= threshold).float()
+    else:
+        weight = torch.ones_like(mu)
+    return PseudoLabels(mean, target, mu, sigma, weight)
+
+
+@torch.no_grad()
+def teacher_passes(teacher: nn.Module, head: nn.Module, clips: torch.Tensor, passes: int) -> torch.Tensor:
+    """Logits of ``passes`` stochastic teacher predictions, shaped (U, B, C).
+
+    The backbone runs once in eval mode (no drop path); only ``head`` (the fusion head, whose dropout is the
+    only randomness left) runs ``passes`` times in train mode. This equals ``passes`` full forward passes with
+    the same dropout draws, at the cost of one.
+    """
+    was_training = teacher.training
+    teacher.eval()
+    head.train(passes > 1)
+    try:
+        features = teacher.forward_features(clips)
+        return torch.stack([teacher.forward_head(features) for _ in range(passes)])  # (U, B, C)
+    finally:
+        teacher.train(was_training)
+
+
+@torch.no_grad()
+def teacher_passes_full(teacher: nn.Module, head: nn.Module, clips: torch.Tensor, passes: int) -> torch.Tensor:
+    """The reference's way: ``passes`` whole forward passes. Same result as :func:`teacher_passes`, U× slower;
+    kept for the equivalence test and the benchmark."""
+    was_training = teacher.training
+    teacher.eval()
+    head.train(passes > 1)
+    try:
+        return torch.stack([teacher(clips) for _ in range(passes)])  # (U, B, C)
+    finally:
+        teacher.train(was_training)
+
+
+def tube_mix_box(
+    height: int, width: int, lam: float, patch: int, generator: torch.Generator | None = None
+) -> tuple[slice, slice, float]:
+    """A patch-aligned box covering about ``1 - lam`` of an ``height × width`` frame.
+
+    Returns the row and column slices (in pixels) and the kept fraction λ actually realised.
+    """
+    gh, gw = height // patch, width // patch
+    cut = math.sqrt(max(0.0, 1.0 - lam))
+    bh, bw = round(gh * cut), round(gw * cut)
+    top = int(torch.randint(0, gh - bh + 1, (1,), generator=generator))
+    left = int(torch.randint(0, gw - bw + 1, (1,), generator=generator))
+    kept = 1.0 - (bh * bw) / (gh * gw)
+    return slice(top * patch, (top + bh) * patch), slice(left * patch, (left + bw) * patch), kept
+
+
+def tube_mix(
+    clips: torch.Tensor, partner: torch.Tensor, rows: slice, cols: slice
+) -> torch.Tensor:
+    """Paste the same box of ``clips[partner]`` into every frame of ``clips`` (B, C, K, H, W).
+
+    Patch-aligned pixel mixing equals mixing patch tokens, since patch embedding acts on each patch alone.
+    """
+    mixed = clips.clone()
+    mixed[:, :, :, rows, cols] = clips[partner][:, :, :, rows, cols]  # (B, C, K, h, w) box of the partner
+    return mixed
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy (B,) against a soft target (B, C)."""
+    return -(target * logits.float().log_softmax(dim=-1)).sum(dim=-1)
+
+
+def warmup_factor(epoch: float, supervised_epochs: float, ramp_epochs: float) -> float:
+    """ξ: 0 during the supervised-only epochs, then ``sin(π/2 · t)`` over ``ramp_epochs``, then 1."""
+    if epoch < supervised_epochs:
+        return 0.0
+    if ramp_epochs <= 0:
+        return 1.0
+    t = min(1.0, (epoch - supervised_epochs) / ramp_epochs)
+    return math.sin(0.5 * math.pi * t)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """teacher ← decay·teacher + (1 − decay)·student for parameters; buffers are copied."""
+    t_params = [p for p in teacher.parameters()]
+    s_params = [p.detach() for p in student.parameters()]
+    torch._foreach_lerp_(t_params, s_params, 1.0 - decay)
+    for tb, sb in zip(teacher.buffers(), student.buffers()):
+        tb.copy_(sb)

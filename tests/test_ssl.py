@@ -1,0 +1,119 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from encoder.ssl import (
+    adaptive_weight,
+    ema_update,
+    pseudo_labels,
+    soft_cross_entropy,
+    teacher_passes,
+    teacher_passes_full,
+    tube_mix,
+    tube_mix_box,
+    warmup_factor,
+)
+
+
+def test_eta_matches_hand_computed_values():
+    mu = torch.tensor([0.8, 1.0, 0.3])
+    sigma = torch.tensor([0.05, 0.0, 0.2])
+    # τ1 = 2σ(e^μ − e), τ2 = 2(σ(1/(20σ*)) − 0.5), computed by hand for the three cases
+    expected = torch.tensor([0.758496 * 0.462117, 1.0, 0.405750 * 0.124353])
+    torch.testing.assert_close(adaptive_weight(mu, sigma), expected, atol=1e-5, rtol=0)
+
+
+def test_pseudo_labels_from_passes():
+    # U=2 passes, B=1, C=3: probabilities chosen directly via log
+    probs = torch.tensor([[[0.6, 0.3, 0.1]], [[0.8, 0.1, 0.1]]])
+    out = pseudo_labels(probs.log(), adaptive=True)
+    assert out.target.tolist() == [0]
+    torch.testing.assert_close(out.probs, torch.tensor([[0.7, 0.2, 0.1]]))
+    torch.testing.assert_close(out.confidence, torch.tensor([0.7]))
+    torch.testing.assert_close(out.spread, torch.tensor([math.sqrt(0.02)]))  # unbiased std of (0.6, 0.8)
+    torch.testing.assert_close(out.weight, adaptive_weight(torch.tensor([0.7]), torch.tensor([math.sqrt(0.02)])))
+
+
+def test_threshold_baseline_masks_low_confidence():
+    logits = torch.tensor([[[5.0, 0.0], [0.2, 0.0]]])  # U=1, B=2
+    out = pseudo_labels(logits, adaptive=False, threshold=0.95)
+    assert out.weight.tolist() == [1.0, 0.0]
+    assert pseudo_labels(logits, adaptive=False).weight.tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="at least 2"):
+        pseudo_labels(logits, adaptive=True)
+
+
+def test_tube_mix_box_target_and_weight():
+    g = torch.Generator().manual_seed(0)
+    rows, cols, lam = tube_mix_box(32, 32, 0.75, patch=8, generator=g)  # 4x4 grid, box 2x2 -> keeps 12/16
+    assert lam == pytest.approx(0.75)
+    assert (rows.stop - rows.start, cols.stop - cols.start) == (16, 16)
+    assert rows.start % 8 == 0 and cols.start % 8 == 0
+    clips = torch.stack([torch.zeros(3, 4, 32, 32), torch.ones(3, 4, 32, 32)])  # (B=2, C, K, H, W)
+    mixed = tube_mix(clips, torch.tensor([1, 0]), rows, cols)
+    assert mixed[0].mean().item() == pytest.approx(1 - lam)  # the box came from the partner, in every frame
+    assert (mixed[0][:, 0] == mixed[0][:, 3]).all()
+    # mixed target and weight as in the paper: λ p̄_i + (1-λ) p̄_j and η' = λ η_i + (1-λ) η_j
+    p = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    eta = torch.tensor([0.9, 0.5])
+    partner = torch.tensor([1, 0])
+    target = lam * p + (1 - lam) * p[partner]
+    eta_mix = lam * eta + (1 - lam) * eta[partner]
+    torch.testing.assert_close(target[0], torch.tensor([0.75, 0.25]))
+    torch.testing.assert_close(eta_mix, torch.tensor([0.8, 0.6]))
+
+
+def test_soft_cross_entropy_equals_hard_ce_for_one_hot():
+    logits = torch.randn(4, 5)
+    target = torch.tensor([0, 3, 1, 4])
+    torch.testing.assert_close(
+        soft_cross_entropy(logits, nn.functional.one_hot(target, 5).float()),
+        nn.functional.cross_entropy(logits, target, reduction="none"),
+    )
+
+
+def test_warmup_factor():
+    assert warmup_factor(4.9, 5, 10) == 0.0
+    assert warmup_factor(10, 5, 10) == pytest.approx(math.sin(math.pi / 4))
+    assert warmup_factor(30, 5, 10) == 1.0
+    assert warmup_factor(5, 5, 0) == 1.0
+
+
+def test_ema_update():
+    teacher, student = nn.Linear(2, 2), nn.Linear(2, 2)
+    t0 = teacher.weight.detach().clone()
+    ema_update(teacher, student, decay=0.9)
+    torch.testing.assert_close(teacher.weight, 0.9 * t0 + 0.1 * student.weight.detach())
+
+
+class ToyModel(nn.Module):
+    """Backbone (with drop-path-like randomness only in train mode) + a dropout head."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Dropout(0.3))
+        self.head = nn.Sequential(nn.Linear(16, 16), nn.Dropout(0.5), nn.Linear(16, 4))
+
+    def forward_features(self, x):
+        return self.backbone(x)
+
+    def forward_head(self, f):
+        return self.head(f)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def test_teacher_backbone_once_equals_full_passes():
+    model = ToyModel()
+    x = torch.randn(5, 3, 4)
+    torch.manual_seed(1)
+    fast = teacher_passes(model, model.head, x, passes=10)
+    torch.manual_seed(1)
+    full = teacher_passes_full(model, model.head, x, passes=10)
+    torch.testing.assert_close(fast, full)
+    assert fast.shape == (10, 5, 4)
+    assert not torch.allclose(fast[0], fast[1])  # the head's dropout really is active
+    assert model.training  # restored
