@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -22,6 +21,7 @@ from torch.utils.data import Dataset, Sampler
 
 from encoder.data.errors import VideoReadError
 from encoder.data.sampling import segment_frame_indices
+from encoder.data.splits import Sample
 from encoder.data.video import read_frames, video_info
 
 log = logging.getLogger(__name__)
@@ -32,17 +32,11 @@ ClipTransform = Callable[[torch.Tensor, torch.Generator], dict]
 MAX_ATTEMPTS = 20
 
 
-@dataclass(frozen=True)
-class ClipItem:
-    path: str
-    label: int  # -1 where unknown (unlabeled clips)
-
-
 class ClipDataset(Dataset):
     """Reads K frames per clip (one per equal segment) and applies ``transform``.
 
     Args:
-        items: the clips.
+        items: the clips (path, label and optional trim in seconds).
         num_frames: K, frames sampled per clip.
         transform: turns uint8 frames ``(K, C, H, W)`` into named views.
         train: random frame inside each segment (else the centre, or view ``v`` of ``temporal_views``).
@@ -54,7 +48,7 @@ class ClipDataset(Dataset):
 
     def __init__(
         self,
-        items: Sequence[ClipItem],
+        items: Sequence[Sample],
         num_frames: int,
         transform: ClipTransform,
         *,
@@ -99,19 +93,22 @@ class ClipDataset(Dataset):
                     raise  # evaluation must not silently change the test set
                 index = int(rng.integers(len(self)))
                 continue
-            generator = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
-            out = self.transform(frames, generator)
+            seed = int(rng.integers(2**63 - 1))
+            generator = torch.Generator().manual_seed(seed)
+            with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from the global RNG
+                torch.manual_seed(seed)
+                out = self.transform(frames, generator)
             out["label"] = item.label
             out["index"] = clip_index
             return out
         raise RuntimeError(f"{MAX_ATTEMPTS} unreadable clips in a row; last: {item.path}")
 
-    def _read(self, item: ClipItem, rng: np.random.Generator, view: int) -> torch.Tensor:
-        n = video_info(item.path).num_frames
+    def _read(self, item: Sample, rng: np.random.Generator, view: int) -> torch.Tensor:
+        n = video_info(item.path, start=item.start, end=item.end).num_frames
         idx = segment_frame_indices(
             n, self.num_frames, train=self.train, rng=rng, views=self.temporal_views, view=view
         )
-        frames = read_frames(item.path, idx, short_side=self.short_side)  # (K, H, W, C) uint8
+        frames = read_frames(item.path, idx, start=item.start, end=item.end, short_side=self.short_side)  # (K, H, W, C)
         return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # (K, C, H, W)
 
 

@@ -1,0 +1,193 @@
+"""Typed configuration of an encoder run: YAML files under ``configs/encoder/`` map onto these dataclasses.
+
+``load_config("configs/encoder/syngym_tiny.yaml", ["optim.lr=0.01", "ssl.mode=supervised"])`` merges the
+file and the ``key=value`` overrides onto the defaults, checks every field and returns a :class:`RunConfig`.
+All problems are reported together, each with how to fix it. Relative data paths resolve against
+``data.root``; ``data.root`` itself resolves against the current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from encoder.data.errors import ConfigError
+
+SSL_MODES = ("supervised", "fixmatch", "sefar")
+
+
+@dataclass
+class DataConfig:
+    root: str = "outputs/syngym"  # dataset folder; the other paths are relative to it
+    videos: str = "videos"  # folder of the videos named in the lists
+    video_suffix: str = ".mp4"  # appended to list entries that are bare clip ids (FineGym element lists)
+    categories: Optional[str] = "categories.txt"  # FineGym-style categories: class names, events and sets
+    train_list: str = "train_element.txt"
+    val_list: str = "val_element.txt"
+    labeled_list: Optional[str] = None  # exact labeled clips (e.g. SeFAR labeled.csv); else split train_list
+    label_ratio: float = 0.1
+    split_method: str = "stratified"  # stratified | uniform
+    split_seed: int = 0
+    short_side: Optional[int] = None  # resize frames on reading (short side, pixels); None keeps the decoded size
+    num_workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"  # tiny | vit_small | vit_base
+    combo: str = "2-2-4"  # dual-level temporal elements; "8" = single element (no Dual-Ele)
+    img_size: int = 64
+    pretrained: Optional[str] = None  # local timm ViT checkpoint (.pth/.safetensors) or a cached timm name
+    drop_path_rate: float = 0.1
+    head_dropout: float = 0.5
+
+
+@dataclass
+class AugConfig:
+    scale_jitter: tuple[float, float] = (1.0, 1.25)  # weak view: short side resized to img_size × U(lo, hi), then cropped
+    flip: bool = True
+    randaug_ops: int = 2  # strong spatial augmentation (RandAugment), identical on all frames
+    randaug_magnitude: int = 9
+    temporal: str = "mod-perturb"  # strong temporal perturbation; see encoder.augment.TEMPORAL_PERTURBATIONS
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+@dataclass
+class SSLConfig:
+    mode: str = "sefar"  # supervised | fixmatch | sefar
+    unlabeled_ratio: int = 3  # unlabeled batch = ratio × labeled batch
+    ema_decay: float = 0.9999
+    passes: int = 10  # U, stochastic teacher passes for Adaptive Regulation
+    adaptive: bool = True  # Ada-Reg; False: plain pseudo-labels (weight 1), or the threshold if set
+    threshold: Optional[float] = None  # fixed confidence threshold (FixMatch; default 0.95 there)
+    beta: float = 20.0
+    eps: float = 1e-9
+    mix: bool = True  # tube mixing of unlabeled clips
+    mix_alpha: float = 10.0  # λ ~ Beta(alpha, alpha)
+    gamma1: float = 2.0
+    gamma2: float = 2.0
+    supervised_epochs: float = 5.0  # ξ = 0 before this
+    ramp_epochs: float = 5.0  # ξ rises as a quarter sine over these epochs
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.005
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-3
+    epochs: int = 30
+    milestones: tuple[int, ...] = (25, 28)  # lr × gamma at these epochs
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0
+    batch_size: int = 64  # global labeled batch (all processes, after gradient accumulation)
+    micro_batch_size: int = 8  # labeled clips per process per forward
+    steps_per_epoch: Optional[int] = None  # default: unlabeled clips / global unlabeled batch (labeled for supervised)
+    clip_grad: Optional[float] = None
+
+
+@dataclass
+class RunConfig:
+    out: str = "outputs/encoder"
+    seed: int = 0
+    mixed_precision: str = "no"  # no | bf16 (GPU)
+    save_every: int = 200  # optimizer steps between checkpoints
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_every: int = 0  # epochs between validations during training; 0 = only at the end
+    eval_temporal_views: int = 1
+    eval_spatial_crops: int = 1
+    max_steps: Optional[int] = None  # stop early (for smoke runs); the schedule still follows optim.epochs
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def data_path(self, rel: str | None) -> Path | None:
+        """A data path resolved against ``data.root`` (absolute paths are kept)."""
+        return None if rel is None else Path(self.data.root) / rel
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults ← YAML file ← ``key=value`` overrides, validated."""
+    try:
+        merged = OmegaConf.structured(RunConfig)
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"{path}: config file does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"overrides must look like key=value, got: {', '.join(bad)}")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{' '.join(str(err).split())}") from None
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(values: dict) -> RunConfig:
+    """Rebuild a :class:`RunConfig` from :meth:`RunConfig.to_dict` output (as saved beside a run)."""
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(values))
+    return OmegaConf.to_object(merged)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise one :class:`ConfigError` listing every problem and its fix."""
+    from encoder.augment import TEMPORAL_PERTURBATIONS
+    from encoder.data.sampling import ElementLayout
+    from encoder.timesformer import list_models
+
+    p: list[str] = []
+    if cfg.model.name not in list_models():
+        p.append(f"model.name={cfg.model.name!r}: use one of {', '.join(list_models())}")
+    try:
+        ElementLayout.from_combo(cfg.model.combo)
+    except ConfigError as err:
+        p.append(f"model.combo: {err}")
+    if cfg.ssl.mode not in SSL_MODES:
+        p.append(f"ssl.mode={cfg.ssl.mode!r}: use one of {', '.join(SSL_MODES)}")
+    if cfg.aug.temporal not in TEMPORAL_PERTURBATIONS:
+        p.append(f"aug.temporal={cfg.aug.temporal!r}: use one of {', '.join(TEMPORAL_PERTURBATIONS)}")
+    if cfg.ssl.mode == "sefar" and cfg.ssl.adaptive and cfg.ssl.passes < 2:
+        p.append(f"ssl.passes={cfg.ssl.passes}: Adaptive Regulation needs >= 2 passes; set ssl.passes=10")
+    if not 0.0 <= cfg.ssl.ema_decay < 1.0:
+        p.append(f"ssl.ema_decay={cfg.ssl.ema_decay}: must be in [0, 1), e.g. 0.9999")
+    if cfg.ssl.mode == "fixmatch" and cfg.ssl.threshold is None:
+        p.append("ssl.threshold is required for ssl.mode=fixmatch; set ssl.threshold=0.95")
+    if cfg.ssl.threshold is not None and not 0.0 < cfg.ssl.threshold <= 1.0:
+        p.append(f"ssl.threshold={cfg.ssl.threshold}: must be in (0, 1]")
+    if not 0.0 < cfg.data.label_ratio < 1.0 and cfg.data.labeled_list is None:
+        p.append(f"data.label_ratio={cfg.data.label_ratio}: must be in (0, 1), or set data.labeled_list")
+    if cfg.data.split_method not in ("stratified", "uniform"):
+        p.append(f"data.split_method={cfg.data.split_method!r}: use stratified or uniform")
+    if cfg.optim.batch_size % cfg.optim.micro_batch_size:
+        p.append(
+            f"optim.batch_size={cfg.optim.batch_size} is not a multiple of optim.micro_batch_size="
+            f"{cfg.optim.micro_batch_size}; make it one"
+        )
+    if cfg.mixed_precision not in ("no", "bf16"):
+        p.append(f"mixed_precision={cfg.mixed_precision!r}: use no or bf16")
+    if cfg.data.short_side is not None and cfg.model.img_size > cfg.data.short_side:
+        p.append(f"model.img_size={cfg.model.img_size} exceeds data.short_side={cfg.data.short_side}; lower it")
+    lo, hi = cfg.aug.scale_jitter
+    if not 1.0 <= lo <= hi:
+        p.append(f"aug.scale_jitter={list(cfg.aug.scale_jitter)}: need 1 <= lo <= hi, e.g. [1.0, 1.25]")
+    if list(cfg.optim.milestones) != sorted(cfg.optim.milestones):
+        p.append(f"optim.milestones={list(cfg.optim.milestones)} must be increasing")
+    if p:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(p))
