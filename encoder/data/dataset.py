@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Sampler
 from encoder.data.errors import VideoReadError
 from encoder.data.sampling import segment_frame_indices
 from encoder.data.splits import Sample
-from encoder.data.video import read_frames, video_info
+from encoder.data.video import read_frames
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +104,13 @@ class ClipDataset(Dataset):
         raise RuntimeError(f"{MAX_ATTEMPTS} unreadable clips in a row; last: {item.path}")
 
     def _read(self, item: Sample, rng: np.random.Generator, view: int) -> torch.Tensor:
-        n = video_info(item.path, start=item.start, end=item.end).num_frames
-        idx = segment_frame_indices(
-            n, self.num_frames, train=self.train, rng=rng, views=self.temporal_views, view=view
-        )
-        frames = read_frames(item.path, idx, start=item.start, end=item.end, short_side=self.short_side)  # (K, H, W, C)
-        return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # (K, C, H, W)
+        def indices(n: int) -> np.ndarray:
+            return segment_frame_indices(
+                n, self.num_frames, train=self.train, rng=rng, views=self.temporal_views, view=view
+            )
+
+        frames = read_frames(item.path, indices, start=item.start, end=item.end, short_side=self.short_side)
+        return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # (K, H, W, C) -> (K, C, H, W)
 
 
 class EpochBatchSampler(Sampler):
