@@ -475,10 +475,12 @@ def train(cfg: RunConfig, resume: bool = True) -> dict:
             ema_update(teacher, _unwrap(model), s.ema_decay)
             step += 1
             bar.update(1)
-            if accelerator.is_main_process and (step % cfg.log_every == 0 or step == last_step):
-                record = _record(parts, step, steps_per_epoch, lr, lab_ds, unl_ds if ssl else None, started)
-                _append_jsonl(run / "metrics.jsonl", record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", sup=f"{record['supervised']:.3f}")
+            if step % cfg.log_every == 0 or step == last_step:
+                record = _record(accelerator, parts, step, steps_per_epoch, lr, lab_ds, unl_ds if ssl else None,
+                                 started)
+                if accelerator.is_main_process:
+                    _append_jsonl(run / "metrics.jsonl", record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", sup=f"{record['supervised']:.3f}")
             stop_now = stop.raised is not None
             if step % cfg.save_every == 0 or stop_now or step == last_step:
                 accelerator.wait_for_everyone()
@@ -522,25 +524,28 @@ def _to(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _record(parts: list[StepLosses], step, steps_per_epoch, lr, lab_ds, unl_ds, started) -> dict:
-    def mean(values):
-        finite = [v for v in values if not math.isnan(v)]
-        return round(sum(finite) / len(finite), 6) if finite else None
-
+def _record(accelerator, parts: list[StepLosses], step, steps_per_epoch, lr, lab_ds, unl_ds, started) -> dict:
+    """The step's loss terms averaged over micro-batches and processes (every process must call this)."""
+    fields = ("total", "supervised", "unlabeled", "mix", "mean_weight", "pseudo_accuracy")
+    values = torch.tensor(
+        [[_scalar(getattr(p, f)) for f in fields] for p in parts], dtype=torch.float64, device=accelerator.device
+    ).nanmean(dim=0)  # (fields,)
+    values = accelerator.reduce(values, reduction="mean").tolist()
+    avg = {f: (None if math.isnan(v) else round(v, 6)) for f, v in zip(fields, values)}
     return {
         "step": step,
         "epoch": round(step / steps_per_epoch, 4),
         "lr": lr,
-        "loss": mean([p.total.item() for p in parts]),
-        "supervised": mean([p.supervised.item() for p in parts]),
-        "unlabeled": mean([p.unlabeled.item() for p in parts]),
-        "mix": mean([p.mix.item() for p in parts]),
+        "loss": avg["total"],
+        **{f: avg[f] for f in fields[1:]},
         "xi": parts[-1].xi,
-        "mean_weight": mean([p.mean_weight for p in parts]),
-        "pseudo_accuracy": mean([p.pseudo_accuracy for p in parts]),
         "skipped_clips": lab_ds.take_skipped() + (unl_ds.take_skipped() if unl_ds else 0),
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _scalar(value) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -583,9 +588,12 @@ def load_trained(run_dir: str | os.PathLike, which: str = "teacher") -> tuple[Ru
 
 
 def main_train(config_path: str | None, overrides: list[str], resume: bool = True) -> int:
-    """CLI entry: ``sefar encoder train CONFIG [key=value ...]``."""
+    """CLI entry: ``sefar encoder train CONFIG [key=value ...]`` (``CONFIG`` ``-``: defaults only)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    cfg = load_config(config_path, overrides)
+    cfg = load_config(None if config_path in (None, "-") else config_path, overrides)
     result = train(cfg, resume=resume)
-    print(json.dumps(result, indent=2))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(json.dumps(result, indent=2))
     return 130 if result.get("interrupted") else 0

@@ -1,0 +1,381 @@
+"""Frozen SeFAR encoder exports: a folder anyone can load without our training code.
+
+An export folder holds two files:
+
+* ``model.safetensors``: the :class:`~encoder.timesformer.TimeSformer` state dict (teacher or student);
+* ``config.json``: everything needed to rebuild and feed the model::
+
+    {"format": "sefar-encoder", "format_version": 1,
+     "architecture": {...TimeSformerConfig.to_dict()...},
+     "combo": "2-2-4", "num_frames": 8, "img_size": 224,
+     "preprocess": {"num_frames": 8, "img_size": 224, "mean": [...], "std": [...], "short_side": null},
+     "class_names": ["...", ...],
+     "categories": [{"label": 0, "glabel": 0, "set_id": 1, "event": "VT", "name": "..."}, ...] | null,
+     "evaluation": {"temporal_views": 1, "spatial_crops": 1},
+     "source": {"run": "<run folder name>", "which": "teacher"}}
+
+Evaluation preprocessing (:func:`eval_views`, shared with :mod:`encoder.evaluate` and :mod:`encoder.features`):
+take K = ``num_frames`` frames, one at the centre of each of K equal segments; resize the short side to
+``short_side`` if set (the read-time resize of training), then to ``img_size``; crop ``img_size`` squares with
+:func:`encoder.augment.spatial_crops`; scale to [0, 1] and normalise with ``mean``/``std``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from encoder.augment import normalize, resize_short_side, spatial_crops
+from encoder.data.errors import ConfigError, DataError
+from encoder.data.finegym import Category
+from encoder.data.sampling import ElementLayout, segment_frame_indices
+from encoder.data.splits import write_text_atomic
+from encoder.data.video import resize_short_side as resize_frames_short_side
+from encoder.timesformer import TimeSformer, TimeSformerConfig
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "PreprocessConfig",
+    "FrozenEncoder",
+    "eval_views",
+    "EvalTransform",
+    "export",
+    "load",
+    "is_export",
+    "save_safetensors",
+]
+
+
+FORMAT = "sefar-encoder"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How clips were fed to the model in evaluation: frame count, size, read-time resize and normalisation."""
+
+    num_frames: int
+    img_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    short_side: int | None = None  # read-time short-side resize of training, applied before the img_size resize
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PreprocessConfig":
+        return cls(
+            num_frames=int(values["num_frames"]),
+            img_size=int(values["img_size"]),
+            mean=tuple(float(v) for v in values["mean"]),
+            std=tuple(float(v) for v in values["std"]),
+            short_side=None if values.get("short_side") is None else int(values["short_side"]),
+        )
+
+    @classmethod
+    def from_run_config(cls, cfg) -> "PreprocessConfig":
+        """From a :class:`encoder.config.RunConfig` (duck-typed, so this module needs no training code)."""
+        return cls(
+            num_frames=ElementLayout.from_combo(cfg.model.combo).num_frames,
+            img_size=cfg.model.img_size,
+            mean=tuple(cfg.aug.mean),
+            std=tuple(cfg.aug.std),
+            short_side=cfg.data.short_side,
+        )
+
+
+def eval_views(frames: Tensor, pp: PreprocessConfig, crops: int = 1, resized: bool = False) -> Tensor:
+    """Sampled uint8 frames ``(K, C, H, W)`` -> ``crops`` normalised views ``(S, C, K, img, img)``.
+
+    ``resized``: the frames were already resized to ``pp.short_side`` on reading (as
+    :class:`~encoder.data.dataset.ClipDataset` does), so only the ``img_size`` resize is left.
+    """
+    if not resized and pp.short_side:
+        frames = torch.from_numpy(resize_frames_short_side(frames.permute(0, 2, 3, 1).numpy(), pp.short_side))
+        frames = frames.permute(0, 3, 1, 2)  # (K, H, W, C) -> (K, C, H, W)
+    frames = resize_short_side(frames, pp.img_size)  # (K, C, H', W'), min(H', W') == img_size
+    views = [normalize(view, pp.mean, pp.std) for view in spatial_crops(frames, crops, pp.img_size)]
+    return torch.stack(views)  # (S, C, K, img, img)
+
+
+class EvalTransform:
+    """:class:`~encoder.data.dataset.ClipDataset` transform: frames read at ``pp.short_side`` -> ``{"clip":
+    (S, C, K, img, img)}`` (deterministic; the generator is unused)."""
+
+    def __init__(self, pp: PreprocessConfig, crops: int = 1) -> None:
+        self.pp, self.crops = pp, crops
+
+    def __call__(self, frames: Tensor, generator: torch.Generator) -> dict:
+        return {"clip": eval_views(frames, self.pp, self.crops, resized=True)}
+
+
+# ----------------------------------------------------------------------------------------- frozen encoder
+
+
+class FrozenEncoder(nn.Module):
+    """A loaded export: frozen TimeSformer + the preprocessing and class names it was trained with.
+
+    Always in eval mode with ``requires_grad`` False; :meth:`train` is a no-op, so a parent module's
+    ``.train()`` cannot switch on its dropout or drop path.
+    """
+
+    def __init__(self, model: TimeSformer, config: dict) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.class_names: list[str] = list(config["class_names"])
+        self.categories: list[Category] | None = (
+            None if config.get("categories") is None else [Category(**c) for c in config["categories"]]
+        )
+        self.preprocess_config = PreprocessConfig.from_dict(config["preprocess"])
+        self.layout = model.layout
+        super().train(False)
+        self.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "FrozenEncoder":
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.cls_token.device
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Clip ``(B, C, K, H, W)`` -> class logits ``(B, num_classes)``."""
+        return self.model(x)
+
+    def features(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
+        """Token features of a clip ``(B, C, K, H, W)`` for the LLM bridge.
+
+        Returns a dict with (E elements of lengths L_i from the combo, N = (H / patch)² patches, D = embed_dim,
+        F = fusion_dim):
+
+        * ``element_tokens``: list of E tensors ``(B, L_i, N, D)``, each element's per-frame patch tokens after
+          the final norm (fine elements first, the context element last);
+        * ``element_cls``: ``(B, E, D)``, each element's CLS token;
+        * ``fused``: ``(B, F)``, the fusion head's feature before the classifier.
+        """
+        return self.model.forward_tokens(x)
+
+    def preprocess(self, frames: np.ndarray | Tensor | Sequence[np.ndarray | Tensor]) -> Tensor:
+        """Decoded RGB uint8 frames ``(T, H, W, C)`` (one clip) or a list of such clips -> ``(B, C, K, img, img)``.
+
+        Samples K frames at the segment centres (evaluation sampling; clips shorter than K repeat frames), then
+        resizes, centre-crops and normalises exactly as evaluation in training did. Returned on :attr:`device`.
+        """
+        clips = [frames] if _is_single_clip(frames) else list(frames)
+        if not clips:
+            raise ValueError("preprocess needs at least one clip")
+        out = []
+        for clip in clips:
+            clip = torch.as_tensor(clip).cpu()
+            if clip.ndim != 4 or clip.shape[-1] != 3 or clip.dtype != torch.uint8:
+                raise ValueError(f"expected uint8 RGB frames (T, H, W, 3), got {clip.dtype} {tuple(clip.shape)}")
+            idx = segment_frame_indices(clip.shape[0], self.preprocess_config.num_frames, train=False)
+            sampled = clip[torch.from_numpy(idx)].permute(0, 3, 1, 2)  # (K, C, H, W)
+            out.append(eval_views(sampled, self.preprocess_config)[0])  # (C, K, img, img)
+        return torch.stack(out).to(self.device)  # (B, C, K, img, img)
+
+
+def _is_single_clip(frames: object) -> bool:
+    return isinstance(frames, (np.ndarray, Tensor)) and frames.ndim == 4
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def save_safetensors(
+    path: str | os.PathLike, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """Write ``tensors`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, os.fspath(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _category_dicts(categories: Sequence[Category] | None, num_classes: int, source: str) -> list[dict] | None:
+    if categories is None:
+        return None
+    if len(categories) != num_classes:
+        raise DataError(source, f"{len(categories)} categories for a model with {num_classes} classes")
+    return [asdict(c) for c in categories]
+
+
+def build_export_config(
+    arch: TimeSformerConfig,
+    pp: PreprocessConfig,
+    class_names: Sequence[str],
+    categories: Sequence[Category] | None = None,
+    *,
+    temporal_views: int = 1,
+    spatial_crops: int = 1,
+    source: dict | None = None,
+) -> dict:
+    """The ``config.json`` of an export (layout in the module docstring)."""
+    if len(class_names) != arch.num_classes:
+        raise ConfigError(f"{len(class_names)} class names for a model with {arch.num_classes} classes")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": arch.to_dict(),
+        "combo": arch.combo,
+        "num_frames": pp.num_frames,
+        "img_size": pp.img_size,
+        "preprocess": pp.to_dict(),
+        "class_names": list(class_names),
+        "categories": _category_dicts(categories, arch.num_classes, "categories"),
+        "evaluation": {"temporal_views": temporal_views, "spatial_crops": spatial_crops},
+        "source": source or {},
+    }
+
+
+def save_export(out_dir: str | os.PathLike, model: TimeSformer, config: dict) -> Path:
+    """Write ``model.safetensors`` then ``config.json`` (each atomically; config last marks it complete)."""
+    out = Path(out_dir)
+    save_safetensors(out / WEIGHTS_FILE, model.state_dict(), metadata={"format": FORMAT})
+    write_text_atomic(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: str = "teacher") -> Path:
+    """Export the final ``which`` (teacher | student) model of a training run folder to ``out_dir``."""
+    from encoder.train import load_trained
+
+    if which not in ("teacher", "student"):
+        raise ConfigError(f"which={which!r}: use teacher or student")
+    cfg, model, class_names = load_trained(run_dir, which=which)
+    categories = run_categories(run_dir)
+    config = build_export_config(
+        model.cfg,
+        PreprocessConfig.from_run_config(cfg),
+        class_names,
+        categories,
+        temporal_views=cfg.eval_temporal_views,
+        spatial_crops=cfg.eval_spatial_crops,
+        source={"run": Path(run_dir).resolve().name, "which": which},
+    )
+    return save_export(out_dir, model, config)
+
+
+def run_categories(run_dir: str | os.PathLike) -> list[Category] | None:
+    """The FineGym-style categories named by ``RUN/classes.json`` (relative paths: cwd, then the run folder)."""
+    from encoder.data.finegym import read_categories
+
+    classes_path = Path(run_dir) / "classes.json"
+    info = _read_json(classes_path)
+    rel = info.get("categories")
+    if rel is None:
+        return None
+    path = Path(rel)
+    if not path.is_absolute() and not path.is_file():
+        path = Path(run_dir) / rel
+    if not path.is_file():
+        raise DataError(classes_path, f"categories file {rel!r} does not exist")
+    return read_categories(path)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def is_export(path: str | os.PathLike) -> bool:
+    """True for a folder that looks like an export (has ``config.json`` and no run ``config.yaml``)."""
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and not (path / "config.yaml").is_file()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(path, "missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        line = getattr(err, "lineno", None)
+        raise DataError(path, f"invalid JSON: {getattr(err, 'msg', err)}", line) from None
+    if not isinstance(data, dict):
+        raise DataError(path, "expected a JSON object")
+    return data
+
+
+def read_export_config(path: str | os.PathLike) -> dict:
+    """Read and check an export's ``config.json``; errors name the file."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError(folder, "no such export folder")
+    config_path = folder / CONFIG_FILE
+    config = _read_json(config_path)
+    if config.get("format") != FORMAT:
+        raise DataError(config_path, f"not a SeFAR encoder export (format={config.get('format')!r})")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        reason = f"format_version {config['format_version']} is newer than this code ({FORMAT_VERSION})"
+        raise DataError(config_path, reason)
+    missing = [k for k in ("architecture", "preprocess", "class_names") if k not in config]
+    if missing:
+        raise DataError(config_path, f"missing keys {missing}")
+    return config
+
+
+def _load_state(weights: Path, model: TimeSformer) -> None:
+    """Strictly load ``weights`` into ``model``; every problem becomes one :class:`DataError` naming the file."""
+    if not weights.is_file():
+        raise DataError(weights, "missing")
+    try:
+        state = load_file(os.fspath(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DataError(weights, f"not a readable safetensors file ({' '.join(str(err).split())})") from None
+    own = model.state_dict()
+    problems = []
+    if missing := [k for k in own if k not in state]:
+        problems.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected := [k for k in state if k not in own]:
+        problems.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    shapes = [
+        f"{k}: file {tuple(v.shape)} vs config {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if shapes:
+        problems.append("shape mismatch " + "; ".join(shapes[:5]))
+    if problems:
+        raise DataError(weights, "does not match config.json: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> FrozenEncoder:
+    """Load an export folder as a :class:`FrozenEncoder` on ``device``.
+
+    Raises :class:`DataError` naming ``config.json`` or ``model.safetensors`` when either is missing, corrupt or
+    the two do not match.
+    """
+    folder = Path(path)
+    config = read_export_config(folder)
+    try:
+        arch = TimeSformerConfig.from_dict(config["architecture"])
+        PreprocessConfig.from_dict(config["preprocess"])
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
+        raise DataError(folder / CONFIG_FILE, f"invalid architecture/preprocess: {err}") from None
+    if len(config["class_names"]) != arch.num_classes:
+        reason = f"{len(config['class_names'])} class names for {arch.num_classes} classes"
+        raise DataError(folder / CONFIG_FILE, reason)
+    model = TimeSformer(arch)
+    _load_state(folder / WEIGHTS_FILE, model)
+    return FrozenEncoder(model, config).to(device)

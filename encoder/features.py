@@ -1,0 +1,391 @@
+"""A sharded, resumable cache of frozen-encoder features for the LLM bridge.
+
+    accelerate launch -m sefar encoder features EXPORT LIST OUT      (or plain ``sefar encoder features ...``)
+
+The clips of LIST, in list order, are cut into shards of ``shard_size`` clips. Shard ``i`` is handled by process
+``i % world_size`` and written atomically as ``OUT/shard_{i:05d}.safetensors``; its tensors are keyed
+``"<clip id>/<name>"`` with the names of :meth:`encoder.export.FrozenEncoder.features` for one clip:
+
+* ``fused``: ``(F,)``, ``element_cls``: ``(E, D)``, ``element_tokens.<i>``: ``(L_i, N, D)`` for element i;
+
+and its metadata lists the clips written (``clips``) and the unreadable ones skipped (``skipped``, id -> reason).
+A shard file is complete by construction, so the shard files are the source of truth: a second run skips every
+shard already on disk. ``OUT/manifest.json`` records the export (path and content hash), the list (path, hash),
+dtype, shard size, the shapes, ``clips`` (clip id -> shard), ``done_shards``, ``skipped`` and ``complete``; it is
+rewritten atomically after each shard. Resuming with another export, list, dtype or shard size is refused.
+
+Clip ids (:func:`clip_id`): the list's path with its extension removed, reduced to the file name for absolute
+paths (``/root/video/<id>.mp4`` -> ``<id>``, ``Class/v_x.avi`` -> ``Class/v_x``, a FineGym id stays itself),
+plus ``@<start>-<end>`` for trimmed entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from encoder.data.dataset import ClipDataset
+from encoder.data.errors import ConfigError, DataError, ListFormatError, VideoReadError
+from encoder.data.splits import Sample, read_samples, resolve_paths, write_text_atomic
+from encoder.export import CONFIG_FILE, WEIGHTS_FILE, EvalTransform, FrozenEncoder, load, save_safetensors
+
+__all__ = [
+    "MANIFEST_FILE",
+    "ClipList",
+    "clip_id",
+    "read_clip_list",
+    "shard_name",
+    "extract_features",
+    "FeatureCache",
+    "load_features",
+]
+
+_logger = logging.getLogger(__name__)
+
+FORMAT = "sefar-features"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
+
+
+# ------------------------------------------------------------------------------------------------ clip lists
+
+
+class ClipList(NamedTuple):
+    """A list's clips: ids (see :func:`clip_id`) and samples with resolved video paths, in list order."""
+
+    ids: list[str]
+    samples: list[Sample]
+
+
+def clip_id(sample: Sample) -> str:
+    """The cache key of a list entry (rules in the module docstring)."""
+    parts = [p for p in re.split(r"[\\/]", sample.path) if p]
+    if sample.path.startswith("/") or _WINDOWS_ABS.match(sample.path):
+        parts = parts[-1:]
+    parts[-1] = os.path.splitext(parts[-1])[0] or parts[-1]
+    key = "/".join(parts)
+    return key if sample.start is None else f"{key}@{sample.start:g}-{sample.end:g}"
+
+
+def read_clip_list(
+    list_path: str | os.PathLike, videos_root: str | os.PathLike | None = None, video_suffix: str = ".mp4"
+) -> ClipList:
+    """Read a ``path label [start end]`` list and resolve its videos.
+
+    With ``videos_root``, paths are mapped onto it as :func:`encoder.data.splits.resolve_paths` does; without,
+    relative paths are taken relative to the list's folder and absolute ones kept. An entry without a file
+    suffix that is not a folder (a bare FineGym clip id) gets ``video_suffix``. Repeated ids are an error.
+    """
+    raw = read_samples(list_path)
+    if videos_root is not None:
+        resolved = resolve_paths(raw, videos_root)
+    else:
+        base = Path(list_path).parent
+        resolved = [Sample(os.fspath(base / s.path), s.label, s.start, s.end) for s in raw]
+    samples = []
+    for s in resolved:
+        path = Path(s.path)
+        if video_suffix and not path.suffix and not path.is_dir():
+            s = Sample(s.path + video_suffix, s.label, s.start, s.end)
+        samples.append(s)
+    ids = [clip_id(s) for s in raw]
+    seen: dict[str, int] = {}
+    for i, key in enumerate(ids):
+        if key in seen:
+            raise ListFormatError(list_path, f"entries {seen[key] + 1} and {i + 1} map to the same clip id {key!r}")
+        seen[key] = i
+    return ClipList(ids, samples)
+
+
+# -------------------------------------------------------------------------------------------------- manifest
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.safetensors"
+
+
+def _sha256(paths: Iterable[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def feature_shapes(encoder: FrozenEncoder) -> dict[str, list[int]]:
+    """Per-clip shape of every cached tensor, from the export's architecture."""
+    cfg = encoder.model.cfg
+    n = (cfg.img_size // cfg.patch_size) ** 2
+    shapes = {"fused": [cfg.fusion_dim], "element_cls": [encoder.layout.num_elements, cfg.embed_dim]}
+    for i, length in enumerate(encoder.layout.sizes):
+        shapes[f"element_tokens.{i}"] = [length, n, cfg.embed_dim]
+    return shapes
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(path, "missing: not a feature cache written by extract_features") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(path, f"invalid JSON: {getattr(err, 'msg', err)}", getattr(err, "lineno", None)) from None
+    if manifest.get("format") != FORMAT:
+        raise DataError(path, f"not a feature cache manifest (format={manifest.get('format')!r})")
+    return manifest
+
+
+def _check_resumable(existing: dict, fresh: dict, path: Path) -> None:
+    """Refuse to continue a cache written for another export, list, dtype or shard size."""
+    different = [
+        name
+        for name, key in (("export", ("export", "hash")), ("list", ("list", "hash")), ("dtype", ("dtype",)),
+                          ("shard_size", ("shard_size",)))
+        if _get(existing, key) != _get(fresh, key)
+    ]
+    if different:
+        raise DataError(
+            path, f"this cache was written with a different {', '.join(different)}; use a new output folder"
+        )
+
+
+def _get(d: dict, keys: tuple[str, ...]):
+    for key in keys:
+        d = d.get(key) if isinstance(d, dict) else None
+    return d
+
+
+def _shard_contents(path: Path) -> tuple[list[str], dict[str, str]] | None:
+    """``(clips written, skipped id -> reason)`` from a shard's metadata; None when missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return json.loads(meta["clips"]), json.loads(meta["skipped"])
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        _logger.warning("%s: unreadable shard, extracting it again (%s)", path, err)
+        return None
+
+
+def _shard_done(out: Path, index: int, expected: Sequence[str]) -> bool:
+    contents = _shard_contents(out / shard_name(index))
+    return contents is not None and set(contents[0]) | set(contents[1]) == set(expected)
+
+
+def _shard_ids(manifest: dict) -> list[list[str]]:
+    shards: list[list[str]] = [[] for _ in range(manifest["num_shards"])]
+    for key, shard in manifest["clips"].items():
+        shards[shard].append(key)
+    return shards
+
+
+def _refresh_manifest(out: Path) -> dict:
+    """Rebuild ``done_shards``/``skipped``/``complete`` from the shard files and rewrite the manifest."""
+    manifest = _read_manifest(out / MANIFEST_FILE)
+    done, skipped = [], {}
+    for index, ids in enumerate(_shard_ids(manifest)):
+        contents = _shard_contents(out / shard_name(index))
+        if contents is not None and set(contents[0]) | set(contents[1]) == set(ids):
+            done.append(index)
+            skipped.update(contents[1])
+    manifest.update(done_shards=done, skipped=skipped, complete=len(done) == manifest["num_shards"])
+    write_text_atomic(out / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------------ extraction
+
+
+class _Readable(Dataset):
+    """Wraps an evaluation :class:`ClipDataset`: an unreadable clip becomes ``{"index", "error"}``."""
+
+    def __init__(self, clips: ClipDataset) -> None:
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return self.clips[index]
+        except VideoReadError as err:
+            return {"index": index, "error": str(err)}
+
+
+def _collate(batch: list[dict]) -> dict:
+    ok = [item for item in batch if "error" not in item]
+    return {
+        "clip": torch.stack([item["clip"][0] for item in ok]) if ok else None,  # (B, C, K, H, W)
+        "index": [item["index"] for item in ok],
+        "errors": {item["index"]: item["error"] for item in batch if "error" in item},
+    }
+
+
+def _extract_shard(
+    encoder: FrozenEncoder, ids: Sequence[str], samples: Sequence[Sample], batch_size: int, dtype: torch.dtype,
+    num_workers: int, progress: tqdm,
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Features of one shard's clips keyed ``"<clip id>/<name>"``, and the skipped clips with reasons."""
+    pp = encoder.preprocess_config
+    dataset = ClipDataset(samples, pp.num_frames, EvalTransform(pp, 1), train=False, short_side=pp.short_side)
+    loader = DataLoader(_Readable(dataset), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    tensors: dict[str, Tensor] = {}
+    skipped: dict[str, str] = {}
+    for batch in loader:
+        skipped.update({ids[i]: reason for i, reason in batch["errors"].items()})
+        if batch["clip"] is not None:
+            with torch.no_grad():
+                out = encoder.features(batch["clip"].to(encoder.device))
+            named = {"fused": out["fused"], "element_cls": out["element_cls"]}
+            named.update({f"element_tokens.{i}": t for i, t in enumerate(out["element_tokens"])})
+            for row, index in enumerate(batch["index"]):
+                for name, value in named.items():
+                    tensors[f"{ids[index]}/{name}"] = value[row].to("cpu", dtype).clone()  # own storage per clip
+        progress.update(len(batch["index"]) + len(batch["errors"]))
+    return tensors, skipped
+
+
+def _new_manifest(export_dir: Path, list_path: Path, encoder: FrozenEncoder, ids: list[str], shard_size: int,
+                  dtype: str) -> dict:
+    num_shards = (len(ids) + shard_size - 1) // shard_size
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "export": {
+            "path": os.fspath(export_dir), "hash": _sha256([export_dir / CONFIG_FILE, export_dir / WEIGHTS_FILE])
+        },
+        "list": {"path": os.fspath(list_path), "hash": _sha256([list_path]), "num_clips": len(ids)},
+        "dtype": dtype,
+        "shard_size": shard_size,
+        "num_shards": num_shards,
+        "shapes": feature_shapes(encoder),
+        "clips": {key: i // shard_size for i, key in enumerate(ids)},
+        "done_shards": [],
+        "skipped": {},
+        "complete": False,
+    }
+
+
+def _extract(state, export_dir, list_path, out_dir, videos_root, batch_size, shard_size, dtype, num_workers) -> dict:
+    """:func:`extract_features` for one process of ``state`` (an accelerate ``PartialState`` or alike)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
+    if shard_size < 1 or batch_size < 1:
+        raise ConfigError(f"shard_size={shard_size}, batch_size={batch_size}: both must be >= 1")
+    export_dir, list_path, out = Path(export_dir), Path(list_path), Path(out_dir)
+    encoder = load(export_dir, device=state.device)
+    ids, samples = read_clip_list(list_path, videos_root)
+    fresh = _new_manifest(export_dir, list_path, encoder, ids, shard_size, dtype)
+    manifest_path = out / MANIFEST_FILE
+    if manifest_path.is_file():
+        _check_resumable(_read_manifest(manifest_path), fresh, manifest_path)  # every rank: all raise alike
+    elif state.is_main_process:
+        write_text_atomic(manifest_path, json.dumps(fresh, indent=1) + "\n")
+    state.wait_for_everyone()
+
+    mine = range(state.process_index, fresh["num_shards"], state.num_processes)
+    todo = [s for s in mine if not _shard_done(out, s, ids[s * shard_size : (s + 1) * shard_size])]
+    _logger.info("rank %d: %d of %d shards to extract", state.process_index, len(todo), len(mine))
+    total = sum(len(ids[s * shard_size : (s + 1) * shard_size]) for s in todo)
+    with tqdm(total=total, desc=f"features rank {state.process_index}", unit="clip") as progress:
+        for s in todo:
+            part = slice(s * shard_size, (s + 1) * shard_size)
+            tensors, skipped = _extract_shard(
+                encoder, ids[part], samples[part], batch_size, DTYPES[dtype], num_workers, progress
+            )
+            written = [key for key in ids[part] if key not in skipped]
+            meta = {"clips": json.dumps(written), "skipped": json.dumps(skipped)}
+            save_safetensors(out / shard_name(s), tensors, metadata=meta)
+            _refresh_manifest(out)
+    state.wait_for_everyone()
+    manifest = _refresh_manifest(out) if state.is_main_process else None
+    state.wait_for_everyone()
+    return manifest or _read_manifest(manifest_path)
+
+
+def extract_features(
+    export_dir: str | os.PathLike,
+    list_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    videos_root: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    shard_size: int = 256,
+    *,
+    dtype: str = "float16",
+    num_workers: int = 2,
+) -> dict:
+    """Extract the features of every clip of ``list_path`` with the export ``export_dir`` into ``out_dir``.
+
+    Resumable (finished shards are skipped) and split over the processes of ``accelerate launch`` (shard ``i``
+    on rank ``i % world_size``, each on its own device). Unreadable clips are skipped and listed in the
+    manifest. ``dtype``: float16 | bfloat16 | float32 of the stored tensors. Returns the final manifest.
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: several CPU processes use gloo
+    return _extract(
+        state, export_dir, list_path, out_dir, videos_root, batch_size, shard_size, dtype, num_workers
+    )
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+class FeatureCache:
+    """Read access to a feature cache folder: ``cache[clip_id] -> {"fused": (F,), ...}``."""
+
+    def __init__(self, cache_dir: str | os.PathLike) -> None:
+        self.root = Path(cache_dir)
+        self.manifest = _read_manifest(self.root / MANIFEST_FILE)
+        self._done = set(self.manifest["done_shards"])
+        self._skipped = self.manifest["skipped"]
+
+    @property
+    def clip_ids(self) -> list[str]:
+        """Ids of the clips whose features are on disk, in list order."""
+        return [key for key in self.manifest["clips"] if key in self]
+
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+    def __contains__(self, key: object) -> bool:
+        shard = self.manifest["clips"].get(key)
+        return shard is not None and shard in self._done and key not in self._skipped
+
+    def __getitem__(self, key: str) -> dict[str, Tensor]:
+        manifest_path = self.root / MANIFEST_FILE
+        if key not in self.manifest["clips"]:
+            raise DataError(manifest_path, f"clip {key!r} is not in the cached list")
+        if key in self._skipped:
+            raise DataError(manifest_path, f"clip {key!r} was skipped: {self._skipped[key]}")
+        shard = self.root / shard_name(self.manifest["clips"][key])
+        if self.manifest["clips"][key] not in self._done:
+            raise DataError(shard, f"not extracted yet (clip {key!r}); run the extraction again to finish it")
+        try:
+            with safe_open(os.fspath(shard), framework="pt") as f:
+                return {name: f.get_tensor(f"{key}/{name}") for name in self.manifest["shapes"]}
+        except (SafetensorError, OSError) as err:
+            raise DataError(shard, f"unreadable shard ({' '.join(str(err).split())})") from None
+
+
+def load_features(cache_dir: str | os.PathLike, clip_id: str) -> dict[str, Tensor]:
+    """The cached tensors of one clip: ``fused (F,)``, ``element_cls (E, D)``, ``element_tokens.<i> (L_i, N, D)``.
+
+    For many clips, keep one :class:`FeatureCache` instead (this reads the manifest on every call).
+    """
+    return FeatureCache(cache_dir)[clip_id]

@@ -1,0 +1,134 @@
+"""Feature cache: clip ids, shapes and values, resume, unreadable clips, rank split, reading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_export import exported, fake_run  # noqa: F401 (fixtures)
+
+import encoder.features as features
+from encoder.data.errors import DataError, ListFormatError
+from encoder.data.splits import Sample
+from encoder.data.video import read_frames
+from encoder.export import load
+from encoder.features import FeatureCache, clip_id, extract_features, load_features, read_clip_list
+from sefar.cli import main
+
+
+def _videos(fake_run: Path) -> Path:
+    return fake_run.parent / "data" / "videos"
+
+
+def _list(tmp: Path, fake_run: Path, broken: bool = False) -> Path:
+    """Five clips (absolute, relative and bare-id entries); optionally a sixth that cannot be decoded."""
+    videos = _videos(fake_run)
+    lines = [f"{videos / 'clip0.mp4'} 0", "clip1 1", "clip2.mp4 2", "clip3 3", f"{videos / 'clip4.mp4'} 4"]
+    if broken:
+        (videos / "broken.mp4").write_bytes(b"not a video")
+        lines.insert(2, "broken.mp4 1")
+    path = tmp / "clips.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_clip_ids_and_list_resolution(tmp_path):
+    assert clip_id(Sample("/root/video/A0x_E_000001_000002_A_0003_0004.mp4", 1)) == "A0x_E_000001_000002_A_0003_0004"
+    assert clip_id(Sample("ApplyEyeMakeup/v_Apply_g08_c01.avi", 0)) == "ApplyEyeMakeup/v_Apply_g08_c01"
+    assert clip_id(Sample("C:\\data\\x.mp4", 0)) == "x"
+    assert clip_id(Sample("long.mp4", 0, 1.5, 3.0)) == "long@1.5-3"
+    (tmp_path / "folder").mkdir()
+    lst = tmp_path / "l.txt"
+    lst.write_text("/abs/a.mp4 0\nsub/b.avi 1\nbare 2\nfolder 3\n")
+    ids, samples = read_clip_list(lst)
+    assert ids == ["a", "sub/b", "bare", "folder"]
+    assert [s.path for s in samples] == ["/abs/a.mp4", str(tmp_path / "sub/b.avi"), str(tmp_path / "bare.mp4"),
+                                         str(tmp_path / "folder")]
+    _, rooted = read_clip_list(lst, videos_root="/videos")
+    assert rooted[0].path == "/videos/a.mp4" and rooted[2].path == "/videos/bare.mp4"
+    lst.write_text("x/a.mp4 0\nx/a.avi 1\n")
+    with pytest.raises(ListFormatError, match=r"l\.txt: entries 1 and 2 map to the same clip id 'x/a'"):
+        read_clip_list(lst)
+
+
+def test_cache_shapes_values_and_resume(exported, fake_run, tmp_path, monkeypatch):
+    out = tmp_path / "cache"
+    manifest = extract_features(exported, _list(tmp_path, fake_run), out, _videos(fake_run), batch_size=2,
+                                shard_size=2, dtype="float32", num_workers=0)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", *(f"shard_0000{i}.safetensors" for i in range(3))]
+    assert manifest["complete"] and manifest["done_shards"] == [0, 1, 2] and manifest["num_shards"] == 3
+    assert manifest["clips"] == {"clip0": 0, "clip1": 0, "clip2": 1, "clip3": 1, "clip4": 2}
+    assert manifest["shapes"] == {"fused": [256], "element_cls": [3, 96], "element_tokens.0": [2, 16, 96],
+                                  "element_tokens.1": [2, 16, 96], "element_tokens.2": [4, 16, 96]}
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+
+    got = load_features(out, "clip3")
+    assert {k: list(v.shape) for k, v in got.items()} == manifest["shapes"]
+    assert all(v.dtype == torch.float32 for v in got.values())
+    encoder = load(exported)
+    want = encoder.features(encoder.preprocess(read_frames(_videos(fake_run) / "clip3.mp4")))
+    torch.testing.assert_close(got["fused"], want["fused"][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got["element_tokens.2"], want["element_tokens"][2][0], atol=1e-4, rtol=1e-4)
+
+    # resume: finished shards are kept as they are, a missing one is extracted again
+    stamps = {i: (out / f"shard_0000{i}.safetensors").stat().st_mtime_ns for i in (0, 2)}
+    (out / "shard_00001.safetensors").unlink()
+    calls = []
+    real = features._extract_shard
+    monkeypatch.setattr(features, "_extract_shard", lambda enc, ids, *a: calls.append(list(ids)) or real(enc, ids, *a))
+    manifest = extract_features(exported, _list(tmp_path, fake_run), out, _videos(fake_run), batch_size=2,
+                                shard_size=2, dtype="float32", num_workers=0)
+    assert calls == [["clip2", "clip3"]] and manifest["complete"]
+    assert {i: (out / f"shard_0000{i}.safetensors").stat().st_mtime_ns for i in (0, 2)} == stamps
+    torch.testing.assert_close(load_features(out, "clip3")["fused"], got["fused"])
+
+    with pytest.raises(DataError, match=r"manifest\.json: this cache was written with a different shard_size"):
+        extract_features(exported, _list(tmp_path, fake_run), out, _videos(fake_run), shard_size=3,
+                         dtype="float32", num_workers=0)
+
+
+def test_unreadable_clips_are_skipped_and_reported(exported, fake_run, tmp_path):
+    out = tmp_path / "cache"
+    manifest = extract_features(exported, _list(tmp_path, fake_run, broken=True), out, _videos(fake_run),
+                                shard_size=4, num_workers=0)
+    assert list(manifest["skipped"]) == ["broken"] and manifest["complete"]
+    cache = FeatureCache(out)
+    assert len(cache) == 5 and "broken" not in cache and "clip4" in cache
+    assert cache["clip0"]["fused"].dtype == torch.float16
+    with pytest.raises(DataError, match=r"manifest\.json: clip 'broken' was skipped: .*broken\.mp4"):
+        cache["broken"]
+    with pytest.raises(DataError, match="clip 'nope' is not in the cached list"):
+        cache["nope"]
+
+
+class _FakeState:
+    """One process of a two-process accelerate launch, run one after the other."""
+
+    def __init__(self, rank: int, world: int = 2) -> None:
+        self.process_index, self.num_processes = rank, world
+        self.is_main_process = rank == 0
+        self.device = torch.device("cpu")
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def test_shards_are_split_across_ranks(exported, fake_run, tmp_path):
+    out = tmp_path / "cache"
+    args = (exported, _list(tmp_path, fake_run), out, _videos(fake_run), 2, 1, "float16", 0)
+    after_rank0 = features._extract(_FakeState(0), *args)
+    assert after_rank0["done_shards"] == [0, 2, 4] and not after_rank0["complete"]
+    with pytest.raises(DataError, match=r"shard_00001\.safetensors: not extracted yet"):
+        load_features(out, "clip1")
+    final = features._extract(_FakeState(1), *args)
+    assert final["done_shards"] == [0, 1, 2, 3, 4] and final["complete"]
+    assert load_features(out, "clip1")["fused"].shape == (256,)
+
+
+def test_cli_features(exported, fake_run, tmp_path, capsys):
+    rc = main(["encoder", "features", str(exported), str(_list(tmp_path, fake_run)), str(tmp_path / "c"),
+               "--videos-root", str(_videos(fake_run)), "--batch-size", "3", "--workers", "0"])
+    assert rc == 0 and "1/1 shards" in capsys.readouterr().out
+    assert len(FeatureCache(tmp_path / "c")) == 5
