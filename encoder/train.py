@@ -16,7 +16,7 @@ Run folder::
     RUN/config.yaml        resolved config          RUN/classes.json   class names (+ categories file)
     RUN/split/             labeled/unlabeled lists   RUN/metrics.jsonl  one line per logged step
     RUN/checkpoints/step_0000100/ {student,teacher,optimizer}.safetensors, state.json
-    RUN/final/             {student,teacher}.safetensors, results.json
+    RUN/final/             {student,teacher}.safetensors, results.json, val_predictions.safetensors
 """
 
 from __future__ import annotations
@@ -515,7 +515,10 @@ def _final_eval(cfg: RunConfig, teacher: TimeSformer, names: list[str], final: P
     probs, labels = predict(
         teacher, items, cfg, batch_size=cfg.optim.micro_batch_size,
         views=cfg.eval_temporal_views, crops=cfg.eval_spatial_crops, device=next(teacher.parameters()).device,
+        num_workers=cfg.data.num_workers,
     )
+    predictions = {"probs": probs.float().contiguous(), "labels": labels.contiguous()}
+    save_file(predictions, final / "val_predictions.safetensors")
     metrics = compute_metrics(probs, labels, names)
     return {k: metrics[k] for k in ("top1", "top5", "mean_class_accuracy") if k in metrics}
 
