@@ -140,7 +140,8 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_categories_fixture_both_formats(tmp_path: Path) -> None:
-    clabel = _write(tmp_path / "c.txt", "Clabel:   1; set: 21; Glabel:  7; (FX) b  \r\n\r\nClabel: 0; set: 1; Glabel: 3; (VT) a\r\n")
+    text = "Clabel:   1; set: 21; Glabel:  7; (FX) b  \r\n\r\nClabel: 0; set: 1; Glabel: 3; (VT) a\r\n"
+    clabel = _write(tmp_path / "c.txt", text)
     assert read_categories(clabel) == [Category(0, 3, 1, "VT", "a"), Category(1, 7, 21, "FX", "b")]
     glabel = _write(tmp_path / "g.txt", "Glabel: 0; set: 41; (UB) x\nGlabel: 1; set: 44; (UB) y\n")
     assert [c.label for c in read_categories(glabel)] == [0, 1]
@@ -164,7 +165,8 @@ def test_categories_malformed(tmp_path: Path, text: str, line: int, reason: str)
 
 def test_categories_label_gap_and_empty(tmp_path: Path) -> None:
     with pytest.raises(ListFormatError, match=r"labels must be 0..1; missing \[1\]"):
-        read_categories(_write(tmp_path / "gap.txt", "Clabel: 0; set: 1; Glabel: 0; (VT) a\nClabel: 2; set: 1; Glabel: 1; (VT) b\n"))
+        text = "Clabel: 0; set: 1; Glabel: 0; (VT) a\nClabel: 2; set: 1; Glabel: 1; (VT) b\n"
+        read_categories(_write(tmp_path / "gap.txt", text))
     with pytest.raises(ListFormatError, match="no categories"):
         read_categories(_write(tmp_path / "empty.txt", "\n\n"))
 
@@ -176,8 +178,10 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 
 def test_set_categories_fixture(tmp_path: Path) -> None:
-    assert read_set_categories(_write(tmp_path / "s.txt", "set: 1; vault\r\nset: 21; FX_turns \r\n")) == {1: "vault", 21: "FX_turns"}
-    for text, line, reason in [("set: 1; vault\nset 2 x\n", 2, "expected 'set"), ("set: 1; a\nset: 1; b\n", 2, "listed twice"),
+    sets = read_set_categories(_write(tmp_path / "s.txt", "set: 1; vault\r\nset: 21; FX_turns \r\n"))
+    assert sets == {1: "vault", 21: "FX_turns"}
+    for text, line, reason in [("set: 1; vault\nset 2 x\n", 2, "expected 'set"),
+                               ("set: 1; a\nset: 1; b\n", 2, "listed twice"),
                                ("set: 60; x\n", 1, "not a FineGym set")]:
         with pytest.raises(ListFormatError, match=reason) as info:
             read_set_categories(_write(tmp_path / "bad.txt", text))

@@ -117,7 +117,14 @@ def test_ddp_two_processes_match_one(toy, tmp_path):
         args = tiny_overrides(toy, out, *common, f"optim.micro_batch_size={micro}")
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
                "-m", "sefar", "encoder", "train", "--no-resume", "-", *args]
-        subprocess.run(cmd, check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
+            raise
+        assert proc.returncode == 0, output.decode()[-3000:]
         return losses(out)
 
     one = run(1, tmp_path / "one", 4)

@@ -113,9 +113,8 @@ def _category_from_line(path: str | os.PathLike, number: int, line: str) -> tupl
     else:
         match = _GLABEL_RE.fullmatch(line)
         if not match:
-            raise ListFormatError(
-                path, f"expected 'Clabel: N; set: S; Glabel: G; (EV) name' or 'Glabel: G; set: S; (EV) name', got {line!r}", line=number
-            )
+            expected = "'Clabel: N; set: S; Glabel: G; (EV) name' or 'Glabel: G; set: S; (EV) name'"
+            raise ListFormatError(path, f"expected {expected}, got {line!r}", line=number)
         glabel, set_id, event, name = match.groups()
         label, kind = glabel, "glabel"
     try:
@@ -123,7 +122,8 @@ def _category_from_line(path: str | os.PathLike, number: int, line: str) -> tupl
     except ValueError as err:
         raise ListFormatError(path, str(err), line=number) from None
     if event != expected:
-        raise ListFormatError(path, f"event tag ({event}) does not match set {set_id}, which belongs to {expected}", line=number)
+        reason = f"event tag ({event}) does not match set {set_id}, which belongs to {expected}"
+        raise ListFormatError(path, reason, line=number)
     if not name.strip():
         raise ListFormatError(path, "empty element name", line=number)
     return kind, Category(int(label), int(glabel), int(set_id), event, name.strip())
@@ -143,9 +143,11 @@ def read_categories(path: str | os.PathLike) -> list[Category]:
         if len(kinds) > 1:
             raise ListFormatError(path, "mixes Clabel lines and Glabel-only lines", line=number)
         if category.label in by_label:
-            raise ListFormatError(path, f"label {category.label} repeats line {by_label[category.label][0]}", line=number)
+            reason = f"label {category.label} repeats line {by_label[category.label][0]}"
+            raise ListFormatError(path, reason, line=number)
         if category.glabel in glabels:
-            raise ListFormatError(path, f"Glabel {category.glabel} repeats line {glabels[category.glabel]}", line=number)
+            reason = f"Glabel {category.glabel} repeats line {glabels[category.glabel]}"
+            raise ListFormatError(path, reason, line=number)
         by_label[category.label] = (number, category)
         glabels[category.glabel] = number
     if not by_label:
@@ -323,7 +325,8 @@ def _pairs(value: object) -> tuple[tuple[float, float], ...] | None:
         return None
     pairs = []
     for pair in value:
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in pair)):
+        numbers = isinstance(pair, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in pair)
+        if not numbers or len(pair) != 2:
             return None
         if pair[0] > pair[1]:
             return None
@@ -352,9 +355,11 @@ def _event_elements(path: str | os.PathLike, youtube_id: str, event_key: str, ev
         times = _pairs(element.get("timestamps")) if isinstance(element, dict) else None
         stages = element.get("stages") if isinstance(element, dict) else None
         if times is None or not isinstance(stages, int) or isinstance(stages, bool) or stages < 1:
-            raise ListFormatError(path, f"{where}/{element_key}: needs 'stages' (int >= 1) and 'timestamps' [[start, end], ...]")
+            reason = "needs 'stages' (int >= 1) and 'timestamps' [[start, end], ...]"
+            raise ListFormatError(path, f"{where}/{element_key}: {reason}")
         clip_id = f"{youtube_id}_{event_key}_{element_key}"
-        elements.append(ElementAnnotation(clip_id, youtube_id, EVENT_CODES[event["event"]], span[0][0], span[0][1], stages, times))
+        event_name = EVENT_CODES[event["event"]]
+        elements.append(ElementAnnotation(clip_id, youtube_id, event_name, span[0][0], span[0][1], stages, times))
     return elements
 
 
