@@ -1,0 +1,310 @@
+"""SynGym: FineGym-format files, decodable videos, determinism, and the properties that make it fine-grained."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from encoder.data import syngym
+from encoder.data.errors import ConfigError
+from encoder.data.finegym import (
+    Hierarchy,
+    parse_clip_id,
+    read_annotations,
+    read_categories,
+    read_element_list,
+    read_set_categories,
+)
+from encoder.data.syngym import CLASSES, SIZES, clip_params, direction_pairs, render_clip
+from encoder.data.syngym_motion import Performance, element_track, figure_motion
+from encoder.data.syngym_render import J, rasterise
+from encoder.data.video import read_frames, video_info
+
+TINY = SIZES["tiny"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, dict]:
+    """A tiny SynGym (seed 0) with one broadcast video, rendered in this process."""
+    out = tmp_path_factory.mktemp("syngym") / "a"
+    return out, syngym.synthesize(out, seed=0, size="tiny", workers=1, broadcast=1)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------- taxonomy
+
+def test_hierarchy_has_enough_fine_grained_classes():
+    assert len(CLASSES) >= 24
+    assert [c.label for c in CLASSES] == list(range(len(CLASSES)))
+    assert len({c.event for c in CLASSES}) >= 3
+    assert len({c.name for c in CLASSES if c.event == "FX"}) == sum(c.event == "FX" for c in CLASSES)
+    pairs = direction_pairs()
+    assert len(pairs) >= 8
+    for forward, backward in pairs:
+        f, b = CLASSES[forward], CLASSES[backward]
+        assert (f.direction, b.direction) == (1, -1)
+        assert f.name.replace("forward", "backward") == b.name
+        assert (f.motion, f.shape, f.rotations, f.turns) == (b.motion, b.shape, b.rotations, b.turns)
+
+
+def test_category_lines_are_spaced_like_gym99(shared_data):
+    lines = (shared_data / "finegym" / "gym99_categories.txt").read_text().splitlines()
+    for line in lines:
+        m = re.fullmatch(r"Clabel:\s*(\d+); set:\s*(\d+); Glabel:\s*(\d+); \((\w+)\) (.*)", line)
+        assert syngym.category_line(int(m[1]), int(m[2]), int(m[3]), m[4], m[5]) == line
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+def test_categories_and_sets_parse_with_the_finegym_readers(tiny):
+    out, _ = tiny
+    categories = read_categories(out / "categories.txt")
+    sets = read_set_categories(out / "set_categories.txt")
+    def fields(c):
+        return (c.label, c.set_id, c.event, c.name)
+
+    assert [fields(c) for c in categories] == [fields(c) for c in CLASSES]
+    assert {c.set_id for c in categories} == set(sets)
+    hierarchy = Hierarchy(categories, sets)
+    assert hierarchy.events == ["FX", "BB", "UB"]
+    assert all(len(hierarchy.elements(set_id=s)) >= 2 for s in sets)  # every set has hard siblings
+
+
+def test_element_lists_are_balanced_and_match_the_annotation(tiny):
+    out, summary = tiny
+    train = read_element_list(out / "train_element.txt")
+    val = read_element_list(out / "val_element.txt")
+    assert Counter(label for _, label in train) == {c.label: TINY.train_per_class for c in CLASSES}
+    assert Counter(label for _, label in val) == {c.label: TINY.val_per_class for c in CLASSES}
+    assert summary["splits"]["train"]["clips"] == len(train) and summary["splits"]["val"]["clips"] == len(val)
+    train_videos = {parse_clip_id(c).youtube_id for c, _ in train}
+    assert train_videos.isdisjoint(parse_clip_id(c).youtube_id for c, _ in val)  # splits share no video
+
+    annotations = {a.clip_id: a for a in read_annotations(out / "annotation.json")}
+    assert set(annotations) == {c for c, _ in train + val}
+    for clip_id, label in train + val:
+        a, cid = annotations[clip_id], parse_clip_id(clip_id)
+        assert a.event == CLASSES[label].event and a.stages == 1
+        assert (cid.event_start, cid.event_end) == (int(a.event_start), int(a.event_end))
+        assert (cid.element_start, cid.element_end) == (int(a.start), int(a.end))
+        assert 0 <= a.start < a.end <= a.event_end - a.event_start
+
+
+def test_videos_decode_with_the_annotated_length(tiny):
+    out, _ = tiny
+    annotations = {a.clip_id: a for a in read_annotations(out / "annotation.json")}
+    for clip_id, _ in read_element_list(out / "train_element.txt"):
+        info = video_info(out / "videos" / f"{clip_id}.mp4")
+        a = annotations[clip_id]
+        assert TINY.min_frames <= info.num_frames <= TINY.max_frames
+        assert info.num_frames == round((a.end - a.start) * TINY.fps)
+        assert (info.width, info.height, info.fps) == (TINY.frame_size, TINY.frame_size, TINY.fps)
+    frames = read_frames(out / "videos" / f"{clip_id}.mp4")
+    assert frames.dtype == np.uint8 and frames.shape == (info.num_frames, TINY.frame_size, TINY.frame_size, 3)
+    assert frames.std() > 10  # a scene, not a blank
+
+
+def test_manifest_digest_covers_every_file_and_no_temporaries_remain(tiny):
+    out, summary = tiny
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest == {k: v for k, v in summary.items() if k not in ("out", "workers", "wall_time_s")}
+    files = {name: data for name, data in _tree(out).items() if name != "manifest.json"}
+    content = "".join(f"{name} {hashlib.sha256(data).hexdigest()}\n" for name, data in sorted(files.items()))
+    assert manifest["content_sha256"] == hashlib.sha256(content.encode()).hexdigest()
+    assert manifest["files"] == len(files)
+    assert not [name for name in files if Path(name).name.startswith(".")]
+    assert manifest["num_classes"] == len(CLASSES)
+    assert manifest["direction_pairs"] == [list(p) for p in direction_pairs()]
+    text = syngym.format_summary(summary)
+    assert f"{len(CLASSES)} classes" in text and str(out) in text
+
+
+def test_same_seed_gives_byte_identical_files_whatever_the_workers(tiny, tmp_path):
+    out, summary = tiny
+    again = syngym.synthesize(tmp_path / "b", seed=0, size="tiny", workers=2, broadcast=1)
+    assert again["content_sha256"] == summary["content_sha256"]
+    assert _tree(tmp_path / "b") == _tree(out)
+
+
+def test_another_seed_gives_other_clips():
+    jobs0, _ = syngym.build_plan(0, TINY)
+    jobs1, _ = syngym.build_plan(1, TINY)
+    assert [j.clip_id for j in jobs0] != [j.clip_id for j in jobs1]
+    element = CLASSES[2]
+    a = render_clip(element, *clip_params(0, 0, element, TINY))
+    b = render_clip(element, *clip_params(1, 0, element, TINY))
+    assert a.shape != b.shape or not np.array_equal(a, b)
+
+
+def test_bad_arguments_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="size"):
+        syngym.synthesize(tmp_path, size="huge")
+    with pytest.raises(ConfigError, match="broadcast"):
+        syngym.synthesize(tmp_path, size="tiny", broadcast=-1)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a SynGym folder.*notes.txt"):
+        syngym.synthesize(tmp_path, size="tiny")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing written, nothing lost
+
+
+def test_rerun_over_an_earlier_output_leaves_only_the_new_files(tiny, tmp_path):
+    out, _ = tiny
+    shutil.copytree(out, tmp_path / "c")
+    (tmp_path / "c" / "videos" / ".half.mp4.123.tmp").write_bytes(b"killed run")
+    summary = syngym.synthesize(tmp_path / "c", seed=1, size="tiny", workers=1)
+    files = [name for name in _tree(tmp_path / "c") if name != "manifest.json"]
+    assert len(files) == summary["files"] and not (tmp_path / "c" / "broadcast").exists()
+    old_ids = {c for c, _ in read_element_list(out / "train_element.txt")}
+    assert old_ids.isdisjoint(c for c, _ in read_element_list(tmp_path / "c" / "train_element.txt"))
+
+
+# ------------------------------------------------------------------------------- fine-grained by design
+
+@pytest.mark.parametrize("pair", direction_pairs()[::3])
+def test_backward_is_the_time_reverse_of_forward(pair):
+    """Same nuisance stream: the backward clip's poses and (noise-free) frames are the forward ones reversed,
+    so any single frame is exactly as likely under either class."""
+    forward, backward = CLASSES[pair[0]], CLASSES[pair[1]]
+    scene_f, perf_f = clip_params(0, 5, forward, TINY)
+    scene_b, perf_b = clip_params(0, 5, backward, TINY)
+    assert (scene_f, perf_f) == (scene_b, perf_b)  # nuisances do not depend on the direction
+    motion = lambda c: figure_motion(c.motion, c.shape, c.direction, c.rotations, c.turns, perf_f)  # noqa: E731
+    np.testing.assert_allclose(motion(backward), motion(forward)[::-1])
+    still = dataclasses.replace(scene_f, noise_sigma=0.0, camera_amplitude=0.0)
+    np.testing.assert_array_equal(render_clip(backward, still, perf_f), render_clip(forward, still, perf_f)[::-1])
+
+
+def test_facing_left_is_the_mirror_image_and_faces_the_other_way():
+    element = CLASSES[2]  # salto forward tucked
+    _, perf = clip_params(0, 0, element, TINY)
+    right = figure_motion("salto", "tucked", 1, 1, 0, dataclasses.replace(perf, facing=1))
+    left = figure_motion("salto", "tucked", 1, 1, 0, dataclasses.replace(perf, facing=-1))
+    np.testing.assert_allclose(left[..., 0], -right[..., 0])
+    np.testing.assert_allclose(left[..., 1:], right[..., 1:])
+    nose_ahead = right[0, J["nose"], 0] - right[0, J["head"], 0]
+    assert nose_ahead > 0  # the front (nose, chest marker) shows which way the figure faces
+    assert right[-1, J["pelvis"], 0] > right[0, J["pelvis"], 0]  # a forward salto travels to the front
+
+
+def test_counts_differ_only_in_how_far_the_body_turns():
+    perf = Performance(num_frames=40, lead_in=4, element_frames=30, warp=0.2, facing=1, height=0.7, travel=0.4,
+                       spin_sign=-1)
+    for turns in (1, 1.5, 2):
+        track = element_track("turn", "free_leg_low", 0, turns, perf)
+        assert track.twist[-1] == pytest.approx(-360 * turns) and track.twist[0] == 0
+    single, double = (element_track("salto", "piked", n, 0, perf) for n in (1, 2))
+    assert (single.salto[-1], double.salto[-1]) == (pytest.approx(360), pytest.approx(720))
+    np.testing.assert_allclose(single.poses, double.poses)  # same shapes, only the rotation differs
+
+
+def test_body_shapes_differ_only_in_flight():
+    perf = Performance(num_frames=40, lead_in=5, element_frames=30, warp=0.0, facing=1, height=0.7, travel=0.4,
+                       spin_sign=1)
+    tucked, piked, stretched = (element_track("salto", s, 1, 0, perf).poses for s in ("tucked", "piked", "stretched"))
+    still = np.r_[0:5, 35:40]  # lead-in and lead-out frames
+    np.testing.assert_allclose(tucked[still], piked[still])
+    np.testing.assert_allclose(piked[still], stretched[still])
+    apex = 20
+    assert np.abs(tucked[apex] - piked[apex]).max() > 90  # knees
+    assert np.abs(piked[apex] - stretched[apex]).max() > 90  # hips
+
+
+def test_rasterise_draws_capsules_far_to_near():
+    canvas = np.zeros((3, 1, 24, 24), np.float32)  # (C, T, H, W)
+    p0 = np.array([[[2.0, 12.0], [12.0, 2.0]]], np.float32)  # (T=1, S=2, 2) as (col, row)
+    p1 = np.array([[[22.0, 12.0], [12.0, 22.0]]], np.float32)
+    colour = np.array([[[255.0, 0, 0], [0, 255.0, 0]]], np.float32)
+    rasterise(canvas, p0, p1, np.array([1.5, 1.5], np.float32), colour, np.array([[1.0, 0.0]]))  # red nearer
+    image = canvas[:, 0].transpose(1, 2, 0)  # (H, W, 3)
+    assert tuple(image[12, 12]) == (255, 0, 0)  # the crossing shows the nearer (red) capsule
+    assert tuple(image[4, 12]) == (0, 255, 0) and tuple(image[12, 4]) == (255, 0, 0)
+    assert image[0, 0].sum() == 0 and 0 < image[12, 0].sum() < 255  # outside; anti-aliased at the round end
+    with pytest.raises(ValueError, match="contiguous"):
+        rasterise(canvas.transpose(0, 1, 3, 2), p0, p1, np.array([1.5, 1.5], np.float32), colour, np.zeros((1, 2)))
+
+
+# ------------------------------------------------------------------------------------------ broadcast
+
+def test_broadcast_annotation_is_finegym_nested_and_consistent(tiny):
+    out, summary = tiny
+    data = json.loads((out / "broadcast" / "annotation.json").read_text())
+    (yid, events), = data.items()
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{10}", yid)
+    info = video_info(out / "broadcast" / f"{yid}.mp4")
+    assert len(events) == len(syngym.EVENT_CODES)
+    for key, event in events.items():
+        (start, end), = event["timestamps"]
+        assert key == f"E_{int(start):06d}_{int(end):06d}" and end * TINY.fps <= info.num_frames
+        for element_key, element in event["segments"].items():
+            (a, b), = element["timestamps"]
+            assert element["stages"] == 1 and element_key == f"A_{int(a):04d}_{int(b):04d}"
+            assert 0 < a < b < end - start
+            assert TINY.min_frames <= round((b - a) * TINY.fps) <= TINY.max_frames
+    listed = read_element_list(out / "broadcast" / "element_list.txt")
+    assert {c for c, _ in listed} == {a.clip_id for a in read_annotations(out / "broadcast" / "annotation.json")}
+    assert summary["broadcast"] == {"videos": 1, "elements": len(listed)}
+
+
+def test_broadcast_trims_into_its_element_clips(tiny, tmp_path):
+    """End to end through the FineGym preparation tool: every element clip comes out with its length."""
+    from encoder.data.prepare import prepare_finegym
+
+    out, _ = tiny
+    result = prepare_finegym(out / "broadcast", out / "broadcast" / "annotation.json", tmp_path, short_side=None)
+    assert result.ok
+    annotations = {a.clip_id: a for a in read_annotations(out / "broadcast" / "annotation.json")}
+    for clip_id, _ in read_element_list(out / "broadcast" / "element_list.txt"):
+        a = annotations[clip_id]
+        assert video_info(tmp_path / "elements" / f"{clip_id}.mp4").num_frames == round((a.end - a.start) * TINY.fps)
+
+
+# ------------------------------------------------------------------------------------ difficulty bench
+
+def _bench():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "syngym_difficulty.py"
+    spec = importlib.util.spec_from_file_location("syngym_difficulty", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_direction_pair_accuracy_compares_only_the_reversed_sibling():
+    import torch
+
+    bench = _bench()
+
+    class Fixed(torch.nn.Module):  # scores every clip the same: class 2 > class 9 > everything else
+        def forward(self, x):
+            logits = torch.zeros(len(x), len(CLASSES))
+            logits[:, 2], logits[:, 9] = 2.0, 1.0
+            return logits
+
+    clips = torch.zeros(4, 9, 3, 16, 16, dtype=torch.uint8)
+    labels = torch.tensor([2, 9, 9, 0])  # forward wins once, backward loses twice, label 0 is in no pair
+    result = bench.evaluate(Fixed(), clips, labels, 8, [(2, 9)])
+    assert result == {"top1": 25.0, "direction_pairs": 33.3, "direction_clips": 3}
+    few = bench.stratified(torch.tensor([0] * 20 + [1] * 10 + [2]), 0.1, seed=0)
+    assert torch.bincount(torch.tensor([0] * 20 + [1] * 10 + [2])[few]).tolist() == [2, 1, 1]
+
+
+def test_bench_runs_end_to_end_on_tiny(tiny, tmp_path):
+    out, _ = tiny
+    report = tmp_path / "difficulty.json"
+    assert _bench().main(["--data", str(out), "--steps", "2", "--batch", "4", "--out", str(report)]) == 0
+    results = json.loads(report.read_text())["results"]
+    assert list(results) == ["single_frame", "temporal", "temporal_10pct"]
+    assert [r["frames"] for r in results.values()] == [1, 8, 8]
+    assert results["temporal_10pct"]["train_clips"] == len(CLASSES)  # at least one clip per class
