@@ -24,12 +24,12 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "encoder" / "
 
 
 def _synth(out: Path, seed: int, size: str) -> dict:
-    from encoder.data.syngym import format_summary, synthesize
+    from encoder.data.syngym import VERSION, format_summary, synthesize
 
     manifest = out / "manifest.json"
     if manifest.is_file():
         info = json.loads(manifest.read_text(encoding="utf-8"))
-        if info.get("seed") == seed and info.get("size") == size:
+        if (info.get("seed"), info.get("size"), info.get("version")) == (seed, size, VERSION):
             print(f"[1/4] SynGym already in {out} (seed {seed}, {size})")
             return info
     print(f"[1/4] generating SynGym ({size}, seed {seed}) into {out}")
@@ -49,19 +49,22 @@ def _train(config: Path, data: Path, out: Path, overrides: list[str]) -> dict:
     return train(cfg, resume=True)
 
 
-def _gymqa(data: Path, out: Path, seed: int) -> dict | None:
-    try:
-        from gymqa.build import build_gymqa
-    except ImportError:  # pragma: no cover - gymqa ships with the toolkit
-        return None
-    return build_gymqa(
+def _gymqa(data: Path, labeled: Path, out: Path, seed: int) -> dict:
+    """Gym-QA (element questions, the paper's random distractors) from SynGym's FineGym-format files; the train
+    questions cover exactly the encoder's labeled clips."""
+    from gymqa.build import BuildConfig, build_gymqa
+
+    qa = build_gymqa(
         categories=data / "categories.txt",
         set_names=data / "set_categories.txt",
         train_list=data / "train_element.txt",
         val_list=data / "val_element.txt",
         out_dir=out,
-        seed=seed,
+        labeled=labeled,
+        config=BuildConfig(seed=seed),
+        name="gymqa-syngym",
     )
+    return {"folder": str(out), "train": len(qa.train), "test": len(qa.test)}
 
 
 def format_table(rows: list[dict]) -> str:
@@ -94,7 +97,7 @@ def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
         rows.append({"mode": mode, "labeled": split["num_labeled"], **result})
     print("[4/4] exporting the SeFAR teacher and building Gym-QA on SynGym")
     export(out / "encoder" / "sefar", out / "export" / "sefar_tiny")
-    qa = _gymqa(data, out / "gymqa", seed)
+    qa = _gymqa(data, out / "encoder" / "sefar" / "split" / "labeled.txt", out / "gymqa", seed)
     summary = {
         "rows": rows,
         "sefar_minus_supervised_top1": round(100 * (rows[1]["top1"] - rows[0]["top1"]), 2),

@@ -57,6 +57,10 @@ def add_parser(subparsers, name: str, help_: str) -> None:
     synth.add_argument("--out", required=True, metavar="DIR")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--size", choices=("tiny", "default"), default="default")
+    synth.add_argument("--workers", type=_int_at_least(1), default=None, metavar="N",
+                       help="rendering processes (default: the CPUs available)")
+    synth.add_argument("--broadcast", type=_int_at_least(0), default=0, metavar="N",
+                       help="also write N long broadcast videos with a FineGym annotation JSON")
     synth.set_defaults(func=_synth)
 
 
@@ -90,6 +94,7 @@ def _prepare_finegym(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from encoder.data import syngym
 
-    syngym.synthesize(args.out, seed=args.seed, size=args.size)
-    print(f"SynGym ({args.size}, seed {args.seed}) written to {args.out}")
+    summary = syngym.synthesize(args.out, seed=args.seed, size=args.size, workers=args.workers,
+                                broadcast=args.broadcast)
+    print(syngym.format_summary(summary))
     return 0

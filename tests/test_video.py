@@ -91,3 +91,11 @@ def test_truncated_file(tmp_path):
     # a file cut before its index cannot even be opened
     cut.write_bytes(write_video(tmp_path / "plain.mp4", n=60).read_bytes()[:2000])
     assert "cannot open" in _one_line_error(cut, [0])
+
+
+def test_odd_widths_decord_rejects_still_read(tmp_path):
+    # decord 0.6 fails to copy frames of some widths (48, 72); the reader then decodes with PyAV
+    path = write_video(tmp_path / "w48.mp4", n=10, size=(48, 48))
+    frames = read_frames(path, [0, 9])
+    assert frames.shape == (2, 48, 48, 3)
+    np.testing.assert_allclose(red_levels(frames), [frame_value(0), frame_value(9)], atol=12)

@@ -272,7 +272,12 @@ class _Auto:
             return _PyAV.open_info(path)
 
     def decode(self, path: Path, handle, frames: np.ndarray, info: VideoInfo) -> np.ndarray:
-        return self.impl.decode(path, handle, frames, info)
+        if self.impl is _PyAV:
+            return _PyAV.decode(path, handle, frames, info)
+        try:
+            return _Decord.decode(path, handle, frames, info)
+        except Exception:  # decord 0.6 fails on some valid files (e.g. widths 48 or 72): let PyAV judge
+            return _PyAV.decode(path, None, frames, info)
 
     def size(self, path: Path, handle) -> tuple[int, int]:
         return self.impl.size(path, handle)
