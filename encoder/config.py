@@ -46,6 +46,12 @@ class ModelConfig:
     pretrained: Optional[str] = None  # local timm ViT checkpoint (.pth/.safetensors) or a cached timm name
     drop_path_rate: float = 0.1
     head_dropout: float = 0.5
+    # optional changes to the named architecture (None keeps the named config's value)
+    patch_size: Optional[int] = None
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    stem: Optional[str] = None  # patch | conv
 
 
 @dataclass
@@ -79,8 +85,9 @@ class SSLConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "sgd"  # sgd (the paper's, for ImageNet-initialised ViTs) | adamw (models trained from scratch)
     lr: float = 0.005
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD momentum (AdamW: beta1)
     nesterov: bool = True
     weight_decay: float = 1e-3
     epochs: int = 30
@@ -180,6 +187,8 @@ def validate(cfg: RunConfig) -> None:
             f"optim.batch_size={cfg.optim.batch_size} is not a multiple of optim.micro_batch_size="
             f"{cfg.optim.micro_batch_size}; make it one"
         )
+    if cfg.optim.name not in ("sgd", "adamw"):
+        p.append(f"optim.name={cfg.optim.name!r}: use sgd or adamw")
     if cfg.mixed_precision not in ("no", "bf16"):
         p.append(f"mixed_precision={cfg.mixed_precision!r}: use no or bf16")
     if cfg.data.short_side is not None and cfg.model.img_size > cfg.data.short_side:

@@ -61,6 +61,7 @@ class TimeSformerConfig:
     qkv_bias: bool = True
     drop_path_rate: float = 0.1
     combo: str = "2-2-4"
+    stem: str = "patch"  # "patch" (ViT, loads ImageNet weights) | "conv" (early convolutions, for training from scratch)
     fusion_dim: int = 256
     head_dropout: float = 0.5
 
@@ -74,6 +75,10 @@ class TimeSformerConfig:
             errors.append(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             errors.append(f"drop_path_rate={self.drop_path_rate}: use a value in [0, 1)")
+        if self.stem not in ("patch", "conv"):
+            errors.append(f"stem={self.stem!r}: use 'patch' or 'conv'")
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            errors.append(f"stem='conv' needs a power-of-two patch_size, got {self.patch_size}")
         if not 0.0 <= self.head_dropout < 1.0:
             errors.append(f"head_dropout={self.head_dropout}: use a value in [0, 1)")
         if errors:
@@ -162,16 +167,34 @@ class DividedSpaceTimeBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+    """Frames ``(B, C, H, W)`` -> patch tokens ``(B, N, D)``, one token per ``patch_size`` square.
+
+    ``stem="patch"``: ViT's single strided convolution (the layout of ImageNet ViT checkpoints).
+    ``stem="conv"``: log2(patch_size) 3x3 stride-2 convolutions with BatchNorm and GELU, then a 1x1 projection
+    ("early convolutions", Xiao et al. 2021). It trains from scratch far faster than a patchify stem, which is what
+    the small CPU configs need; it cannot load ImageNet ViT weights.
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, stem: str = "patch") -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        if stem == "patch":
+            self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        else:
+            layers: list[nn.Module] = []
+            width, steps = in_chans, int(math.log2(patch_size))
+            for i in range(steps):
+                out = max(16, embed_dim >> (steps - i))  # widths grow towards embed_dim
+                layers += [nn.Conv2d(width, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.GELU()]
+                width = out
+            layers.append(nn.Conv2d(width, embed_dim, kernel_size=1))
+            self.proj = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"frame size {h}x{w} is not a multiple of the patch size {self.patch_size}")
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
 
 
 class FusionHead(nn.Module):
@@ -236,7 +259,7 @@ class TimeSformer(nn.Module):
         self.grid_size = cfg.img_size // cfg.patch_size
         self.grad_checkpointing = False
 
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, d)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, d, cfg.stem)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size**2, d))
         self.time_embeds = nn.ParameterList(nn.Parameter(torch.zeros(1, size, d)) for size in self.layout.sizes)
@@ -446,7 +469,8 @@ def load_pretrained(model: TimeSformer, source: str | os.PathLike) -> LoadReport
 
 _CONFIGS: dict[str, dict] = {
     # CPU-sized: a labeled(4) + unlabeled(12) step of 8-frame clips trains in seconds on a laptop.
-    "tiny": dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=4),
+    # A convolutional stem: ViTs trained from scratch on small data plateau for long with a patchify stem.
+    "tiny": dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=4, stem="conv"),
     "vit_small": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6),
     "vit_base": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
 }

@@ -161,17 +161,20 @@ def build_model(cfg: RunConfig, num_classes: int, pretrained: bool = True) -> Ti
         pretrained=cfg.model.pretrained if pretrained else None,
         drop_path_rate=cfg.model.drop_path_rate,
         head_dropout=cfg.model.head_dropout,
+        **{k: v for k in ("patch_size", "embed_dim", "depth", "num_heads", "stem") if (v := getattr(cfg.model, k)) is not None},
     )
 
 
 def build_optimizer(cfg: RunConfig, model: TimeSformer) -> torch.optim.Optimizer:
-    """SGD (nesterov) with weight decay on weight matrices only (not norms, biases, embeddings)."""
+    """SGD (nesterov) or AdamW, with weight decay on weight matrices only (not norms, biases, embeddings)."""
     skip = model.no_weight_decay()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or name in skip or name.split(".")[0] in skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     o = cfg.optim
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.999))
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
 
 

@@ -109,7 +109,8 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(toy, tmp_path):
     """Two gloo processes with half the micro-batch each = one process with the same global batch."""
-    common = ["ssl.mode=supervised", "model.drop_path_rate=0", "model.head_dropout=0", "aug.flip=false",
+    # a patchify stem: BatchNorm (the tiny config's conv stem) sees per-process batches under DDP
+    common = ["ssl.mode=supervised", "model.stem=patch", "model.drop_path_rate=0", "model.head_dropout=0", "aug.flip=false",
               "optim.micro_batch_size=2", "optim.batch_size=4", "max_steps=3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
