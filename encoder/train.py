@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
@@ -319,7 +320,7 @@ def load_checkpoint(path: Path, student, teacher, opt) -> dict:
         _load_strict(_unwrap(student), path / "student.safetensors")
         _load_strict(teacher, path / "teacher.safetensors")
         tensors = load_file(path / "optimizer.safetensors")
-    except (json.JSONDecodeError, OSError, RuntimeError) as err:
+    except (json.JSONDecodeError, OSError, RuntimeError, SafetensorError) as err:
         raise DataError(path, f"unreadable checkpoint: {' '.join(str(err).split())[:200]}") from None
     torch.set_rng_state(tensors.pop("rng.torch"))
     _load_optimizer(opt, tensors, meta)
@@ -331,7 +332,10 @@ def load_checkpoint(path: Path, student, teacher, opt) -> dict:
 
 
 def _load_strict(model: torch.nn.Module, file: Path) -> None:
-    state = load_file(file)
+    try:
+        state = load_file(file)
+    except (OSError, SafetensorError) as err:
+        raise DataError(file, f"unreadable weights: {' '.join(str(err).split())[:200]}") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise DataError(file, f"does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")

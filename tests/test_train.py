@@ -133,3 +133,45 @@ def test_ddp_two_processes_match_one(toy, tmp_path):
     for a, b in zip(one, two):
         assert a[0] == b[0]
         assert a[2] == pytest.approx(b[2], rel=1e-3, abs=1e-4)
+
+
+def test_checkpoint_round_trip_with_adamw(tmp_path):
+    """Optimizer state (AdamW's step counters and moments) and RNG states survive a checkpoint, unpickled."""
+    import torch
+
+    from encoder.train import build_model, build_optimizer, load_checkpoint, save_checkpoint
+
+    cfg = load_config(None, ["model.img_size=32", "model.depth=1", "optim.name=adamw", "optim.lr=0.001"])
+    model = build_model(cfg, 3)
+    teacher = build_model(cfg, 3)
+    opt = build_optimizer(cfg, model)
+    model(torch.randn(2, 3, 8, 32, 32)).sum().backward()
+    opt.step()
+    path = save_checkpoint(tmp_path, 1, model, teacher, opt, {"labeled": 1, "unlabeled": 0}, keep=2)
+    expected_rng = torch.get_rng_state()
+    torch.manual_seed(123)
+    model2, teacher2 = build_model(cfg, 3), build_model(cfg, 3)
+    opt2 = build_optimizer(cfg, model2)
+    meta = load_checkpoint(path, model2, teacher2, opt2)
+    assert meta["step"] == 1 and meta["consumed"] == {"labeled": 1, "unlabeled": 0}
+    assert torch.equal(torch.get_rng_state(), expected_rng)
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert s1.keys() == s2.keys()
+    for k in s1:
+        for name in s1[k]:
+            assert torch.equal(torch.as_tensor(s1[k][name]), torch.as_tensor(s2[k][name]))
+    assert not list(path.glob("*.pt")) and not list(path.glob("*.pkl"))
+
+
+def test_truncated_checkpoint_is_reported(tmp_path):
+    from encoder.data.errors import DataError
+    from encoder.train import build_model, build_optimizer, load_checkpoint, save_checkpoint
+
+    cfg = load_config(None, ["model.img_size=32", "model.depth=1"])
+    model = build_model(cfg, 3)
+    path = save_checkpoint(tmp_path, 2, model, build_model(cfg, 3), build_optimizer(cfg, model), {}, keep=1)
+    (path / "teacher.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(DataError, match="teacher.safetensors|unreadable"):
+        load_checkpoint(path, model, build_model(cfg, 3), build_optimizer(cfg, model))
