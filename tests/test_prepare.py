@@ -178,11 +178,9 @@ def test_cli_prepare_reports_bad_annotation(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"error: {bad}: vid/E_000001_000002: 'event' must be one of")
 
 
-def test_cli_synth_calls_syngym_lazily(monkeypatch, tmp_path, capsys):
-    import encoder.data.syngym as syngym
-
-    calls = []
-    monkeypatch.setattr(syngym, "synthesize", lambda out, seed, size: calls.append((out, seed, size)), raising=False)
-    assert main(["data", "synth", "--out", str(tmp_path), "--seed", "7", "--size", "tiny"]) == 0
-    assert calls == [(str(tmp_path), 7, "tiny")]
-    assert "SynGym (tiny, seed 7) written to" in capsys.readouterr().out
+def test_cli_synth_writes_syngym_and_prints_its_summary(tmp_path, capsys):
+    out = tmp_path / "syn"
+    assert main(["data", "synth", "--out", str(out), "--seed", "7", "--size", "tiny", "--workers", "1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["seed"], manifest["size"]) == (7, "tiny")
+    assert "SynGym v1 (tiny, seed 7)" in capsys.readouterr().out
