@@ -48,7 +48,15 @@ from encoder.config import RunConfig, load_config
 from encoder.data.dataset import ClipDataset, EpochBatchSampler, collate
 from encoder.data.errors import ConfigError, DataError
 from encoder.data.sampling import ElementLayout
-from encoder.data.splits import Sample, Split, make_split, read_samples, resolve_paths, write_split
+from encoder.data.splits import (
+    Sample,
+    Split,
+    make_split,
+    read_samples,
+    resolve_paths,
+    write_split,
+    write_text_atomic,
+)
 from encoder.ssl import (
     ema_update,
     pseudo_labels,
@@ -255,9 +263,7 @@ def student_patch(student) -> int:
 
 
 def _atomic_json(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

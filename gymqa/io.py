@@ -5,12 +5,12 @@ from __future__ import annotations
 import gc
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from encoder.data.errors import ListFormatError
+from encoder.data.splits import write_text_atomic
 
 __all__ = ["gc_paused", "parse_jsonl", "read_json", "read_jsonl", "read_text", "write_json", "write_jsonl",
            "write_text"]
@@ -34,17 +34,8 @@ def gc_paused() -> Iterator[None]:
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    write_text_atomic(path, text)
+    return Path(path)
 
 
 @gc_paused()
