@@ -99,3 +99,12 @@ def test_odd_widths_decord_rejects_still_read(tmp_path):
     frames = read_frames(path, [0, 9])
     assert frames.shape == (2, 48, 48, 3)
     np.testing.assert_allclose(red_levels(frames), [frame_value(0), frame_value(9)], atol=12)
+
+
+def test_reads_with_pyav_when_decord_is_missing(tmp_path, monkeypatch):
+    import sys
+
+    path = write_video(tmp_path / "a.mp4", n=12)
+    monkeypatch.setitem(sys.modules, "decord", None)  # import decord -> ImportError
+    frames = read_frames(path, [3, 11])
+    np.testing.assert_allclose(red_levels(frames), [frame_value(3), frame_value(11)], atol=12)

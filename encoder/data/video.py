@@ -267,7 +267,7 @@ class _Auto:
     def open_info(self, path: Path):
         try:
             return _Decord.open_info(path)
-        except _DecordCannotOpen:
+        except (_DecordCannotOpen, ImportError):  # decord cannot open it, or is not installed
             self.impl = _PyAV
             return _PyAV.open_info(path)
 
