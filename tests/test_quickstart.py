@@ -1,0 +1,33 @@
+"""The main job end to end on the tiny SynGym, with a 2-step budget: every stage runs and resumes."""
+
+import json
+
+import pytest
+
+from encoder.quickstart import format_table, run_quickstart
+
+
+@pytest.mark.slow
+def test_quickstart_runs_every_stage_and_resumes(tmp_path, capsys):
+    overrides = ["max_steps=2", "data.num_workers=0", "optim.batch_size=4", "optim.micro_batch_size=4",
+                 "ssl.passes=2", "ssl.supervised_epochs=0", "log_every=1"]
+    summary = run_quickstart(tmp_path, seed=0, size="tiny", overrides=overrides)
+    modes = [r["mode"] for r in summary["rows"]]
+    assert modes == ["supervised", "sefar"]
+    for row in summary["rows"]:
+        assert row["step"] == 2 and row["labeled"] == 33 and 0.0 <= row["top1"] <= 1.0
+    assert (tmp_path / "export" / "sefar_tiny" / "model.safetensors").is_file()
+    assert summary["gymqa"]["train"] == 33 and summary["gymqa"]["test"] == 33
+    assert json.loads((tmp_path / "quickstart.json").read_text())["rows"] == summary["rows"]
+    assert "| supervised | 33 | 2 |" in capsys.readouterr().out
+
+    again = run_quickstart(tmp_path, seed=0, size="tiny", overrides=overrides)  # every stage is reused
+    out = capsys.readouterr().out
+    assert "SynGym already in" in out and "already trained" in out
+    assert again["rows"] == summary["rows"]
+
+
+def test_format_table():
+    rows = [{"mode": "sefar", "labeled": 10, "step": 5, "top1": 0.5, "top5": 0.9, "mean_class_accuracy": 0.4,
+             "train_seconds": 12.3}]
+    assert format_table(rows).splitlines()[-1] == "| sefar | 10 | 5 | 50.0 | 90.0 | 40.0 | 12 |"
