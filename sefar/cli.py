@@ -20,6 +20,21 @@ _GROUPS = (
 )
 
 
+def int_at_least(minimum: int):
+    """An argparse ``type`` accepting integers ``>= minimum``, with a one-line message otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sefar", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="group", required=True, metavar="{" + ",".join(g for g, _, _ in _GROUPS) + "}")

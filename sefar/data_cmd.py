@@ -6,18 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
-        return value
-
-    return parse
+from sefar.cli import int_at_least as _int_at_least
 
 
 def add_parser(subparsers, name: str, help_: str) -> None:

@@ -5,15 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from sefar.cli import int_at_least
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
+_positive_int = int_at_least(1)
 
 
 def add_parser(subparsers, name: str, help_: str) -> None:
