@@ -34,7 +34,7 @@ from encoder.data.errors import ConfigError, DataError
 from encoder.data.finegym import Category
 from encoder.data.splits import Sample, write_text_atomic
 from encoder.export import EvalTransform, FrozenEncoder, PreprocessConfig, is_export
-from encoder.ssl import PseudoLabels, pseudo_labels
+from encoder.ssl import PseudoLabels, head_passes, pseudo_labels
 from encoder.timesformer import TimeSformer
 
 __all__ = [
@@ -67,20 +67,6 @@ def _as_timesformer(model: TimeSformer | FrozenEncoder) -> TimeSformer:
 
 def _as_preprocess(cfg) -> PreprocessConfig:
     return cfg if isinstance(cfg, PreprocessConfig) else PreprocessConfig.from_run_config(cfg)
-
-
-@torch.no_grad()
-def _head_passes(model: TimeSformer, features: Tensor, passes: int) -> Tensor:
-    """``passes`` stochastic head predictions ``(U, B, C)`` from backbone features ``(B, E, D)``.
-
-    Same as :func:`encoder.ssl.teacher_passes` (backbone in eval mode, only the head's dropout active), reusing
-    the features already computed for the deterministic prediction instead of running the backbone again.
-    """
-    model.head.train()
-    try:
-        return torch.stack([model.forward_head(features) for _ in range(passes)])  # (U, B, C)
-    finally:
-        model.head.eval()
 
 
 def predict_views(
@@ -117,7 +103,7 @@ def predict_views(
                 p = net.forward_head(features).float().softmax(-1).view(b, s, c).sum(1)  # (B, C)
             probs.index_add_(0, batch["index"], p.double().cpu())
             if pass_probs is not None:
-                u = _head_passes(net, features, passes).float().softmax(-1).view(passes, b, s, c).sum(2)  # (U, B, C)
+                u = head_passes(net, net.head, features, passes).float().softmax(-1).view(passes, b, s, c).sum(2)  # (U, B, C)
                 pass_probs.index_add_(1, batch["index"], u.double().cpu())
     finally:
         net.train(was_training)

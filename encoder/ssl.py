@@ -71,19 +71,32 @@ def pseudo_labels(
 
 
 @torch.no_grad()
+def head_passes(model: nn.Module, head: nn.Module, features: torch.Tensor, passes: int) -> torch.Tensor:
+    """``passes`` predictions ``(U, B, C)`` of ``model.forward_head`` on backbone features, with ``head``'s
+    dropout active (its mode is restored afterwards)."""
+    was_training = head.training
+    head.train()
+    try:
+        return torch.stack([model.forward_head(features) for _ in range(passes)])  # (U, B, C)
+    finally:
+        head.train(was_training)
+
+
+@torch.no_grad()
 def teacher_passes(teacher: nn.Module, head: nn.Module, clips: torch.Tensor, passes: int) -> torch.Tensor:
     """Logits of ``passes`` stochastic teacher predictions, shaped (U, B, C).
 
     The backbone runs once in eval mode (no drop path); only ``head`` (the fusion head, whose dropout is the
     only randomness left) runs ``passes`` times in train mode. This equals ``passes`` full forward passes with
-    the same dropout draws, at the cost of one.
+    the same dropout draws, at the cost of one. One pass is deterministic (head in eval mode).
     """
     was_training = teacher.training
     teacher.eval()
-    head.train(passes > 1)
     try:
         features = teacher.forward_features(clips)
-        return torch.stack([teacher.forward_head(features) for _ in range(passes)])  # (U, B, C)
+        if passes == 1:
+            return teacher.forward_head(features)[None]  # (1, B, C)
+        return head_passes(teacher, head, features, passes)
     finally:
         teacher.train(was_training)
 

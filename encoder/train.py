@@ -224,7 +224,7 @@ def compute_losses(
 
     s = cfg.ssl
     if s.mode == "fixmatch":  # pseudo-labels from the student itself, one deterministic pass
-        model = student.module if hasattr(student, "module") else student
+        model = _unwrap(student)
         logits_u = teacher_passes(model, model.head, unlabeled["weak"], passes=1)
         pl = pseudo_labels(logits_u, adaptive=False, threshold=s.threshold)
     else:
@@ -255,8 +255,7 @@ def compute_losses(
 
 
 def student_patch(student) -> int:
-    model = student.module if hasattr(student, "module") else student
-    return model.cfg.patch_size
+    return _unwrap(student).cfg.patch_size
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
