@@ -70,6 +70,7 @@ class SSLConfig:
     mode: str = "sefar"  # supervised | fixmatch | sefar
     unlabeled_ratio: int = 3  # unlabeled batch = ratio × labeled batch
     ema_decay: float = 0.9999
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + step) / (10 + step)): for short runs from scratch
     passes: int = 10  # U, stochastic teacher passes for Adaptive Regulation
     adaptive: bool = True  # Ada-Reg; False: plain pseudo-labels (weight 1), or the threshold if set
     threshold: Optional[float] = None  # fixed confidence threshold (FixMatch; default 0.95 there)

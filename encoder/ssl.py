@@ -157,6 +157,16 @@ def warmup_factor(epoch: float, supervised_epochs: float, ramp_epochs: float) ->
     return math.sin(0.5 * math.pi * t)
 
 
+def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
+    """EMA decay for the update after ``step`` optimizer steps (0-based).
+
+    Without warm-up it is ``decay``. With warm-up it is ``min(decay, (1 + step) / (10 + step))`` (0.1 at the first
+    update, 0.9 after 80, 0.99 after 890 steps): early on the teacher follows the student closely instead of
+    keeping most of its random initialisation, which matters for runs of a few hundred steps.
+    """
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     """teacher ← decay·teacher + (1 − decay)·student for parameters; buffers are copied."""

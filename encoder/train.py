@@ -58,6 +58,7 @@ from encoder.data.splits import (
     write_text_atomic,
 )
 from encoder.ssl import (
+    ema_decay_at,
     ema_update,
     pseudo_labels,
     soft_cross_entropy,
@@ -484,7 +485,7 @@ def train(cfg: RunConfig, resume: bool = True) -> dict:
                 accelerator.clip_grad_norm_(model.parameters(), o.clip_grad)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            ema_update(teacher, _unwrap(model), s.ema_decay)
+            ema_update(teacher, _unwrap(model), ema_decay_at(step, s.ema_decay, s.ema_warmup))
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == last_step:

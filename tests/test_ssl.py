@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from encoder.ssl import (
     adaptive_weight,
+    ema_decay_at,
     ema_update,
     pseudo_labels,
     soft_cross_entropy,
@@ -86,6 +87,15 @@ def test_ema_update():
     t0 = teacher.weight.detach().clone()
     ema_update(teacher, student, decay=0.9)
     torch.testing.assert_close(teacher.weight, 0.9 * t0 + 0.1 * student.weight.detach())
+
+
+def test_ema_decay_warmup():
+    assert ema_decay_at(0, 0.99, warmup=False) == 0.99
+    assert ema_decay_at(0, 0.99, warmup=True) == pytest.approx(0.1)  # 1/10
+    assert ema_decay_at(80, 0.99, warmup=True) == pytest.approx(0.9)  # 81/90
+    assert ema_decay_at(890, 0.99, warmup=True) == pytest.approx(0.99)  # 891/900: the cap is reached
+    assert ema_decay_at(10_000, 0.99, warmup=True) == 0.99
+    assert ema_decay_at(10_000, 0.9999, warmup=True) == pytest.approx(10_001 / 10_010)
 
 
 class ToyModel(nn.Module):

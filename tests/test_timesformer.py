@@ -4,6 +4,7 @@ from functools import partial
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block as TimmBlock
@@ -334,3 +335,21 @@ def test_timm_name_asks_timm_for_pretrained_weights(monkeypatch):
     report = load_pretrained(model, "timm:vit_small_patch16_224.augreg_in21k")
     assert asked == {"name": "vit_small_patch16_224.augreg_in21k", "pretrained": True}
     assert report.source == "timm:vit_small_patch16_224.augreg_in21k"
+
+
+@pytest.mark.parametrize("tokens", [2, 8, 17])
+def test_attention_short_sequence_path_matches_fused_kernel(tokens):
+    """On CPU, sequences of <= 8 tokens use plain matmul-softmax-matmul; it must equal the fused kernel."""
+    from encoder import timesformer
+
+    torch.manual_seed(0)
+    attn = timesformer.Attention(dim=32, num_heads=4, qkv_bias=True)
+    x = torch.randn(5, tokens, 32, requires_grad=True)
+    out = attn(x)
+    b, n, d = x.shape
+    q, k, v = attn.qkv(x).view(b, n, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
+    ref = attn.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    grad, = torch.autograd.grad(out.square().sum(), x)
+    ref_grad, = torch.autograd.grad(ref.square().sum(), x)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-4)
