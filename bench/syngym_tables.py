@@ -50,31 +50,57 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
 
-def pair_metrics(probs: torch.Tensor, labels: torch.Tensor, pairs: list[tuple[int, int]]) -> dict:
-    """Top-1 on direction-pair clips, and accuracy of choosing between the two classes of the clip's pair."""
+def pair_metrics(probs: torch.Tensor, labels: torch.Tensor, elements: list[int], pairs: list[tuple[int, int]],
+                 mapping: dict[int, int]) -> dict:
+    """Top-1 on the clips of direction-pair element classes, and the accuracy of choosing between the clip's
+    label and its time-reversed sibling's label (only where the level keeps the two apart: at set level, the
+    FX front and back saltos). ``elements`` are the clips' element labels, ``mapping`` element -> trained label."""
     partner = {a: b for a, b in pairs} | {b: a for a, b in pairs}
-    keep = torch.tensor([int(y) in partner for y in labels])
+    keep = torch.tensor([e in partner for e in elements])
     if not keep.any():
         return {"pair_top1": None, "pair_accuracy": None}
-    p, y = probs[keep], labels[keep]
-    other = torch.tensor([partner[int(v)] for v in y])
-    top1 = (p.argmax(1) == y).float().mean().item()
+    top1 = (probs[keep].argmax(1) == labels[keep]).float().mean().item()
+    apart = [i for i, e in enumerate(elements) if e in partner and mapping[partner[e]] != mapping[e]]
+    if not apart:
+        return {"pair_top1": top1, "pair_accuracy": None}
+    idx = torch.tensor(apart)
+    other = torch.tensor([mapping[partner[elements[i]]] for i in apart])
+    p, y = probs[idx], labels[idx]
     binary = (p.gather(1, y[:, None]) > p.gather(1, other[:, None])).float().mean().item()
     return {"pair_top1": top1, "pair_accuracy": binary}
 
 
-def run_one(config: Path, data: Path, out: Path, overrides: list[str], seed: int, pairs) -> dict:
+def run_one(config: Path, data: Path, out: Path, overrides: list[str], seed: int, level: dict) -> dict:
     from encoder.config import load_config
     from encoder.train import train
 
     results = out / "final" / "results.json"
     if not results.is_file():
-        cfg = load_config(config, [f"data.root={data}", f"out={out}", f"seed={seed}",
-                                   f"data.split_seed={seed}", *overrides])
+        cfg = load_config(config, [f"data.root={level['root']}", f"out={out}", f"seed={seed}",
+                                   f"data.split_seed={seed}", *level["overrides"], *overrides])
         train(cfg, resume=True)
     result = json.loads(results.read_text())
     pred = load_file(out / "final" / "val_predictions.safetensors")
-    return {"top1": result["top1"], **pair_metrics(pred["probs"], pred["labels"], pairs)}
+    if len(pred["labels"]) != len(level["elements"]):
+        raise RuntimeError(f"{out}: {len(pred['labels'])} predictions for {len(level['elements'])} val clips")
+    pairs = pair_metrics(pred["probs"], pred["labels"], level["elements"], level["pairs"], level["mapping"])
+    return {"top1": result["top1"], **pairs}
+
+
+def prepare_level(data: Path, level: str, out: Path) -> dict:
+    """Where the runs read their lists: ``data`` itself (element level) or set-level copies under ``out``."""
+    from encoder.data.finegym import Hierarchy, read_categories, read_element_list, write_level_lists
+
+    manifest = json.loads((data / "manifest.json").read_text())
+    info = {"pairs": [tuple(p) for p in manifest["direction_pairs"]],
+            "elements": [label for _, label in read_element_list(data / "val_element.txt")]}
+    info["mapping"] = Hierarchy(read_categories(data / "categories.txt")).level_labels(level)[0]
+    if level == "element":
+        return {**info, "root": data, "overrides": []}
+    root = out / f"lists_{level}"
+    names = write_level_lists(data, root, level)
+    print(f"{level} level: {len(names)} classes ({', '.join(names)})", flush=True)
+    return {**info, "root": root, "overrides": [f"data.videos={(data / 'videos').resolve()}", "data.categories=null"]}
 
 
 def mean_std(values: list[float | None]) -> str:
@@ -91,18 +117,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=Path("outputs/quickstart/syngym"))
     parser.add_argument("--config", type=Path, default=Path("configs/encoder/syngym_tiny.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--level", choices=["element", "set"], default="element",
+                        help="classify the 33 element classes, or the 6 sets (FineGym's set level)")
     parser.add_argument("--rows", nargs="*", default=list(ROWS), help="subset of row names")
     parser.add_argument("--out", type=Path, default=Path("bench/results/syngym_tables"))
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. a shorter budget)")
     args = parser.parse_args(argv)
 
-    manifest = json.loads((args.data / "manifest.json").read_text())
-    pairs = [tuple(p) for p in manifest["direction_pairs"]]
+    level = prepare_level(args.data, args.level, args.out)
     results: dict[str, list[dict]] = {}
     for name in args.rows:
         for seed in args.seeds:
             out = args.out / "runs" / f"{slug(name)}_seed{seed}"
-            r = run_one(args.config, args.data, out, ROWS[name] + args.overrides, seed, pairs)
+            r = run_one(args.config, args.data, out, ROWS[name] + args.overrides, seed, level)
             results.setdefault(name, []).append({"seed": seed, **r})
             print(f"{name} seed {seed}: top-1 {100 * r['top1']:.1f}", flush=True)
 
@@ -111,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
         names = [n for n in names if n in results]
         if not names:
             continue
-        lines += [f"\n**{title}** (SynGym val, 10% labels, seeds {args.seeds})\n",
+        lines += [f"\n**{title}** (SynGym val, {args.level} level, 10% labels, seeds {args.seeds})\n",
                   "| method | top-1 | top-1 on direction pairs | pair accuracy |", "|---|---|---|---|"]
         for n in names:
             rs = results[n]
@@ -122,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tables.md").write_text(table + "\n")
-    summary = {"seeds": args.seeds, "overrides": args.overrides, "results": results}
+    summary = {"level": args.level, "seeds": args.seeds, "overrides": args.overrides, "results": results}
     (args.out / "tables.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -12,6 +12,7 @@ from encoder.data.finegym import (
     Category,
     ClipId,
     Hierarchy,
+    write_level_lists,
     default_paths,
     event_of_set,
     parse_clip_id,
@@ -289,3 +290,35 @@ def test_hierarchy_fixture() -> None:
         hierarchy.subset(set_id=31)
     with pytest.raises(ValueError, match="belongs to UB"):
         hierarchy.subset("FX", 41)
+
+
+def test_hierarchy_level_labels() -> None:
+    categories = [Category(0, 0, 1, "VT", "v"), Category(1, 5, 21, "FX", "f1"), Category(2, 6, 22, "FX", "f2"),
+                  Category(3, 9, 41, "UB", "u"), Category(4, 10, 21, "FX", "f3")]
+    hierarchy = Hierarchy(categories, {1: "vault", 21: "FX_leaps"})
+    assert hierarchy.level_labels("set") == ({0: 0, 1: 1, 2: 2, 3: 3, 4: 1}, ["vault", "FX_leaps", "set 22", "set 41"])
+    assert hierarchy.level_labels("event") == ({0: 0, 1: 1, 2: 1, 3: 2, 4: 1}, ["VT", "FX", "UB"])
+    mapping, names = hierarchy.level_labels("element")
+    assert mapping == {i: i for i in range(5)} and names[1] == "(FX) f1"
+    with pytest.raises(ValueError, match="unknown level 'group'"):
+        hierarchy.level_labels("group")
+
+
+def test_write_level_lists(tmp_path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "categories.txt").write_text(
+        "Clabel: 0; set: 21; Glabel: 0; (FX) a\nClabel: 1; set: 22; Glabel: 1; (FX) b\n"
+        "Clabel: 2; set: 21; Glabel: 2; (FX) c\nClabel: 3; set: 41; Glabel: 3; (UB) d\n"
+    )
+    x, y, z, w = (f"abcdefghijk_E_000010_000020_A_000{i}_000{i + 1}" for i in range(4))
+    (root / "train_element.txt").write_text(f"{x} 0\n{y} 1\n{z} 2\n")
+    (root / "val_element.txt").write_text(f"{w} 3\n")
+    names = write_level_lists(root, tmp_path / "sets", "set")
+    assert names == ["set 21", "set 22", "set 41"]
+    assert (tmp_path / "sets" / "train_element.txt").read_text() == f"{x} 0\n{y} 1\n{z} 0\n"
+    assert (tmp_path / "sets" / "val_element.txt").read_text() == f"{w} 2\n"
+    assert write_level_lists(root, tmp_path / "events", "event") == ["FX", "UB"]
+    (root / "val_element.txt").write_text(f"{w} 7\n")
+    with pytest.raises(ListFormatError, match=r"val_element.txt: labels \[7\] are not in"):
+        write_level_lists(root, tmp_path / "bad", "set")

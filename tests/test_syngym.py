@@ -308,3 +308,30 @@ def test_bench_runs_end_to_end_on_tiny(tiny, tmp_path):
     assert list(results) == ["single_frame", "temporal", "temporal_10pct"]
     assert [r["frames"] for r in results.values()] == [1, 8, 8]
     assert results["temporal_10pct"]["train_clips"] == len(CLASSES)  # at least one clip per class
+
+
+def test_tables_pair_metrics_at_element_and_set_level():
+    import importlib.util
+
+    import torch
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "syngym_tables.py"
+    spec = importlib.util.spec_from_file_location("syngym_tables", path)
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+
+    pairs = [(2, 9), (21, 22)]
+    elements = [2, 9, 21, 0]  # element labels of 4 clips; 0 is in no pair
+    probs = torch.zeros(4, 33)
+    probs[:, 2], probs[:, 9] = 0.6, 0.3  # always "2 before 9"
+    identity = {i: i for i in range(33)}
+    got = tables.pair_metrics(probs, torch.tensor(elements), elements, pairs, identity)
+    assert got == {"pair_top1": pytest.approx(1 / 3), "pair_accuracy": pytest.approx(1 / 3)}
+
+    # set level: 2 -> set 1, 9 -> set 2 (kept apart); 21 and 22 share set 4 (no pair accuracy for that clip)
+    mapping = identity | {2: 1, 9: 2, 21: 4, 22: 4, 0: 0}
+    labels = torch.tensor([mapping[e] for e in elements])
+    probs = torch.zeros(4, 6)
+    probs[:, 1], probs[:, 4] = 0.7, 0.2
+    got = tables.pair_metrics(probs, labels, elements, pairs, mapping)
+    assert got == {"pair_top1": pytest.approx(1 / 3), "pair_accuracy": pytest.approx(1 / 2)}

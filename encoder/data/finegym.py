@@ -424,6 +424,26 @@ class Hierarchy:
         categories = self.elements(event, set_id)
         return Subset(categories, {c.label: new for new, c in enumerate(categories)})
 
+    def level_labels(self, level: str) -> tuple[dict[int, int], list[str]]:
+        """Relabel element classes at a coarser FineGym level: ``"element"`` (unchanged), ``"set"`` or ``"event"``.
+
+        Returns ``label_map[element label] = new label`` and the names of the new labels. Sets are numbered by
+        ascending set id and named from the set categories when known (else ``"set <id>"``); events follow
+        FineGym's order (VT, FX, BB, UB). Use it for set- or event-level recognition on element lists:
+        ``[(clip, label_map[y]) for clip, y in read_element_list(path)]``.
+        """
+        if level == "element":
+            return {c.label: i for i, c in enumerate(self.categories)}, [c.full_name for c in self.categories]
+        if level == "set":
+            sets = self.sets()
+            index = {set_id: i for i, set_id in enumerate(sets)}
+            names = [self.set_names.get(set_id, f"set {set_id}") for set_id in sets]
+            return {c.label: index[c.set_id] for c in self.categories}, names
+        if level == "event":
+            index = {event: i for i, event in enumerate(self.events)}
+            return {c.label: index[c.event] for c in self.categories}, list(self.events)
+        raise ValueError(f"unknown level {level!r}; choose element, set or event")
+
     def _check(self, event: str | None, set_id: int | None) -> None:
         if event is not None and event not in self.events:
             raise ValueError(f"unknown event {event!r}; choose from {self.events}")
@@ -448,3 +468,29 @@ def default_paths(root: str | os.PathLike) -> dict[str, Path]:
         "qtree": root / "finegym_glabel_to_Qtree.json",
         "annotations": root / "finegym_annotation_info_v1.1.json",
     }
+
+
+def write_level_lists(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    level: str,
+    lists: tuple[str, ...] = ("train_element.txt", "val_element.txt"),
+) -> list[str]:
+    """Copy the element ``lists`` of a FineGym-style folder ``root`` into ``out`` relabelled at ``level``
+    (``"set"`` or ``"event"``, see :meth:`Hierarchy.level_labels`); returns the names of the new labels.
+
+    Needs ``categories.txt`` (and optionally ``set_categories.txt``) in ``root``; the files are written atomically.
+    Train on them with ``data.root=OUT data.videos=ROOT/videos data.categories=null``.
+    """
+    from encoder.data.splits import write_text_atomic
+
+    root, out = Path(root), Path(out)
+    set_names = read_set_categories(root / "set_categories.txt") if (root / "set_categories.txt").is_file() else {}
+    mapping, names = Hierarchy(read_categories(root / "categories.txt"), set_names).level_labels(level)
+    for name in lists:
+        items = read_element_list(root / name)
+        unknown = sorted({label for _, label in items} - set(mapping))
+        if unknown:
+            raise ListFormatError(root / name, f"labels {unknown[:5]} are not in {root / 'categories.txt'}")
+        write_text_atomic(out / name, "".join(f"{clip} {mapping[label]}\n" for clip, label in items))
+    return names
