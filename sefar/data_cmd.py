@@ -1,4 +1,4 @@
-"""``sefar data ...``: check, split, prepare and synthesise video datasets (argument parsing only)."""
+"""``sefar data ...``: check, split, relabel, prepare and synthesise video datasets (argument parsing only)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ def add_parser(subparsers, name: str, help_: str) -> None:
     split.add_argument("--method", choices=("uniform", "stratified"), default="uniform",
                        help="uniform: like the SeFAR reference; stratified: >= 1 labeled clip per class")
     split.set_defaults(func=_split)
+
+    relabel = sub.add_parser("relabel", help="copy FineGym-style element lists relabelled at the set or event level")
+    relabel.add_argument("root", help="folder with categories.txt (+ set_categories.txt) and the element lists")
+    relabel.add_argument("--out", required=True, metavar="DIR", help="where the relabelled lists are written")
+    relabel.add_argument("--level", choices=("set", "event"), required=True)
+    relabel.add_argument("--lists", nargs="+", default=["train_element.txt", "val_element.txt"], metavar="FILE",
+                         help="element lists in ROOT to relabel (default: train_element.txt val_element.txt)")
+    relabel.set_defaults(func=_relabel)
 
     prepare = sub.add_parser("prepare", help="cut downloaded videos into training clips")
     datasets = prepare.add_subparsers(dest="dataset", required=True)
@@ -67,6 +75,17 @@ def _split(args: argparse.Namespace) -> int:
 
     split = split_list(args.list, args.out, args.ratio, seed=args.seed, method=args.method)
     print(f"{len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled clips written to {args.out}")
+    return 0
+
+
+def _relabel(args: argparse.Namespace) -> int:
+    from encoder.data.finegym import write_level_lists
+
+    names = write_level_lists(args.root, args.out, args.level, tuple(args.lists))
+    print(f"{len(names)} {args.level} classes: " + ", ".join(f"{i} {n}" for i, n in enumerate(names)))
+    root = Path(args.root).resolve()
+    print(f"lists written to {args.out}; train on them with data.root={args.out} data.videos={root / 'videos'} "
+          "data.categories=null")
     return 0
 
 

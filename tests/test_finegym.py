@@ -322,3 +322,18 @@ def test_write_level_lists(tmp_path) -> None:
     (root / "val_element.txt").write_text(f"{w} 7\n")
     with pytest.raises(ListFormatError, match=r"val_element.txt: labels \[7\] are not in"):
         write_level_lists(root, tmp_path / "bad", "set")
+
+
+def test_relabel_cli(tmp_path, capsys) -> None:
+    from sefar.cli import main
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "categories.txt").write_text("Clabel: 0; set: 21; Glabel: 0; (FX) a\nClabel: 1; set: 41; Glabel: 1; (UB) b\n")
+    (root / "set_categories.txt").write_text("set: 21; FX_leaps\nset: 41; UB_circles\n")
+    clip = "abcdefghijk_E_000010_000020_A_0001_0002"
+    (root / "train_element.txt").write_text(f"{clip} 1\n")
+    assert main(["data", "relabel", str(root), "--out", str(tmp_path / "ev"), "--level", "event",
+                 "--lists", "train_element.txt"]) == 0
+    assert (tmp_path / "ev" / "train_element.txt").read_text() == f"{clip} 1\n"
+    assert "2 event classes: 0 FX, 1 UB" in capsys.readouterr().out
