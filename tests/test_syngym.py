@@ -271,11 +271,12 @@ def test_broadcast_trims_into_its_element_clips(tiny, tmp_path):
 
 # ------------------------------------------------------------------------------------ difficulty bench
 
-def _bench():
+def _bench(name: str = "syngym_difficulty"):
+    """A script of ``bench/`` loaded as a module."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "syngym_difficulty.py"
-    spec = importlib.util.spec_from_file_location("syngym_difficulty", path)
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -311,14 +312,9 @@ def test_bench_runs_end_to_end_on_tiny(tiny, tmp_path):
 
 
 def test_tables_pair_metrics_at_element_and_set_level():
-    import importlib.util
-
     import torch
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "syngym_tables.py"
-    spec = importlib.util.spec_from_file_location("syngym_tables", path)
-    tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tables)
+    tables = _bench("syngym_tables")
 
     pairs = [(2, 9), (21, 22)]
     elements = [2, 9, 21, 0]  # element labels of 4 clips; 0 is in no pair
