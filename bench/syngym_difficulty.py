@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoder.data.finegym import read_categories, read_element_list
+from common.finegym import read_categories, read_element_list
 from encoder.data.syngym import direction_pairs
 from encoder.data.video import read_frames
 

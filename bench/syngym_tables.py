@@ -96,7 +96,7 @@ def run_one(config: Path, data: Path, out: Path, overrides: list[str], seed: int
 
 def prepare_level(data: Path, level: str, out: Path) -> dict:
     """Where the runs read their lists: ``data`` itself (element level) or set-level copies under ``out``."""
-    from encoder.data.finegym import Hierarchy, read_categories, read_element_list, write_level_lists
+    from common.finegym import Hierarchy, read_categories, read_element_list, write_level_lists
 
     manifest = json.loads((data / "manifest.json").read_text())
     info = {"pairs": [tuple(p) for p in manifest["direction_pairs"]],

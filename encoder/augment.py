@@ -19,7 +19,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from encoder.data.errors import ConfigError
+from common.errors import ConfigError
 from encoder.data.sampling import ElementLayout
 
 __all__ = [

@@ -17,7 +17,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from encoder.data.errors import ConfigError
+from common.errors import ConfigError
 
 SSL_MODES = ("supervised", "fixmatch", "sefar")
 

@@ -30,9 +30,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from encoder.data.dataset import ClipDataset, collate
-from encoder.data.errors import ConfigError, DataError
-from encoder.data.finegym import Category
-from encoder.data.splits import Sample, write_text_atomic
+from common.errors import ConfigError, DataError
+from common.finegym import Category
+from encoder.data.splits import Sample
+from common.textio import write_text_atomic
 from encoder.export import EvalTransform, FrozenEncoder, PreprocessConfig, is_export
 from encoder.ssl import PseudoLabels, head_passes, pseudo_labels
 from encoder.timesformer import TimeSformer

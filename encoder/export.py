@@ -35,10 +35,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from encoder.augment import normalize, resize_short_side, spatial_crops
-from encoder.data.errors import ConfigError, DataError
-from encoder.data.finegym import Category
+from common.errors import ConfigError, DataError
+from common.finegym import Category
 from encoder.data.sampling import ElementLayout, segment_frame_indices
-from encoder.data.splits import write_text_atomic
+from common.textio import write_text_atomic
 from encoder.data.video import resize_short_side as resize_frames_short_side
 from encoder.timesformer import TimeSformer, TimeSformerConfig
 
@@ -279,7 +279,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: str = 
 
 def run_categories(run_dir: str | os.PathLike) -> list[Category] | None:
     """The FineGym-style categories named by ``RUN/classes.json`` (relative paths: cwd, then the run folder)."""
-    from encoder.data.finegym import read_categories
+    from common.finegym import read_categories
 
     classes_path = Path(run_dir) / "classes.json"
     info = _read_json(classes_path)

@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -37,8 +36,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from encoder.data.dataset import ClipDataset
-from encoder.data.errors import ConfigError, DataError, ListFormatError, VideoReadError
-from encoder.data.splits import Sample, read_samples, resolve_paths, write_text_atomic
+from common.clipid import clip_id as common_clip_id
+from common.errors import ConfigError, DataError, ListFormatError, VideoReadError
+from encoder.data.splits import Sample, read_samples, resolve_paths
+from common.textio import write_text_atomic
 from encoder.export import CONFIG_FILE, WEIGHTS_FILE, EvalTransform, FrozenEncoder, load, save_safetensors
 
 __all__ = [
@@ -58,7 +59,6 @@ FORMAT = "sefar-features"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-_WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 
 
 # ------------------------------------------------------------------------------------------------ clip lists
@@ -72,13 +72,8 @@ class ClipList(NamedTuple):
 
 
 def clip_id(sample: Sample) -> str:
-    """The cache key of a list entry (rules in the module docstring)."""
-    parts = [p for p in re.split(r"[\\/]", sample.path) if p]
-    if sample.path.startswith("/") or _WINDOWS_ABS.match(sample.path):
-        parts = parts[-1:]
-    parts[-1] = os.path.splitext(parts[-1])[0] or parts[-1]
-    key = "/".join(parts)
-    return key if sample.start is None else f"{key}@{sample.start:g}-{sample.end:g}"
+    """The cache key of a list entry: :func:`common.clipid.clip_id` of its path and time range."""
+    return common_clip_id(sample.path, sample.start, sample.end)
 
 
 def read_clip_list(

@@ -30,7 +30,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from encoder.data.errors import ConfigError
+from common.errors import ConfigError
 from encoder.data.sampling import ElementLayout
 
 __all__ = [

@@ -46,17 +46,10 @@ from torch.utils.data import DataLoader
 from encoder import augment
 from encoder.config import RunConfig, load_config
 from encoder.data.dataset import ClipDataset, EpochBatchSampler, collate
-from encoder.data.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError
 from encoder.data.sampling import ElementLayout
-from encoder.data.splits import (
-    Sample,
-    Split,
-    make_split,
-    read_samples,
-    resolve_paths,
-    write_split,
-    write_text_atomic,
-)
+from encoder.data.splits import Sample, Split, make_split, read_samples, resolve_paths, write_split
+from common.textio import write_text_atomic
 from encoder.ssl import (
     ema_decay_at,
     ema_update,
@@ -106,7 +99,7 @@ def build_eval_items(cfg: RunConfig) -> list[Sample]:
 def class_names(cfg: RunConfig, items: list[Sample]) -> list[str]:
     """Names from the FineGym-style categories file when given, else the label numbers."""
     if cfg.data.categories:
-        from encoder.data.finegym import read_categories
+        from common.finegym import read_categories
 
         return [c.name for c in read_categories(cfg.data_path(cfg.data.categories))]
     return [str(i) for i in range(max(s.label for s in items) + 1)]

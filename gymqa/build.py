@@ -28,8 +28,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from encoder.data.errors import ConfigError, DataError, ListFormatError
-from encoder.data.finegym import (
+from common import clipid
+from common.errors import ConfigError, DataError, ListFormatError
+from common.finegym import (
     EVENT_CODES,
     Category,
     QTreeEntry,
@@ -140,10 +141,8 @@ class GymQA:
 
 
 def clip_id_of(token: str) -> str:
-    """The clip id in a list entry: a bare id, or a video path whose file name without extension is the id
-    (``/root/video/<clip id>.mp4``). FineGym clip ids contain no dots."""
-    name = token.replace("\\", "/").rsplit("/", 1)[-1]
-    return name.split(".", 1)[0]
+    """The clip id in a list entry (a bare id, or a video path such as ``/root/video/<clip id>.mp4``)."""
+    return clipid.clip_id(token.replace("\\", "/"))
 
 
 def read_labeled_list(path: str | os.PathLike) -> list[tuple[int, str, int]]:

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from encoder.data.errors import ListFormatError
-from encoder.data.splits import write_text_atomic
+from common.errors import ListFormatError
+from common.textio import write_text_atomic
 
 __all__ = ["gc_paused", "parse_jsonl", "read_json", "read_jsonl", "read_text", "write_json", "write_jsonl",
            "write_text"]

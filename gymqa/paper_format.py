@@ -20,8 +20,8 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from encoder.data.errors import ConfigError, DataError, ListFormatError
-from encoder.data.finegym import Category
+from common.errors import ConfigError, DataError, ListFormatError
+from common.finegym import Category
 from gymqa.build import clip_id_of
 from gymqa.io import gc_paused, read_json, read_text, write_text
 from gymqa.question import LETTERS, Question

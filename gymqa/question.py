@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from encoder.data.errors import ListFormatError
+from common.errors import ListFormatError
 from gymqa.io import gc_paused, read_jsonl, write_jsonl
 
 __all__ = ["LETTERS", "LEVELS", "TYPES", "Question", "format_prompt", "read_questions_jsonl", "write_questions"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from encoder.data.errors import DataError, ListFormatError
+from common.errors import DataError, ListFormatError
 from gymqa.io import gc_paused, parse_jsonl, read_json, read_text, write_json, write_text
 from gymqa.parse import parse_answer
 from gymqa.question import LETTERS, Question

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from encoder.data.finegym import Category
+from common.finegym import Category
 from gymqa.paper_format import read_paper_json
 from gymqa.question import LETTERS, Question, read_questions_jsonl
 

@@ -1,7 +1,7 @@
 """``sefar <stage> <action> ...``: one console command with a sub-command group per stage.
 
 Each group lives in its own small module (``sefar/<stage>_cmd.py``) that registers its parser and calls
-the package that does the work. Bad input raises :class:`encoder.data.errors.DataError` or ``ConfigError`` (or ``FileNotFoundError``),
+the package that does the work. Bad input raises :class:`common.errors.DataError` or ``ConfigError`` (or ``FileNotFoundError``),
 which is printed as one ``error:`` line with exit status 2.
 """
 
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from encoder.data.errors import ConfigError, DataError
+    from common.errors import ConfigError, DataError
 
     try:
         result = args.func(args)

@@ -79,7 +79,7 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _relabel(args: argparse.Namespace) -> int:
-    from encoder.data.finegym import write_level_lists
+    from common.finegym import write_level_lists
 
     names = write_level_lists(args.root, args.out, args.level, tuple(args.lists))
     print(f"{len(names)} {args.level} classes: " + ", ".join(f"{i} {n}" for i, n in enumerate(names)))

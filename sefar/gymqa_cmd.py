@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from encoder.data.errors import ConfigError
+from common.errors import ConfigError
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help_: str) -> argparse.ArgumentParser:
@@ -94,7 +94,7 @@ def _add_reading_options(p: argparse.ArgumentParser) -> None:
 
 
 def _reading_options(args: argparse.Namespace) -> dict:
-    from encoder.data.finegym import read_categories, read_element_list
+    from common.finegym import read_categories, read_element_list
 
     if args.categories is None:
         if args.lists:

@@ -11,7 +11,7 @@ from encoder.augment import (
     temporal_perturbation,
     weak_transform,
 )
-from encoder.data.errors import ConfigError
+from common.errors import ConfigError
 from encoder.data.sampling import PAPER_COMBOS, ElementLayout
 
 LAYOUT = ElementLayout.from_combo("2-2-4")  # fine (1, 5), (3, 7); context (0, 2, 4, 6)

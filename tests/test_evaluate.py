@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_export import CLASS_NAMES, LABELS, exported, fake_run  # noqa: F401 (fixtures)
 
-from encoder.data.finegym import Category
+from common.finegym import Category
 from encoder.data.sampling import segment_frame_indices
 from encoder.data.splits import Sample
 from encoder.data.video import read_frames, video_info

@@ -21,7 +21,7 @@ from videos import write_video
 
 from encoder.config import load_config
 from encoder.data.dataset import ClipDataset
-from encoder.data.errors import DataError
+from common.errors import DataError
 from encoder.data.sampling import segment_frame_indices
 from encoder.data.video import read_frames
 from encoder.export import EvalTransform, FrozenEncoder, PreprocessConfig, eval_views, export, load

@@ -10,7 +10,7 @@ import torch
 from test_export import exported, fake_run  # noqa: F401 (fixtures)
 
 import encoder.features as features
-from encoder.data.errors import DataError, ListFormatError
+from common.errors import DataError, ListFormatError
 from encoder.data.splits import Sample
 from encoder.data.video import read_frames
 from encoder.export import load

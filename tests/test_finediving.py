@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoder.data.errors import DataError
+from common.errors import DataError
 from encoder.data.finediving import (
     DiveAnnotation,
     FrameClip,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from encoder.data.errors import ListFormatError
-from encoder.data.finegym import (
+from common.errors import ListFormatError
+from common.finegym import (
     Category,
     ClipId,
     Hierarchy,

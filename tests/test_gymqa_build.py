@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from encoder.data.errors import ConfigError, DataError, ListFormatError
-from encoder.data.finegym import read_categories
+from common.errors import ConfigError, DataError, ListFormatError
+from common.finegym import read_categories
 from gymqa.build import (
     BuildConfig,
     build_finegym,

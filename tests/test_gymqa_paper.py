@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from encoder.data.errors import ConfigError, ListFormatError
-from encoder.data.finegym import read_categories, read_element_list
+from common.errors import ConfigError, ListFormatError
+from common.finegym import read_categories, read_element_list
 from gymqa.io import gc_paused
 from gymqa.paper_format import read_frame_lengths, read_paper_json, split_prompt, to_paper_dict, write_paper_json
 from gymqa.question import Question, question_from_record, read_questions_jsonl, write_questions

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from encoder.data.errors import DataError, ListFormatError
+from common.errors import DataError, ListFormatError
 from gymqa.parse import normalize, parse_answer
 from gymqa.question import Question
 from gymqa.rotate import rotate, rotation_id

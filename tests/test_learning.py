@@ -12,7 +12,7 @@ import pytest
 
 from encoder.config import load_config
 from encoder.data import syngym
-from encoder.data.finegym import write_level_lists
+from common.finegym import write_level_lists
 from encoder.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "encoder" / "syngym_tiny.yaml"

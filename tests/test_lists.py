@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from encoder.data.errors import DataError, ListFormatError
+from common.errors import DataError, ListFormatError
 from encoder.data.lists import (
     VideoList,
     read_class_index,

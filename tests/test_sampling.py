@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from encoder.data.errors import ConfigError
+from common.errors import ConfigError
 from encoder.data.sampling import PAPER_COMBOS, ElementLayout, parse_combo, segment_frame_indices
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from encoder.data.errors import ConfigError, DataError, ListFormatError
+from common.errors import ConfigError, DataError, ListFormatError
 from encoder.data.splits import (
     Sample,
     Split,

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from encoder.data import syngym
-from encoder.data.errors import ConfigError
-from encoder.data.finegym import (
+from common.errors import ConfigError
+from common.finegym import (
     Hierarchy,
     parse_clip_id,
     read_annotations,

@@ -10,7 +10,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block as TimmBlock
 from torch import nn
 
-from encoder.data.errors import ConfigError
+from common.errors import ConfigError
 from encoder.data.sampling import PAPER_COMBOS, ElementLayout
 from encoder.timesformer import (
     DividedSpaceTimeBlock,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from encoder.config import load_config
-from encoder.data.errors import ConfigError
+from common.errors import ConfigError
 from tests.videos import write_toy_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def test_checkpoint_round_trip_with_adamw(tmp_path):
 
 
 def test_truncated_checkpoint_is_reported(tmp_path):
-    from encoder.data.errors import DataError
+    from common.errors import DataError
     from encoder.train import build_model, build_optimizer, load_checkpoint, save_checkpoint
 
     cfg = load_config(None, ["model.img_size=32", "model.depth=1"])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from encoder.data.errors import VideoReadError
+from common.errors import VideoReadError
 from encoder.data.video import read_frames, resize_short_side, video_info
 from tests.videos import frame_value, write_frame_folder, write_video
 

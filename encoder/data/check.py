@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from encoder.data import finediving, finegym
-from encoder.data.errors import DataError, VideoReadError
+from common import finegym
+from encoder.data import finediving
+from common.errors import DataError, VideoReadError
 from encoder.data.lists import VideoList, read_hmdb51, read_ucf101, read_video_list
 from encoder.data.splits import Sample, resolve_paths
 from encoder.data.video import video_info

@@ -4,7 +4,7 @@ The sampler yields batches of ``(index, epoch)`` pairs. The dataset seeds every 
 ``(seed, epoch, index, attempt)``, so an item's frames and augmentation do not depend on worker scheduling, on
 the number of processes, or on whether the run was resumed: a resumed run sees exactly the same batches.
 
-A clip that cannot be read (:class:`~encoder.data.errors.VideoReadError`) is counted and replaced by another,
+A clip that cannot be read (:class:`~common.errors.VideoReadError`) is counted and replaced by another,
 deterministically drawn, clip; :meth:`ClipDataset.take_skipped` reports and resets the count (shared across
 DataLoader workers).
 """
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from encoder.data.errors import VideoReadError
+from common.errors import VideoReadError
 from encoder.data.sampling import segment_frame_indices
 from encoder.data.splits import Sample
 from encoder.data.video import read_frames

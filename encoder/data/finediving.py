@@ -31,7 +31,7 @@ from types import ModuleType
 
 import numpy as np
 
-from encoder.data.errors import DataError
+from common.errors import DataError
 from encoder.data.lists import VideoList
 from encoder.data.splits import Sample
 

@@ -1,7 +1,7 @@
 """Readers for the common video-list formats: UCF101 and HMDB51 official splits, CSV and JSONL lists.
 
 Every reader returns a :class:`VideoList` (samples with 0-based labels + class names) and reports a malformed
-line as one :class:`~encoder.data.errors.ListFormatError` ``"<file>:<line>: <what is wrong>"``.
+line as one :class:`~common.errors.ListFormatError` ``"<file>:<line>: <what is wrong>"``.
 
 Formats:
 
@@ -29,8 +29,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from encoder.data.errors import DataError, ListFormatError
-from encoder.data.splits import Sample, parse_label, parse_trim, read_samples, read_text_lines
+from common.errors import DataError, ListFormatError
+from encoder.data.splits import Sample, parse_label, parse_trim, read_samples
+from common.textio import read_text_lines
 
 HMDB_SPLIT_IDS = {"train": 1, "test": 2}
 _HMDB_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<k>\d+)\.txt$")

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.data.errors import VideoReadError
-from encoder.data.finegym import ElementAnnotation, parse_clip_id, read_annotations
-from encoder.data.splits import write_text_atomic
+from common.errors import VideoReadError
+from common.finegym import ElementAnnotation, parse_clip_id, read_annotations
+from common.textio import write_text_atomic
 from encoder.data.video import video_info
 
 EVENTS_DIR = "events"

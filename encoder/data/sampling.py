@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from encoder.data.errors import ConfigError
+from common.errors import ConfigError
 
 #: The combos studied in the paper (Tab. 6); any other valid combo works too.
 PAPER_COMBOS = ("2-4", "2-2-4", "2-2-2-4", "2-2-6", "2-2-8")

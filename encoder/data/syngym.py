@@ -38,7 +38,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from encoder.data.errors import ConfigError
+from common.errors import ConfigError
 from encoder.data.syngym_motion import Performance, figure_motion, rest_motion
 from encoder.data.syngym_render import Scene, render_frames
 

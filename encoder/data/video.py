@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from encoder.data.errors import VideoReadError
+from common.errors import VideoReadError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 PYAV_FIRST_SUFFIXES = (".gif",)

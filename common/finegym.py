@@ -15,7 +15,7 @@ Formats (one record per line, ``\\n`` or ``\\r\\n``, blank lines skipped):
 Clip id: ``{youtube_id}_E_{XXXXXX}_{YYYYYY}_A_{ZZZZ}_{WWWW}``: the event spans seconds XXXXXX..YYYYYY of the
 YouTube video, the element seconds ZZZZ..WWWW relative to the event start (whole seconds).
 
-Every malformed line raises :class:`~encoder.data.errors.ListFormatError` naming the file and line.
+Every malformed line raises :class:`~common.errors.ListFormatError` naming the file and line.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from encoder.data.errors import ListFormatError
+from common.errors import ListFormatError
 
 __all__ = [
     "EVENT_CODES",
@@ -482,7 +482,7 @@ def write_level_lists(
     Needs ``categories.txt`` (and optionally ``set_categories.txt``) in ``root``; the files are written atomically.
     Train on them with ``data.root=OUT data.videos=ROOT/videos data.categories=null``.
     """
-    from encoder.data.splits import write_text_atomic
+    from common.textio import write_text_atomic
 
     root, out = Path(root), Path(out)
     set_names = read_set_categories(root / "set_categories.txt") if (root / "set_categories.txt").is_file() else {}
