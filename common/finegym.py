@@ -28,6 +28,7 @@ from functools import cached_property
 from pathlib import Path
 
 from common.errors import ListFormatError
+from common.textio import is_plain_int, split_lines
 
 __all__ = [
     "EVENT_CODES",
@@ -97,7 +98,7 @@ def _lines(path: str | os.PathLike) -> list[tuple[int, str]]:
     except UnicodeDecodeError as err:
         raise ListFormatError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
     rows = []
-    for number, line in enumerate(text.split("\n"), start=1):
+    for number, line in enumerate(split_lines(text), start=1):
         line = line.strip()
         if line:
             rows.append((number, line))
@@ -178,18 +179,24 @@ def read_set_categories(path: str | os.PathLike) -> dict[int, str]:
     return sets
 
 
-def read_element_list(path: str | os.PathLike) -> list[tuple[str, int]]:
+def read_element_list(
+    path: str | os.PathLike, num_classes: int | None = None, categories_name: str = "the categories file"
+) -> list[tuple[str, int]]:
     """Read ``<clip id> <label>`` lines into ``[(clip_id, label), ...]`` in file order.
 
-    Clip ids must follow the FineGym pattern and be unique; labels are non-negative integers.
+    Clip ids must follow the FineGym pattern and be unique; labels are non-negative integers, below
+    ``num_classes`` when given (``categories_name`` names where that count comes from in the error).
     """
     items: list[tuple[str, int]] = []
     seen: dict[str, int] = {}
     for number, line in _lines(path):
         fields = line.split()
-        if len(fields) != 2 or not fields[1].isdigit():
+        if len(fields) != 2 or not is_plain_int(fields[1]):
             raise ListFormatError(path, f"expected '<clip id> <label>', got {line!r}", line=number)
         clip_id = fields[0]
+        if num_classes is not None and int(fields[1]) >= num_classes:
+            reason = f"label {_short(fields[1])} is out of range for the {num_classes} classes of {categories_name}"
+            raise ListFormatError(path, reason, line=number)
         try:
             parse_clip_id(clip_id)
         except ValueError as err:
@@ -199,6 +206,11 @@ def read_element_list(path: str | os.PathLike) -> list[tuple[str, int]]:
         seen[clip_id] = number
         items.append((clip_id, int(fields[1])))
     return items
+
+
+def _short(token: str, width: int = 24) -> str:
+    """``token`` cut to ``width`` characters for an error message."""
+    return token if len(token) <= width else token[: width - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -267,7 +279,7 @@ def _load_json(path: str | os.PathLike) -> object:
 
 
 def _qtree_entry(path: str | os.PathLike, key: str, value: object) -> QTreeEntry:
-    if not key.isdigit():
+    if not is_plain_int(key):
         raise ListFormatError(path, f"key {key!r} is not a Glabel number")
     if not isinstance(value, dict) or {"BTcode", "questions", "code"} - set(value):
         raise ListFormatError(path, f"entry {key!r} needs 'BTcode', 'questions' and 'code'")

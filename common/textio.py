@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -23,14 +24,32 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def is_plain_int(token: str) -> bool:
+    """Whether ``token`` is a non-negative integer written in ASCII digits (``str.isdigit`` alone also accepts
+    ``"²"``, which ``int`` rejects)."""
+    return token.isascii() and token.isdigit()
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def split_lines(text: str) -> list[str]:
+    """``text`` cut at LF, CRLF or lone CR (old Mac files), without the endings; a final break adds no line.
+
+    Only these three count as line breaks (not ``str.splitlines``'s form feeds or Unicode separators, which may
+    be part of a name).
+    """
+    lines = text.split("\n") if "\r" not in text else _LINE_BREAK.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def read_text_lines(path: str | os.PathLike) -> list[str]:
-    """Lines of a UTF-8 text file without their LF / CRLF endings (line ``i + 1`` is item ``i``)."""
+    """Lines of a UTF-8 text file without their LF / CRLF / CR endings (line ``i + 1`` is item ``i``)."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.rstrip("\r") for line in lines]
+    return split_lines(text)

@@ -42,6 +42,7 @@ from common.finegym import (
     read_qtree,
     read_set_categories,
 )
+from common.textio import is_plain_int, split_lines
 from gymqa.io import gc_paused, read_text, write_json
 from gymqa.options import COLLISIONS, STRATEGIES, Choice, DistractorSampler
 from gymqa.question import LETTERS, TYPES, Question, write_questions
@@ -151,11 +152,11 @@ def read_labeled_list(path: str | os.PathLike) -> list[tuple[int, str, int]]:
     The clip id is the file name without directories and extension (``/root/video/<clip id>.mp4``).
     """
     rows = []
-    for number, line in enumerate(read_text(path).split("\n"), start=1):
+    for number, line in enumerate(split_lines(read_text(path)), start=1):
         fields = line.split()
         if not fields:
             continue
-        if len(fields) != 2 or not fields[1].isdigit():
+        if len(fields) != 2 or not is_plain_int(fields[1]):
             raise ListFormatError(path, f"expected '<path or clip id> <label>', got {line.strip()!r}", line=number)
         clip_id = clip_id_of(fields[0])
         try:
@@ -335,6 +336,8 @@ def _labeled_items(labeled: str | os.PathLike, train: Sequence[tuple[str, int]],
             reason = f"clip {clip_id} has label {label} but {train_labels[clip_id]} in {train_path}"
             raise ListFormatError(labeled, reason, line=line)
         items.append((clip_id, label))
+    if not items:
+        raise ListFormatError(labeled, "the labeled list has no clips: no train questions could be built")
     return items
 
 
@@ -360,6 +363,9 @@ def build_gymqa(categories: str | os.PathLike, set_names: str | os.PathLike | No
     tree = read_qtree(qtree) if qtree is not None else None
     times = _annotation_times(annotations) if annotations is not None else None
     train_items, val_items = read_element_list(train_list), read_element_list(val_list)
+    for items, path in ((train_items, train_list), (val_items, val_list)):
+        if not items:
+            raise ListFormatError(path, "the element list has no clips: no questions could be built from it")
     _check_labels(train_items, cats, train_list, categories)
     _check_labels(val_items, cats, val_list, categories)
     chosen = _labeled_items(labeled, train_items, train_list) if labeled is not None else select_labeled(

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from common.errors import ListFormatError
-from common.textio import write_text_atomic
+from common.textio import split_lines, write_text_atomic
 
 __all__ = ["gc_paused", "parse_jsonl", "read_json", "read_jsonl", "read_text", "write_json", "write_jsonl",
            "write_text"]
@@ -87,7 +87,7 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
 def parse_jsonl(text: str, path: str | os.PathLike) -> list[tuple[int, dict]]:
     """:func:`read_jsonl` on text already read from ``path`` (named in errors)."""
     rows = []
-    for number, line in enumerate(text.split("\n"), start=1):
+    for number, line in enumerate(split_lines(text), start=1):
         line = line.strip()
         if not line:
             continue

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from common.errors import ConfigError, DataError, ListFormatError
 from common.finegym import Category
+from common.textio import is_plain_int, split_lines
 from gymqa.build import clip_id_of
 from gymqa.io import gc_paused, read_json, read_text, write_text
 from gymqa.question import LETTERS, Question
@@ -172,11 +173,11 @@ def read_frame_lengths(path: str | os.PathLike) -> dict[str, int]:
     if Path(path).suffix == ".json":
         return {q.clip_id: q.frame_length for q in read_paper_json(path) if q.frame_length is not None}
     lengths = {}
-    for number, line in enumerate(read_text(path).split("\n"), start=1):
+    for number, line in enumerate(split_lines(read_text(path)), start=1):
         fields = line.split()
         if not fields:
             continue
-        if len(fields) != 2 or not fields[1].isdigit():
+        if len(fields) != 2 or not is_plain_int(fields[1]):
             raise ListFormatError(path, f"expected '<clip id> <frames>', got {line.strip()!r}", line=number)
         lengths[clip_id_of(fields[0])] = int(fields[1])
     if not lengths:

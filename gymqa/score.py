@@ -284,10 +284,25 @@ def score_files(questions_path: str | os.PathLike, predictions_path: str | os.Pa
     """Score a predictions file against a questions file (our JSONL or the paper's JSON, see
     :func:`gymqa.stats.read_questions`)."""
     questions = read_questions(questions_path, **read_options)
+    predictions = read_predictions(predictions_path)
+    _check_ids_match(questions, predictions, questions_path, predictions_path)
     try:
-        return score(questions, read_predictions(predictions_path))
+        return score(questions, predictions)
     except ValueError as err:
         raise DataError(questions_path, str(err)) from None
+
+
+def _check_ids_match(questions: Sequence[Question], predictions: Mapping[str, Prediction],
+                     questions_path: str | os.PathLike, predictions_path: str | os.PathLike) -> None:
+    """A predictions file that answers none of the questions is a mistake (the wrong file, or ids written
+    differently), not a 0% result: raise :class:`DataError` naming it."""
+    if not predictions:
+        raise DataError(predictions_path, "no predictions: the file is empty")
+    if questions and not any(q.id in predictions for q in questions):
+        reason = (f"none of its {len(predictions)} prediction ids matches a question id of "
+                  f"{Path(questions_path).name} (e.g. prediction {next(iter(predictions))!r}, question "
+                  f"{questions[0].id!r})")
+        raise DataError(predictions_path, reason)
 
 
 def write_predictions(path: str | os.PathLike, predictions: Mapping[str, object], kind: str = "text") -> Path:

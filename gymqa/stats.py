@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from common.finegym import Category
+from common.textio import is_plain_int
 from gymqa.paper_format import read_paper_json
 from gymqa.question import LETTERS, Question, read_questions_jsonl
 
@@ -61,8 +62,9 @@ def question_stats(questions: Sequence[Question], categories: Sequence[Category]
         universe = {str(c.label) for c in categories}
     else:
         universe = {_class_key(q) for q in elements if q.split == "test"} or {_class_key(q) for q in elements}
+    by_name = categories is None and any(q.clabel is None for q in elements)
     has_train = any(q.split == "train" for q in questions)
-    missing = sorted(universe - train_classes, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
+    missing = sorted(universe - train_classes, key=lambda k: (not is_plain_int(k), int(k) if is_plain_int(k) else 0, k))
     return {
         "questions": len(questions),
         "by_split": _counts([q.split for q in questions]),
@@ -74,6 +76,8 @@ def question_stats(questions: Sequence[Question], categories: Sequence[Category]
         "rotated": sum(q.rotation != 0 for q in questions),
         "duplicate_options": duplicate_option_count(questions),
         "classes": len(universe),
+        # answer names, when labels are unknown: names repeat across events, so they undercount the classes
+        "classes_by": "answer name" if by_name else "label",
         "classes_without_train": missing if has_train else None,
     }
 
@@ -85,7 +89,11 @@ def stats_markdown(stats: dict) -> str:
         lines += [f"| {name} | {key} | {value} |" for key, value in stats[f"by_{name}"].items()]
     lines.append(f"| rotated copies | - | {stats['rotated']} |")
     lines.append(f"| duplicate options | - | {stats['duplicate_options']} |")
-    lines.append(f"| classes | - | {stats['classes']} |")
+    if stats.get("classes_by") == "answer name":
+        lines.append(f"| classes | distinct answer names (labels unknown; names repeat across events: pass "
+                     f"--categories and --lists to count classes) | {stats['classes']} |")
+    else:
+        lines.append(f"| classes | - | {stats['classes']} |")
     missing = stats["classes_without_train"]
     if missing is None:
         shown = "no train split loaded"

@@ -1,8 +1,8 @@
 """``sefar <stage> <action> ...``: one console command with a sub-command group per stage.
 
 Each group lives in its own small module (``sefar/<stage>_cmd.py``) that registers its parser and calls
-the package that does the work. Bad input raises :class:`common.errors.DataError` or ``ConfigError`` (or ``FileNotFoundError``),
-which is printed as one ``error:`` line with exit status 2.
+the package that does the work. Bad input raises :class:`common.errors.DataError` or ``ConfigError`` (or an ``OSError`` naming a file),
+which is printed as one ``error: <file>[:<line>]: <problem>`` line with exit status 2.
 """
 
 from __future__ import annotations
@@ -56,7 +56,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = args.func(args)
-    except (DataError, ConfigError, FileNotFoundError) as err:
+    except (DataError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a missing, unreadable or unwritable file named on the command line
+        print(f"error: {_os_error_line(err)}", file=sys.stderr)
+        return 2
     return int(result or 0)
+
+
+def _os_error_line(err: OSError) -> str:
+    """``<file>: <problem>`` for an ``OSError`` (``[Errno 2] No such file ...`` becomes ``f: no such file``)."""
+    if err.filename is None:
+        return str(err)
+    problem = "no such file or folder" if isinstance(err, FileNotFoundError) else (err.strerror or str(err))
+    return f"{err.filename}: {problem}"

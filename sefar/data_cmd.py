@@ -17,6 +17,9 @@ def add_parser(subparsers, name: str, help_: str) -> None:
     check.add_argument("path", help="dataset folder (FineGym, UCF101, HMDB51, FineDiving, lists) or a list file")
     check.add_argument("--videos-root", metavar="DIR", help="where the videos are (default: beside the lists)")
     check.add_argument("--no-open", action="store_true", help="only check that videos exist, do not open them")
+    check.add_argument("--deep", action="store_true",
+                       help="decode every frame of every video (slow; the default check reads the container's frame "
+                            "count and the first and last frame)")
     check.add_argument("--lists-only", action="store_true", help="check the lists only, not the videos")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=_check)
@@ -64,16 +67,19 @@ def add_parser(subparsers, name: str, help_: str) -> None:
 def _check(args: argparse.Namespace) -> int:
     from encoder.data.check import check_dataset, format_report
 
-    videos = "skip" if args.lists_only else "exists" if args.no_open else "open"
+    videos = "skip" if args.lists_only else "exists" if args.no_open else "deep" if args.deep else "open"
     report = check_dataset(args.path, videos_root=args.videos_root, videos=videos, progress=not args.json)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0 if report.ok else 1
 
 
 def _split(args: argparse.Namespace) -> int:
+    from encoder.data.lists import find_class_file, read_class_names
     from encoder.data.splits import split_list
 
-    split = split_list(args.list, args.out, args.ratio, seed=args.seed, method=args.method)
+    class_file = find_class_file(args.list)
+    num_classes = len(read_class_names(class_file)) if class_file is not None else None
+    split = split_list(args.list, args.out, args.ratio, seed=args.seed, method=args.method, num_classes=num_classes)
     print(f"{len(split.labeled)} labeled, {len(split.unlabeled)} unlabeled clips written to {args.out}")
     return 0
 

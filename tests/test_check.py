@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import DataError
 from encoder.data.check import check_dataset, format_report
 from encoder.data.prepare import write_video
 from sefar.cli import main
@@ -64,8 +65,7 @@ def test_finegym_folder_problems_and_cli_exit_code(tmp_path, capsys):
     assert train.missing == ["syn-02_E_000000_000005_A_0000_0001"]
     assert len(train.unreadable) == 1
     assert train.unreadable[0].startswith(str(root / "videos" / "syn0001_E_000010_000020_A_0003_0004.mp4") + ": ")
-    assert val.error == (f"{root / 'val_element.txt'}: clip syn0003_E_000001_000002_A_0000_0001 has label 5, "
-                         "but categories.txt has 2 classes")
+    assert val.error == f"{root / 'val_element.txt'}:1: label 5 is out of range for the 2 classes of categories.txt"
     assert len(report.problems()) == 3
 
     assert main(["data", "check", str(root), "--json"]) == 1
@@ -176,7 +176,7 @@ def test_folder_without_lists_and_bad_arguments(tmp_path):
     report = check_dataset(tmp_path)
     assert report.kind == "lists" and report.problems() == [
         f"{tmp_path}: no list files (*.txt, *.csv, *.jsonl) and no known dataset layout"]
-    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    with pytest.raises(DataError, match="nope: no such file or folder"):
         check_dataset(tmp_path / "nope")
     with pytest.raises(ValueError, match="videos='all'"):
         check_dataset(tmp_path, videos="all")

@@ -1,8 +1,11 @@
 """``sefar data check``: is a dataset folder or list file usable for training?
 
-It parses every list, checks labels against the class list, looks for every video and (unless told not to)
-opens each one with :func:`encoder.data.video.video_info`, counting missing and unreadable clips with their
-one-line reasons. Recognised layouts of ``PATH``:
+It parses every list, checks labels against the class list (a list's classes come from the categories file
+beside it when there is one), looks for every video and (unless told not to) checks each one with
+:func:`encoder.data.video.verify_video`: the quick check compares the container's frame count with what the
+reader finds and decodes the first and last frame; the deep check decodes every frame. Missing and unreadable
+clips are counted with their one-line reasons. Two entries that map to one clip id (the key of feature caches
+and predictions) or to one file are problems too. Recognised layouts of ``PATH``:
 
 - a list file (``path label``, CSV with header, JSONL: see :mod:`encoder.data.lists`);
 - a FineGym folder: ``<name>_categories.txt`` + ``<name>_*element*.txt`` lists as released, or SynGym's
@@ -20,19 +23,22 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import finegym
-from encoder.data import finediving
+from common.clipid import clip_id
 from common.errors import DataError, VideoReadError
-from encoder.data.lists import VideoList, read_hmdb51, read_ucf101, read_video_list
+from encoder.data import finediving
+from encoder.data.lists import VideoList, categories_files, is_class_file, read_hmdb51, read_ucf101, read_video_list
 from encoder.data.splits import Sample, resolve_paths
-from encoder.data.video import video_info
+from encoder.data.video import verify_video
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+VIDEO_MODES = ("open", "deep", "exists", "skip")
 LIST_SUFFIXES = (".txt", ".csv", ".jsonl")
 MAX_SHOWN = 5  # problem lines quote at most this many examples
 
@@ -51,6 +57,7 @@ class ListReport:
     class_counts: dict[int, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    collisions: list[str] = field(default_factory=list)  # entries that share a clip id or a file
     error: str | None = None
 
     def problems(self) -> list[str]:
@@ -65,6 +72,9 @@ class ListReport:
         out.extend(self.unreadable[:MAX_SHOWN])
         if len(self.unreadable) > MAX_SHOWN:
             out.append(f"{self.name}: ... {len(self.unreadable) - MAX_SHOWN} more unreadable videos")
+        out.extend(f"{self.name}: {c}" for c in self.collisions[:MAX_SHOWN])
+        if len(self.collisions) > MAX_SHOWN:
+            out.append(f"{self.name}: ... {len(self.collisions) - MAX_SHOWN} more entries sharing a clip id or file")
         return out
 
     def to_dict(self) -> dict:
@@ -76,6 +86,7 @@ class ListReport:
             "class_counts": {str(k): v for k, v in sorted(self.class_counts.items())},
             "missing": self.missing,
             "unreadable": self.unreadable,
+            "collisions": self.collisions,
             "error": self.error,
         }
 
@@ -86,9 +97,10 @@ class CheckReport:
 
     path: str
     kind: str
-    videos: str  # "open", "exists" or "skip"
+    videos: str  # one of VIDEO_MODES
     lists: list[ListReport] = field(default_factory=list)
     issues: list[str] = field(default_factory=list)  # problems not tied to one list
+    seconds: float = 0.0  # time spent checking videos
 
     def problems(self) -> list[str]:
         return self.issues + [p for lr in self.lists for p in lr.problems()]
@@ -99,7 +111,8 @@ class CheckReport:
 
     def to_dict(self) -> dict:
         return {"path": self.path, "kind": self.kind, "videos": self.videos, "ok": self.ok,
-                "problems": self.problems(), "lists": [lr.to_dict() for lr in self.lists]}
+                "seconds": round(self.seconds, 3), "problems": self.problems(),
+                "lists": [lr.to_dict() for lr in self.lists]}
 
 
 @dataclass(frozen=True)
@@ -128,14 +141,8 @@ def _video_index(root: Path) -> dict[str, Path]:
     return index
 
 
-def _categories_files(folder: Path) -> dict[str, Path]:
-    """``{prefix: path}`` of ``<prefix>_categories.txt`` (``gym99``...) and ``categories.txt`` (prefix ``""``)."""
-    return {p.name.removesuffix("categories.txt").removesuffix("_"): p for p in sorted(folder.glob("*categories.txt"))
-            if p.name != "set_categories.txt"}
-
-
 def _finegym_sources(folder: Path, videos_root: Path | None, issues: list[str]) -> list[_Source]:
-    categories = _categories_files(folder)
+    categories = categories_files(folder)
     index: dict[str, Path] | None = None
 
     def locate(sample: Sample) -> Path | None:
@@ -157,15 +164,9 @@ def _finegym_sources(folder: Path, videos_root: Path | None, issues: list[str]) 
 
 
 def _read_finegym(list_path: Path, categories_path: Path) -> VideoList:
-    categories = finegym.read_categories(categories_path)
-    names = [c.full_name for c in categories]
-    samples = []
-    for clip_id, label in finegym.read_element_list(list_path):
-        if label >= len(names):
-            raise DataError(list_path, f"clip {clip_id} has label {label}, but {categories_path.name} has "
-                                       f"{len(names)} classes")
-        samples.append(Sample(clip_id, label))
-    return VideoList(samples, names)
+    names = [c.full_name for c in finegym.read_categories(categories_path)]
+    items = finegym.read_element_list(list_path, num_classes=len(names), categories_name=categories_path.name)
+    return VideoList([Sample(clip, label) for clip, label in items], names)
 
 
 def _finediving_sources(folder: Path, videos_root: Path | None) -> list[_Source]:
@@ -179,7 +180,7 @@ def _finediving_sources(folder: Path, videos_root: Path | None) -> list[_Source]
 def _detect(path: Path) -> str:
     if path.is_file():
         return "list"
-    if _categories_files(path) and any(path.glob("*_*element*.txt")):
+    if categories_files(path) and any(path.glob("*_*element*.txt")):
         return "finegym"
     if (path / "classInd.txt").is_file():
         return "ucf101"
@@ -208,19 +209,41 @@ def _sources(path: Path, kind: str, videos_root: Path | None, issues: list[str])
         return _official_sources(kind, path, videos_root)
     if kind == "finediving":
         return _finediving_sources(path, videos_root)
-    lists = [p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in LIST_SUFFIXES]
+    lists = [p for p in sorted(path.iterdir())
+             if p.is_file() and p.suffix.lower() in LIST_SUFFIXES and not is_class_file(p)]
     if not lists:
         issues.append(f"{path}: no list files (*.txt, *.csv, *.jsonl) and no known dataset layout")
     return [_Source(p.name, lambda p=p: read_video_list(p), _relative_locator(path, videos_root)) for p in lists]
 
 
-def _check_video(path: Path, sample: Sample) -> str | None:
-    """``None`` when the clip opens and has frames, else its one-line reason."""
+def _check_video(path: Path, sample: Sample, deep: bool) -> str | None:
+    """``None`` when the clip is whole (see :func:`encoder.data.video.verify_video`), else its one-line reason."""
     try:
-        info = video_info(path, start=sample.start, end=sample.end)
+        verify_video(path, start=sample.start, end=sample.end, deep=deep)
     except VideoReadError as err:
         return str(err)
-    return None if info.num_frames > 0 else f"{path}: no frames"
+    return None
+
+
+def _collisions(samples: list[Sample], files: list[Path | None]) -> list[str]:
+    """Entries that map to one clip id (which keys feature caches and predictions) or to one existing file."""
+    out = []
+    by_id: dict[str, int] = {}
+    by_file: dict[tuple[Path, float | None, float | None], int] = {}
+    for i, (sample, file) in enumerate(zip(samples, files)):
+        key = clip_id(sample.path, sample.start, sample.end)
+        if key in by_id:
+            out.append(f"entries {by_id[key] + 1} and {i + 1} ({samples[by_id[key]].path!r}, {sample.path!r}) "
+                       f"map to the same clip id {key!r}")
+            continue
+        by_id[key] = i
+        if file is not None and file.exists():
+            real = (file.resolve(), sample.start, sample.end)
+            if real in by_file:
+                j = by_file[real]
+                out.append(f"entries {j + 1} and {i + 1} ({samples[j].path!r}, {sample.path!r}) are the same file")
+            by_file.setdefault(real, i)
+    return out
 
 
 def _check_list(source: _Source, videos: str, progress: bool) -> ListReport:
@@ -235,13 +258,14 @@ def _check_list(source: _Source, videos: str, progress: bool) -> ListReport:
         return report
     report.num_samples, report.classes = len(vl.samples), vl.classes
     report.class_counts = dict(Counter(s.label for s in vl.samples))
+    located = [source.locate(s) for s in vl.samples] if videos != "skip" else [None] * len(vl.samples)
+    report.collisions = _collisions(vl.samples, located)
     if videos == "skip":
         return report
-    for sample in _progress(vl.samples, f"checking {source.name}", progress):
-        path = source.locate(sample)
+    for sample, path in _progress(list(zip(vl.samples, located)), f"checking {source.name}", progress):
         if path is None or not path.exists():
             report.missing.append(str(path or sample.path))
-        elif videos == "open" and (reason := _check_video(path, sample)) is not None:
+        elif videos in ("open", "deep") and (reason := _check_video(path, sample, videos == "deep")) is not None:
             report.unreadable.append(reason)
     return report
 
@@ -264,22 +288,24 @@ def check_dataset(
     """Check a dataset folder or list file (layouts in the module docstring).
 
     Args:
-        videos: ``"open"`` (find and open every clip), ``"exists"`` (only check the files exist) or ``"skip"``
-            (lists only).
+        videos: ``"open"`` (find every clip and check it quickly: frame count, first and last frame), ``"deep"``
+            (also decode every frame), ``"exists"`` (only check the files exist) or ``"skip"`` (lists only).
         progress: show a progress bar on stderr while checking videos.
     """
-    if videos not in ("open", "exists", "skip"):
-        raise ValueError(f"videos={videos!r} must be 'open', 'exists' or 'skip'")
+    if videos not in VIDEO_MODES:
+        raise ValueError(f"videos={videos!r} must be one of {', '.join(VIDEO_MODES)}")
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise DataError(path, "no such file or folder")
     root = Path(videos_root) if videos_root is not None else None
     if root is not None and not root.is_dir():
-        raise FileNotFoundError(f"{root}: videos root is not a folder")
+        raise DataError(root, "videos root is not a folder")
     kind = _detect(path)
     report = CheckReport(str(path), kind, videos)
+    began = time.perf_counter()
     for source in _sources(path, kind, root, report.issues):
         report.lists.append(_check_list(source, videos, progress))
+    report.seconds = time.perf_counter() - began
     return report
 
 
@@ -300,12 +326,15 @@ def format_report(report: CheckReport) -> str:
         checked = report.videos != "skip"
         rows.append((lr.name, str(lr.num_samples), f"{len(lr.class_counts)}/{len(lr.classes)}", _per_class(lr),
                      str(len(lr.missing)) if checked else "-",
-                     str(len(lr.unreadable)) if report.videos == "open" else "-"))
+                     str(len(lr.unreadable)) if report.videos in ("open", "deep") else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"{report.path} ({report.kind}; videos: {report.videos})"]
     lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
               for r in rows]
     problems = report.problems()
     lines += [f"problem: {p}" for p in problems]
+    if report.videos == "deep":
+        clips = sum(lr.num_samples - len(lr.missing) for lr in report.lists if lr.error is None)
+        lines.append(f"deep check: decoded every frame of {clips} clips in {report.seconds:.1f} s")
     lines.append("OK" if not problems else f"{len(problems)} problem(s) found")
     return "\n".join(lines)

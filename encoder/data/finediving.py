@@ -21,6 +21,7 @@ from __future__ import annotations
 import builtins
 import codecs
 import importlib
+import io
 import numbers
 import os
 import pickle
@@ -32,6 +33,7 @@ from types import ModuleType
 import numpy as np
 
 from common.errors import DataError
+from common.textio import is_plain_int
 from encoder.data.lists import VideoList
 from encoder.data.splits import Sample
 
@@ -58,6 +60,8 @@ def _allowed_globals() -> dict[tuple[str, str], Callable[[], object]]:
     for module in ("builtins", "__builtin__"):  # Python 3 / Python 2 pickles
         for name in _BUILTIN_TYPES:
             allowed[(module, name)] = lambda name=name: getattr(builtins, name)
+        for name in ("bytes", "bytearray"):
+            allowed[(module, name)] = lambda name=name: _sized_buffer(getattr(builtins, name))
     allowed[("_codecs", "encode")] = lambda: codecs.encode  # how protocol <= 2 stores bytes
     for prefix in ("numpy.core", "numpy._core"):
         allowed[(f"{prefix}.multiarray", "_reconstruct")] = lambda: _numpy_submodule("multiarray")._reconstruct
@@ -66,6 +70,18 @@ def _allowed_globals() -> dict[tuple[str, str], Callable[[], object]]:
     allowed[("numpy", "ndarray")] = lambda: np.ndarray
     allowed[("numpy", "dtype")] = lambda: np.dtype
     return allowed
+
+
+def _sized_buffer(kind: type) -> Callable[..., object]:
+    """``bytes``/``bytearray`` as a pickle may call them, except from a bare size (``bytearray(10**11)``): real
+    pickles pass the content, a size is only a way to make the loader allocate without bound."""
+
+    def build(*args: object) -> object:
+        if args and isinstance(args[0], numbers.Integral):
+            raise pickle.UnpicklingError(f"{kind.__name__}({args[0]}) allocates a buffer from a size")
+        return kind(*args)
+
+    return build
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
@@ -95,16 +111,20 @@ def load_pickle(path: str | os.PathLike) -> object:
         DataError: the pickle names any other global (nothing from it is executed), or it is not a valid pickle.
     """
     path = Path(path)
-    with open(path, "rb") as f:
-        try:
-            return _RestrictedUnpickler(f, encoding="latin1").load()
-        except _RefusedGlobal as err:
-            raise DataError(path, f"unsafe pickle: it references {err.name}, which is not a plain container "
-                                  "or numpy array; refusing to load it") from None
-        except pickle.UnpicklingError as err:
-            raise DataError(path, f"not a valid pickle: {err}") from None
-        except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
-            raise DataError(path, f"not a valid pickle: {type(err).__name__}: {err}") from None
+    # Unpickle from memory: a length field that claims 10**11 bytes then only reads what the file holds,
+    # where a file object would first allocate the claimed size.
+    stream = io.BytesIO(path.read_bytes())
+    try:
+        return _RestrictedUnpickler(stream, encoding="latin1").load()
+    except _RefusedGlobal as err:
+        raise DataError(path, f"unsafe pickle: it references {err.name}, which is not a plain container "
+                              "or numpy array; refusing to load it") from None
+    except pickle.UnpicklingError as err:
+        raise DataError(path, f"not a valid pickle: {err}") from None
+    except MemoryError:
+        raise DataError(path, "not a valid pickle: it asks for more memory than is available") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as err:
+        raise DataError(path, f"not a valid pickle: {type(err).__name__}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -130,7 +150,7 @@ class DiveAnnotation:
 
 def _as_int(value: object) -> int | None:
     """An integral number (python or numpy, int or whole float, digit string) as ``int``; else ``None``."""
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and is_plain_int(value.strip()):
         return int(value)
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)

@@ -29,9 +29,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import finegym
 from common.errors import DataError, ListFormatError
-from encoder.data.splits import Sample, parse_label, parse_trim, read_samples
-from common.textio import read_text_lines
+from encoder.data.splits import Sample, parse_label, parse_trim, read_numbered_samples
+from common.textio import is_plain_int, read_text_lines
 
 HMDB_SPLIT_IDS = {"train": 1, "test": 2}
 _HMDB_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<k>\d+)\.txt$")
@@ -71,7 +72,7 @@ def read_class_index(path: str | os.PathLike) -> list[str]:
     names: list[str] = []
     for lineno, line in _content_lines(path):
         fields = line.split()
-        if len(fields) != 2 or not fields[0].isdigit():
+        if len(fields) != 2 or not is_plain_int(fields[0]):
             raise ListFormatError(path, f"expected '<index> <class name>', got {line!r}", lineno)
         if int(fields[0]) != len(names) + 1:
             raise ListFormatError(path, f"class index {fields[0]} out of order: expected {len(names) + 1}", lineno)
@@ -280,21 +281,76 @@ def _has_csv_header(path: Path) -> bool:
     return len(cells) > 1 and "path" in cells and "label" in cells
 
 
+CLASS_INDEX_FILE = "classInd.txt"
+
+
+def categories_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """``{prefix: path}`` of the FineGym-style categories files in ``folder``: ``<prefix>_categories.txt``
+    (``gym99``, ...) and ``categories.txt`` (prefix ``""``); ``set_categories.txt`` names sets, not classes."""
+    return {p.name.removesuffix("categories.txt").removesuffix("_"): p
+            for p in sorted(Path(folder).glob("*categories.txt")) if p.name != "set_categories.txt"}
+
+
+def find_class_file(list_path: str | os.PathLike) -> Path | None:
+    """The file that names the classes of the list ``list_path``, found beside it, or ``None``.
+
+    ``<prefix>_categories.txt`` when the list's name starts with ``<prefix>_`` (the longest such prefix), else
+    ``categories.txt``, else the folder's only categories file, else UCF101's ``classInd.txt``.
+    """
+    list_path = Path(list_path)
+    found = categories_files(list_path.parent)
+    prefixes = sorted((k for k in found if k and list_path.name.startswith(k + "_")), key=len, reverse=True)
+    if prefixes:
+        return found[prefixes[0]]
+    if "" in found:
+        return found[""]
+    if len(found) == 1:
+        return next(iter(found.values()))
+    index = list_path.parent / CLASS_INDEX_FILE
+    return index if index.is_file() and index != list_path else None
+
+
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    """Class names of a categories file (FineGym format: ``"(EV) name"``) or a UCF101 ``classInd.txt``."""
+    path = Path(path)
+    if path.name == CLASS_INDEX_FILE:
+        return read_class_index(path)
+    return [c.full_name for c in finegym.read_categories(path)]
+
+
+def is_class_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names classes or sets rather than clips (so it is not read as a list)."""
+    name = Path(path).name
+    return name == CLASS_INDEX_FILE or name.endswith("categories.txt")
+
+
+def _read_path_label_list(path: Path, classes: Sequence[str] | None, class_file: Path | None) -> VideoList:
+    rows = read_numbered_samples(path)
+    if classes is None:
+        return VideoList([s for _, s in rows], [str(i) for i in range(max(s.label for _, s in rows) + 1)])
+    names = list(classes)
+    for line, s in rows:
+        if s.label >= len(names):
+            where = f" of {class_file.name}" if class_file is not None else ""
+            raise ListFormatError(path, f"label {s.label} is out of range for the {len(names)} classes{where}", line)
+    return VideoList([s for _, s in rows], names)
+
+
 def read_video_list(path: str | os.PathLike, classes: Sequence[str] | None = None) -> VideoList:
     """Read any supported list file, choosing the reader from its content.
 
     ``*.jsonl`` → :func:`read_jsonl_list`; a first line that is a CSV header naming ``path`` and ``label`` →
-    :func:`read_csv_list`; otherwise the ``path label`` format of :func:`encoder.data.splits.read_samples` (then
-    ``classes`` defaults to ``["0", ..., str(max label)]``).
+    :func:`read_csv_list`; otherwise the ``path label`` format of :func:`encoder.data.splits.read_samples`.
+    Without ``classes``, the classes are those of the categories file beside the list (:func:`find_class_file`)
+    when there is one, so a label outside it is an error naming its line; with no such file, integer labels
+    index the classes ``["0", ..., str(max label)]`` and names are numbered in sorted order.
     """
     path = Path(path)
+    class_file = find_class_file(path) if classes is None else None
+    if class_file is not None:
+        classes = read_class_names(class_file)
     if path.suffix.lower() == ".jsonl":
         return read_jsonl_list(path, classes)
     if _has_csv_header(path):
         return read_csv_list(path, classes)
-    samples = read_samples(path)
-    names = list(classes) if classes is not None else [str(i) for i in range(max(s.label for s in samples) + 1)]
-    for s in samples:
-        if s.label >= len(names):
-            raise ListFormatError(path, f"label {s.label} of {s.path!r} is out of range for {len(names)} classes")
-    return VideoList(samples, names)
+    return _read_path_label_list(path, classes, class_file)

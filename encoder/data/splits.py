@@ -34,6 +34,10 @@ LABELED_FILE = "labeled.txt"
 UNLABELED_FILE = "unlabeled.txt"
 SPLIT_FILE = "split.json"
 
+# Labels are class indices: no dataset has anywhere near this many classes (FineGym 530, ImageNet-21k 21,843).
+# A larger label is a typo or a corrupt line; accepting it would size per-class tables by it.
+MAX_LABEL = 99_999
+
 _WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 
 
@@ -69,6 +73,9 @@ def parse_label(token: str, path: str | os.PathLike, line: int) -> int:
         raise ListFormatError(path, f"label {token!r} is not an integer class index", line) from None
     if label < 0:
         raise ListFormatError(path, f"label {label} is negative", line)
+    if label > MAX_LABEL:
+        shown = token if len(token) <= 24 else token[:21] + "..."
+        raise ListFormatError(path, f"label {shown} is too large: class indices go up to {MAX_LABEL}", line)
     return label
 
 
@@ -119,26 +126,37 @@ def _is_header(line: str) -> bool:
     return fields[:2] == ["path", "label"]
 
 
-def read_samples(path: str | os.PathLike, *, allow_empty: bool = False) -> list[Sample]:
+def read_samples(
+    path: str | os.PathLike, *, allow_empty: bool = False, num_classes: int | None = None
+) -> list[Sample]:
     """Read a ``path label [start end]`` list (format in the module docstring).
 
     Raises:
-        ListFormatError: a malformed line, a repeated clip (same path and trim: ``path:line: ... duplicate of
-            line N``), or an empty list unless ``allow_empty``.
+        ListFormatError: a malformed line, a label ``>= num_classes`` (when given), a repeated clip (same path and
+            trim: ``path:line: ... duplicate of line N``), or an empty list unless ``allow_empty``.
     """
+    return [s for _, s in read_numbered_samples(path, allow_empty=allow_empty, num_classes=num_classes)]
+
+
+def read_numbered_samples(
+    path: str | os.PathLike, *, allow_empty: bool = False, num_classes: int | None = None
+) -> list[tuple[int, Sample]]:
+    """:func:`read_samples` with the 1-based line number of each sample: ``[(line, sample), ...]``."""
     path = Path(path)
-    samples: list[Sample] = []
+    samples: list[tuple[int, Sample]] = []
     first_line: dict[tuple[str, float | None, float | None], int] = {}
     for lineno, raw in enumerate(read_text_lines(path), start=1):
         line = raw.strip()
         if not line or line.startswith("#") or (not samples and _is_header(line)):
             continue
         sample = _parse_sample(line, path, lineno)
+        if num_classes is not None and sample.label >= num_classes:
+            raise ListFormatError(path, f"label {sample.label} is out of range for {num_classes} classes", lineno)
         key = (sample.path, sample.start, sample.end)
         if key in first_line:
             raise ListFormatError(path, f"{sample.path!r} is a duplicate of line {first_line[key]}", lineno)
         first_line[key] = lineno
-        samples.append(sample)
+        samples.append((lineno, sample))
     if not samples and not allow_empty:
         raise ListFormatError(path, "the list has no samples")
     return samples
@@ -251,10 +269,16 @@ def write_split(
 
 
 def split_list(
-    list_path: str | os.PathLike, out_dir: str | os.PathLike, ratio: float, seed: int = 0, method: str = "uniform"
+    list_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    ratio: float,
+    seed: int = 0,
+    method: str = "uniform",
+    num_classes: int | None = None,
 ) -> Split:
-    """Read a list, split it with :func:`make_split` and :func:`write_split` it into ``out_dir``."""
-    split = make_split(read_samples(list_path), ratio, seed, method)
+    """Read a list (labels checked against ``num_classes`` when given), split it with :func:`make_split` and
+    :func:`write_split` it into ``out_dir``."""
+    split = make_split(read_samples(list_path, num_classes=num_classes), ratio, seed, method)
     write_split(out_dir, split, ratio=ratio, seed=seed, method=method, source=os.fspath(list_path))
     return split
 

@@ -15,6 +15,10 @@ naming the file and the problem.
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -53,6 +57,47 @@ def video_info(
     rng = _trim(path, info, start, end, unit)
     width, height = (info.width, info.height) if info.width > 0 else backend.size(path, handle)
     return VideoInfo(rng.count, info.fps, width, height)
+
+
+@dataclass(frozen=True)
+class VideoCheck:
+    """The result of :func:`verify_video`: the (trimmed) video's info, the frame count its container declares
+    (``None`` when it declares none) and, for a deep check, the frames decoded and the seconds it took."""
+
+    info: VideoInfo
+    declared_frames: int | None
+    decoded_frames: int | None = None
+    seconds: float = 0.0
+
+
+def verify_video(
+    path: str | os.PathLike, *, start: float | None = None, end: float | None = None, deep: bool = False
+) -> VideoCheck:
+    """Check that a video is whole, raising :class:`VideoReadError` with the reason when it is not.
+
+    The quick check (the default) compares the frame count the container declares (its index, or its duration
+    times its frame rate) with the count the reader finds, checks that a GIF ends with its trailer, and decodes
+    the first and the last frame of the (trimmed) range, the last index a sampler can ask for: a file cut after
+    its index was written (MP4 ``faststart``, WebM, AVI, GIF) fails one of these. ``deep`` decodes every frame of
+    the range and compares the count with the declared one.
+    """
+    path = _check_exists(path)
+    began = time.perf_counter()
+    info = video_info(path, start=start, end=end)
+    declared = None
+    if not path.is_dir():
+        declared = _declared_frames(path)
+        whole = video_info(path) if start is not None or end is not None else info
+        if declared is not None and _too_few(whole.num_frames, declared):
+            raise VideoReadError(path, f"truncated: the container declares {declared} frames, "
+                                       f"the reader finds {whole.num_frames}")
+    read_frames(path, [0, info.num_frames - 1], start=start, end=end)
+    if not deep:
+        return VideoCheck(info, declared, None, time.perf_counter() - began)
+    decoded = len(read_frames(path, start=start, end=end))
+    if declared is not None and start is None and end is None and _too_few(decoded, declared):
+        raise VideoReadError(path, f"truncated: the container declares {declared} frames, {decoded} decode")
+    return VideoCheck(info, declared, decoded, time.perf_counter() - began)
 
 
 def read_frames(
@@ -123,6 +168,73 @@ def _check_exists(path: str | os.PathLike) -> Path:
     return p
 
 
+def _too_few(found: int, declared: int) -> bool:
+    """Whether ``found`` frames fall short of a container's ``declared`` count by more than rounding of a
+    duration-based count can explain (one frame, or 2% of long videos)."""
+    return declared - found > max(1, declared // 50)
+
+
+def _declared_frames(path: Path) -> int | None:
+    """The frame count the container states in its header or index, read with PyAV; ``None`` if it states none.
+
+    A GIF states none (ffmpeg counts its frames by scanning), so its trailer byte is checked instead.
+    """
+    import av
+
+    if path.suffix.lower() == ".gif":
+        _check_gif_trailer(path)
+        return None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return None
+            stream = container.streams.video[0]
+            if stream.frames > 0:
+                return int(stream.frames)
+            rate = stream.average_rate or stream.guessed_rate
+            if container.duration and rate:
+                return int(round(container.duration / 1_000_000 * float(rate)))
+    except Exception:  # unreadable headers are reported by the reader itself
+        return None
+    return None
+
+
+def _check_gif_trailer(path: Path) -> None:
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 64))
+        tail = f.read().rstrip(b"\0")
+    if not tail.endswith(b"\x3b"):
+        raise VideoReadError(path, "truncated: the GIF does not end with its trailer byte")
+
+
+_QUIET_LOCK = threading.Lock()
+_quiet_depth = 0  # threads inside _quiet_stderr; the first one in redirects fd 2, the last one out restores it
+_saved_stderr = -1
+
+
+@contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (where decord's C++ code logs ``ERROR opening ...`` whatever its log level), so
+    the caller's one-line :class:`VideoReadError` is the only report of a file decord cannot open.
+    Thread-safe: overlapping uses share one redirection."""
+    global _quiet_depth, _saved_stderr
+    with _QUIET_LOCK:
+        if _quiet_depth == 0:
+            sys.stderr.flush()
+            _saved_stderr = os.dup(2)
+            with open(os.devnull, "wb") as devnull:
+                os.dup2(devnull.fileno(), 2)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                os.dup2(_saved_stderr, 2)
+                os.close(_saved_stderr)
+
+
 def _one_line(err: BaseException) -> str:
     # PyAV's errors repeat the file name after the message; the caller names the file already.
     text = getattr(err, "strerror", None) or str(err)
@@ -151,7 +263,8 @@ class _Decord:
 
         decord.logging.set_level(decord.logging.QUIET)
         try:
-            vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+            with _quiet_stderr():
+                vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         except Exception as err:
             raise _DecordCannotOpen(err) from err
         n = len(vr)
@@ -163,7 +276,8 @@ class _Decord:
     @staticmethod
     def size(path: Path, vr) -> tuple[int, int]:
         try:
-            h, w = vr[0].shape[:2]
+            with _quiet_stderr():
+                h, w = vr[0].shape[:2]
         except Exception as err:
             raise VideoReadError(path, f"truncated or corrupt: {_one_line(err)}") from err
         vr.seek(0)
@@ -171,7 +285,8 @@ class _Decord:
 
     @staticmethod
     def decode(path: Path, vr, frames: np.ndarray, info: VideoInfo) -> np.ndarray:
-        return vr.get_batch(frames.tolist()).asnumpy()  # (T, H, W, C)
+        with _quiet_stderr():  # decord logs seek failures itself; the caller reports them in one line
+            return vr.get_batch(frames.tolist()).asnumpy()  # (T, H, W, C)
 
 
 class _DecordCannotOpen(Exception):
