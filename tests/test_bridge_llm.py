@@ -1,0 +1,103 @@
+"""The bridge's LLM: FastChat-equal prompts, tiny LLaMA in fp32/8-bit/4-bit, embedded SmolLM2, bad sources."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from bridge_fixtures import tiny_llama
+
+from bridge.llm import VIDEO_PLACEHOLDER, LLMConfig, PromptTemplate, embedded_smollm2_path, load_llm
+from common.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return tiny_llama(tmp_path_factory.mktemp("llama"))
+
+
+HISTORY = [{"role": "user", "content": "What apparatus is this?"}, {"role": "assistant", "content": "The beam."}]
+
+
+@pytest.mark.parametrize("history", [[], HISTORY])
+def test_vicuna_prompt_equals_fastchat(llama_dir, history):
+    from fastchat.conversation import get_conv_template
+    from transformers import AutoTokenizer
+
+    template = PromptTemplate("vicuna_v1.1", AutoTokenizer.from_pretrained(llama_dir))
+    conv = get_conv_template("vicuna_v1.1")
+    turns = [m["content"] for m in history] + ["What move is this?", None]
+    turns[0] = f"{VIDEO_PLACEHOLDER}\n{turns[0]}"
+    for i, text in enumerate(turns):
+        conv.append_message(conv.roles[i % 2], text)
+    assert template.render("What move is this?", history) == conv.get_prompt()
+    prompt, answer = template.with_answer("What move is this?", "salto backward tucked", history)
+    conv.update_last_message("salto backward tucked")
+    assert prompt + answer == conv.get_prompt()  # "... ASSISTANT: salto backward tucked</s>"
+
+
+def test_template_choice_and_validation(llama_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama_dir)
+    assert PromptTemplate.choose("/models/vicuna-7b-v1.1", tok) == "vicuna_v1.1"
+    assert PromptTemplate.choose("/models/any", tok) == "vicuna_v1.1"  # no chat template
+    with pytest.raises(ConfigError, match="needs a tokenizer with a chat template"):
+        PromptTemplate("chat", tok)
+    with pytest.raises(ConfigError, match="llm.quantization='3bit'"):
+        load_llm(LLMConfig(path=str(llama_dir), quantization="3bit"))
+
+
+@pytest.mark.parametrize("quantization", [None, "8bit", "4bit"])
+def test_tiny_llama_loads_and_generates(llama_dir, quantization):
+    llm = load_llm(LLMConfig(path=str(llama_dir), quantization=quantization))
+    assert llm.template.name == "vicuna_v1.1" and llm.width == 64
+    assert not any(p.requires_grad for p in llm.model.parameters())
+    if quantization == "8bit":
+        import bitsandbytes as bnb
+
+        assert isinstance(llm.model.model.layers[0].mlp.up_proj, bnb.nn.Linear8bitLt)
+    elif quantization == "4bit":
+        import bitsandbytes as bnb
+
+        assert isinstance(llm.model.model.layers[0].mlp.up_proj, bnb.nn.Linear4bit)
+    ids = llm.tokenizer("USER: what move ASSISTANT:", return_tensors="pt")
+    assert ids.input_ids[0, 0] == llm.tokenizer.bos_token_id
+    out = llm.model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=llm.tokenizer.pad_token_id)
+    assert out.shape[1] > ids.input_ids.shape[1]
+
+
+def test_bad_llm_sources(tmp_path, llama_dir):
+    with pytest.raises(DataError, match="no such LLM folder"):
+        load_llm(LLMConfig(path=str(tmp_path / "nope")))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text((llama_dir / "config.json").read_text())
+    with pytest.raises(DataError, match="no tokenizer in the LLM folder"):
+        load_llm(LLMConfig(path=str(bare)))
+    from gguf import GGUFWriter
+
+    gguf = tmp_path / "gpt2.gguf"
+    writer = GGUFWriter(str(gguf), "gpt2")
+    writer.add_tensor("token_embd.weight", torch.zeros(4, 4).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(DataError, match=r"gpt2\.gguf: GGUF architecture 'gpt2' is not supported"):
+        load_llm(LLMConfig(path=str(gguf)))
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_loads_and_generates():
+    path = embedded_smollm2_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
+    llm = load_llm(LLMConfig())
+    assert type(llm.model).__name__ == "LlamaForCausalLM" and llm.width == 576
+    assert llm.template.name == "chat"
+    assert sum(p.numel() for p in llm.model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    prompt = llm.template.render("What is the capital of France? Answer in one word.", video=False)
+    ids = llm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    out = llm.model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert "Paris" in llm.tokenizer.decode(out[0, ids.input_ids.shape[1]:])
+    prompt, answer = llm.template.with_answer("What move?", "salto backward tucked")
+    assert prompt.count(VIDEO_PLACEHOLDER) == 1 and answer == "salto backward tucked<|im_end|>\n"
