@@ -17,6 +17,7 @@ _GROUPS = (
     ("gymqa", "sefar.gymqa_cmd", "build, score and describe the Gym-QA benchmark"),
     ("encoder", "sefar.encoder_cmd", "train, evaluate and export the SeFAR encoder"),
     ("quickstart", "sefar.quickstart_cmd", "run the main job on the embedded SynGym default"),
+    ("demo", "sefar.demo_cmd", "serve the Gradio chat page for questions about a clip"),
 )
 
 

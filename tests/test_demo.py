@@ -215,3 +215,20 @@ def test_api_ask_answers_in_one_piece_and_raises_gradio_errors(clip, corrupt):
         handlers.api_ask(str(corrupt), "what?")
     with pytest.raises(gr.Error, match="no question"):
         handlers.api_ask(str(clip), " ")
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+
+def test_sefar_demo_says_how_to_make_missing_exports(tmp_path, capsys):
+    from sefar.cli import main
+
+    assert main(["demo", "--encoder", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'none'}: no encoder export here; make it with `make quickstart` or pass --encoder EXPORT"
+    (tmp_path / "enc").mkdir()
+    (tmp_path / "enc" / "config.json").write_text("{}")
+    assert main(["demo", "--encoder", str(tmp_path / "enc"), "--bridge", str(tmp_path / "adapter")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'adapter'}: no adapter export here; make it with `make quickstart`")
+    assert err.endswith("or --encoder-only for the page without chat")

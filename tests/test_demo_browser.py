@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import time
 
 import pytest
 from demo_backend import ScriptedChat
@@ -161,3 +163,31 @@ def test_the_ask_api_answers_gradio_client(server, examples, tmp_path):
     text.write_text("not a clip")
     with pytest.raises(AppError, match="unsupported file type"):
         client.predict(handle_file(str(text)), "what?", api_name="/ask")
+
+
+def test_the_load_bench_counts_answers_and_errors(server, examples):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "demo_load.py"
+    spec = importlib.util.spec_from_file_location("demo_load", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["demo_load"] = bench  # dataclasses look their module up while the file runs
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        del sys.modules["demo_load"]
+    url, _ = server
+    clips = [examples[0][1], examples[1][1], Path(__file__)]  # each client meets the non-video once
+    result = bench.run_load(url, clips, clients=2, requests=3, question="ok?")
+    summary = result.summary()
+    assert (summary["answered"], summary["errors"], summary["not_run"]) == (4, 2, 0)
+    assert len(summary["error_samples"]) == 1 and "unsupported file type" in summary["error_samples"][0]
+    assert 0 < summary["p50_s"] <= summary["p95_s"] <= summary["max_s"]
+    with pytest.raises(SystemExit, match="loopback"):
+        bench.run_load("http://192.0.2.1:7860/", clips, 1, 1)
+    with pytest.raises(SystemExit, match="--clients must be"):
+        bench.run_load(url, clips, 33, 1)
+    with bench.PeakRSS(os.getpid()) as rss:
+        time.sleep(0.1)
+    assert rss.peak > 10 * 2**20

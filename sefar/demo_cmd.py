@@ -1,0 +1,67 @@
+"""``sefar demo``: serve the Gradio chat page on exports (see :mod:`demo.serve`); it never trains."""
+
+from __future__ import annotations
+
+import argparse
+
+from sefar.cli import int_at_least
+
+DEFAULT_ENCODER_EXPORT = "outputs/quickstart/export/sefar_tiny"  # bridge.chat's defaults, without importing torch
+DEFAULT_ADAPTER_EXPORT = "outputs/quickstart/bridge/sefar/adapter"
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be > 0")
+    return value
+
+
+def add_parser(subparsers, name: str, help_: str) -> None:
+    p = subparsers.add_parser(name, help=help_, description=help_)
+    p.add_argument("--encoder", default=DEFAULT_ENCODER_EXPORT, help="SeFAR encoder export folder")
+    p.add_argument("--bridge", default=DEFAULT_ADAPTER_EXPORT, help="adapter export folder of `sefar bridge train`")
+    p.add_argument("--llm", default=None,
+                   help="LLM folder or GGUF file (default: the one the adapter was trained with)")
+    p.add_argument("--encoder-only", action="store_true", help="no adapter and no LLM: the clip views without chat")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the demo to the network)")
+    p.add_argument("--port", type=int_at_least(1), default=None, help="port (default: the first free from 7860)")
+    p.add_argument("--device", default="cpu", help="torch device for the models")
+    p.add_argument("--quantization", default=None, choices=("8bit", "4bit"), help="load the LLM quantized")
+    p.add_argument("--max-upload-mb", type=_positive_float, default=50.0, help="largest accepted upload (MB)")
+    p.add_argument("--max-seconds", type=_positive_float, default=60.0, help="longest accepted clip (s)")
+    p.add_argument("--concurrency", type=int_at_least(1), default=1, help="model calls running at once, all users")
+    p.add_argument("--queue-size", type=int_at_least(1), default=32, help="waiting requests before refusing more")
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=128, help="longest answer (tokens)")
+    p.add_argument("--examples-dir", default=None,
+                   help="where the SynGym example clips are rendered (default: ~/.cache/sefar/demo_examples)")
+    p.add_argument("--no-examples", action="store_true", help="do not offer example clips")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+    from pathlib import Path
+
+    from demo.serve import Artifacts, check_artifacts
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    artifacts = Artifacts(Path(args.encoder), None if args.encoder_only else Path(args.bridge), args.llm,
+                          args.device, args.quantization)
+    check_artifacts(artifacts)  # before the slow imports: a missing export is one line at once
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding {args.host}: anyone who can reach this machine can use the demo", file=sys.stderr)
+
+    from demo.app import DemoConfig
+    from demo.serve import load_backend, serve
+    from demo.upload import UploadLimits
+
+    config = DemoConfig(host=args.host, port=args.port, limits=UploadLimits(args.max_upload_mb, args.max_seconds),
+                        concurrency=args.concurrency, queue_size=args.queue_size,
+                        max_new_tokens=args.max_new_tokens, chat=not args.encoder_only)
+    serve(load_backend(artifacts), config, args.examples_dir, with_examples=not args.no_examples)
+    return 0
