@@ -23,7 +23,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".gif")
 
 @dataclass(frozen=True)
 class UploadLimits:
-    """Largest accepted upload (MB, 10**6 bytes) and longest accepted clip (seconds)."""
+    """Largest accepted upload (MB of 2**20 bytes, as Gradio counts them) and longest accepted clip (seconds)."""
 
     max_mb: float = 50.0
     max_seconds: float = 60.0
@@ -39,7 +39,7 @@ class UploadLimits:
 
     @property
     def max_bytes(self) -> int:
-        return int(self.max_mb * 1_000_000)
+        return int(self.max_mb * 2**20)
 
 
 def display_name(path: str | os.PathLike) -> str:
@@ -59,7 +59,7 @@ def check_upload(path: str | os.PathLike, limits: UploadLimits) -> float:
     except FileNotFoundError:
         raise DataError(name, "the upload is missing on the server; upload it again") from None
     if size > limits.max_bytes:
-        raise DataError(name, f"{size / 1e6:.1f} MB is over the {limits.max_mb:g} MB upload limit")
+        raise DataError(name, f"{size / 2**20:.1f} MB is over the {limits.max_mb:g} MB upload limit")
     try:
         info = video_info(path)
     except VideoReadError as err:

@@ -113,6 +113,19 @@ def test_a_corrupt_upload_shows_the_error_in_the_page(server, browser, tmp_path)
         context.close()
 
 
+def test_an_upload_over_the_size_limit_is_refused_with_a_message(server, browser, tmp_path):
+    url, _ = server
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(6 * 2**20))  # the server takes at most 5 MB
+    context, page = open_page(browser, url)
+    try:
+        upload_clip(page, big)
+        expect(page.locator("body")).to_contain_text("exceed the maximum allowed size", timeout=TIMEOUT_MS)
+        expect(page.locator("body")).to_contain_text("big.mp4")
+    finally:
+        context.close()
+
+
 def test_a_clip_over_the_duration_limit_shows_the_limit(server, browser, tmp_path):
     url, _ = server
     long_clip = write_video(tmp_path / "long.mp4", n=320, size=(32, 32), fps=10)  # 32 s > 30 s
