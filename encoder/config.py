@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
+from common.configfile import load_structured, number_problems
 from common.errors import ConfigError
 
 SSL_MODES = ("supervised", "fixmatch", "sefar")
@@ -128,23 +129,13 @@ class RunConfig:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults ← YAML file ← ``key=value`` overrides, validated."""
-    try:
-        merged = OmegaConf.structured(RunConfig)
-        if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"{path}: config file does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        if overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise ConfigError(f"overrides must look like key=value, got: {', '.join(bad)}")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{' '.join(str(err).split())}") from None
-    validate(cfg)
+    """Defaults ← YAML file ← ``key=value`` overrides, validated before any work starts.
+
+    One :class:`ConfigError` lists every problem, each with its key: YAML syntax errors and duplicate keys (with
+    the line), unknown keys, values of the wrong type, and the checks of :func:`validate`.
+    """
+    cfg, problems = load_structured(RunConfig, path, overrides or ())
+    validate(cfg, problems)
     return cfg
 
 
@@ -154,13 +145,25 @@ def config_from_dict(values: dict) -> RunConfig:
     return OmegaConf.to_object(merged)
 
 
-def validate(cfg: RunConfig) -> None:
-    """Raise one :class:`ConfigError` listing every problem and its fix."""
+# Named value rules on top of the generic one (every number finite and >= 0), see common.configfile.
+POSITIVE_KEYS = frozenset({
+    "optim.lr", "optim.lr_gamma", "optim.epochs", "optim.batch_size", "optim.micro_batch_size",
+    "optim.steps_per_epoch", "optim.clip_grad", "model.img_size", "model.patch_size", "model.embed_dim",
+    "model.depth", "model.num_heads", "aug.std", "ssl.unlabeled_ratio", "ssl.passes", "ssl.beta", "ssl.eps",
+    "ssl.mix_alpha", "data.short_side", "save_every", "keep_checkpoints", "log_every", "eval_temporal_views",
+    "eval_spatial_crops", "max_steps",
+})
+BELOW_ONE_KEYS = frozenset({"optim.momentum", "model.drop_path_rate", "model.head_dropout"})
+
+
+def validate(cfg: RunConfig, earlier: Sequence[str] = ()) -> None:
+    """Raise one :class:`ConfigError` listing every problem and its fix (``earlier`` ones, from reading the
+    config, first)."""
     from encoder.augment import TEMPORAL_PERTURBATIONS
     from encoder.data.sampling import ElementLayout
     from encoder.timesformer import list_models
 
-    p: list[str] = []
+    p: list[str] = [*earlier, *number_problems(cfg, positive=POSITIVE_KEYS, below_one=BELOW_ONE_KEYS)]
     if cfg.model.name not in list_models():
         p.append(f"model.name={cfg.model.name!r}: use one of {', '.join(list_models())}")
     try:
@@ -183,7 +186,7 @@ def validate(cfg: RunConfig) -> None:
         p.append(f"data.label_ratio={cfg.data.label_ratio}: must be in (0, 1), or set data.labeled_list")
     if cfg.data.split_method not in ("stratified", "uniform"):
         p.append(f"data.split_method={cfg.data.split_method!r}: use stratified or uniform")
-    if cfg.optim.batch_size % cfg.optim.micro_batch_size:
+    if cfg.optim.micro_batch_size > 0 and cfg.optim.batch_size % cfg.optim.micro_batch_size:
         p.append(
             f"optim.batch_size={cfg.optim.batch_size} is not a multiple of optim.micro_batch_size="
             f"{cfg.optim.micro_batch_size}; make it one"
