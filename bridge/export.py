@@ -1,0 +1,85 @@
+"""Adapter exports: a folder anyone can load with the bridge alone (``config.json`` + ``adapter.safetensors``).
+
+``config.json``::
+
+    {"format": "sefar-bridge-adapter", "format_version": 1,
+     "adapter": {...AdapterConfig...},            # rebuilds the Q-Former without its BERT folder
+     "llm": {...LLMConfig...},                    # the frozen LLM it was trained with (path as given)
+     "template": "chat" | "vicuna_v1.1",
+     "features": {"kind": "sefar" | "frames", "source": "<encoder export or model name>",
+                  "layout": [[frame indices of element 0], ...], "use_cls": true},
+     "prompt": {"question": "...", "objective": "name" | "letter"},
+     "source": {"run": "<run folder>", "step": 300}}
+
+``adapter.safetensors`` holds the :class:`~bridge.adapter.QFormerAdapter` state dict (the only trained weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from bridge.adapter import AdapterConfig, QFormerAdapter
+from common.errors import DataError
+from common.textio import write_text_atomic
+from encoder.export import save_safetensors
+
+__all__ = ["FORMAT", "CONFIG_FILE", "WEIGHTS_FILE", "write_adapter_export", "read_adapter_config",
+           "load_adapter", "is_adapter_export"]
+
+FORMAT = "sefar-bridge-adapter"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "adapter.safetensors"
+
+
+def write_adapter_export(out: str | os.PathLike, adapter: QFormerAdapter, *, llm: dict, template: str,
+                         features: dict, prompt: dict, source: dict | None = None) -> Path:
+    """Write ``out/config.json`` and ``out/adapter.safetensors`` (each atomically; weights first)."""
+    out = Path(out)
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "adapter": adapter.cfg.to_dict(), "llm": llm,
+              "template": template, "features": features, "prompt": prompt, "source": source or {}}
+    save_safetensors(out / WEIGHTS_FILE, adapter.state_dict())
+    write_text_atomic(out / CONFIG_FILE, json.dumps(config, indent=1) + "\n")
+    return out
+
+
+def is_adapter_export(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def read_adapter_config(folder: str | os.PathLike) -> dict:
+    """The export's ``config.json``, checked for its format."""
+    path = Path(folder) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(path, "missing: not an adapter export (make one with `sefar bridge export RUN OUT`)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(path, f"invalid JSON: {getattr(err, 'msg', err)}", getattr(err, "lineno", None)) from None
+    if config.get("format") != FORMAT:
+        raise DataError(path, f"not an adapter export (format={config.get('format')!r})")
+    return config
+
+
+def load_adapter(folder: str | os.PathLike, device: str = "cpu") -> tuple[QFormerAdapter, dict]:
+    """``(adapter in eval mode, config)`` of an export; the state dict must match exactly."""
+    folder = Path(folder)
+    config = read_adapter_config(folder)
+    adapter = QFormerAdapter(AdapterConfig.from_dict(config["adapter"]))
+    weights = folder / WEIGHTS_FILE
+    try:
+        state = load_file(os.fspath(weights))
+    except (SafetensorError, OSError) as err:
+        raise DataError(weights, f"unreadable adapter weights ({' '.join(str(err).split())})") from None
+    own = adapter.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    if missing or unexpected:
+        raise DataError(weights, f"does not match the adapter config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    adapter.load_state_dict(state)
+    return adapter.to(device).eval(), config

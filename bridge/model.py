@@ -1,0 +1,211 @@
+"""The adapter and the frozen LLM together: prompt embedding, the answer-only loss, option scoring, generation.
+
+A sample's LLM input is the rendered prompt with its video placeholder replaced by the adapter's query
+embeddings, followed (in training) by the answer::
+
+    [prompt before <video>] [Q query embeddings] [prompt after <video>] [answer + end of turn]
+     labels -100 ...          -100 ...             -100 ...              answer token ids
+
+Only the answer tokens count in the loss (:func:`answer_loss`, one value per sample, computed here because the
+models' built-in loss ignores ``reduction="none"``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bridge.adapter import QFormerAdapter, VisualTokens
+from bridge.llm import VIDEO_PLACEHOLDER, LoadedLLM
+
+__all__ = ["IGNORE", "Batch", "VideoLLM", "answer_loss"]
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    """LLM inputs of a batch, right-padded: embeddings, attention mask and labels (``IGNORE`` but on answers)."""
+
+    inputs_embeds: Tensor  # (B, L, W)
+    attention_mask: Tensor  # (B, L)
+    labels: Tensor  # (B, L)
+
+
+def answer_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample mean cross-entropy over the answer tokens: ``logits (B, L, V)``, ``labels (B, L)`` -> ``(B,)``.
+
+    Position t predicts token t + 1; positions whose next label is ``IGNORE`` do not count.
+    """
+    shifted = labels[:, 1:]  # (B, L-1)
+    ce = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), shifted, ignore_index=IGNORE, reduction="none")
+    counts = (shifted != IGNORE).sum(1)
+    return ce.sum(1) / counts.clamp(min=1)
+
+
+class VideoLLM(nn.Module):
+    """A :class:`QFormerAdapter` feeding a frozen :class:`LoadedLLM`."""
+
+    def __init__(self, adapter: QFormerAdapter, llm: LoadedLLM) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.llm_model = llm.model
+        self.tokenizer = llm.tokenizer
+        self.template = llm.template
+        self.llm = llm
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.device
+
+    # --------------------------------------------------------------------------------------------- inputs
+
+    def _ids(self, text: str, special: bool = False) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def _split_prompt(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Token ids before and after the video placeholder (BOS added for templates that need it)."""
+        if prompt.count(VIDEO_PLACEHOLDER) != 1:
+            raise ValueError(f"the prompt must contain {VIDEO_PLACEHOLDER} exactly once")
+        before, after = prompt.split(VIDEO_PLACEHOLDER)
+        return self._ids(before, special=self.template.adds_bos), self._ids(after)
+
+    def _embed(self, ids: Sequence[int]) -> Tensor:
+        table = self.llm_model.get_input_embeddings()
+        return table(torch.tensor(list(ids), dtype=torch.long, device=table.weight.device))  # (n, W)
+
+    def prompt_embeds(self, queries: Tensor, prompt: str) -> Tensor:
+        """One sample's prompt embeddings ``(P, W)`` with ``queries (Q, W)`` at the placeholder."""
+        before, after = self._split_prompt(prompt)
+        dtype = self.llm_model.get_input_embeddings().weight.dtype
+        return torch.cat([self._embed(before), queries.to(dtype), self._embed(after)])
+
+    def build_batch(self, queries: Tensor, prompts: Sequence[str], continuations: Sequence[str]) -> Batch:
+        """Training inputs: ``queries (B, Q, W)``, prompts with the placeholder, and the answer continuations."""
+        rows, labels = [], []
+        for q, prompt, answer in zip(queries, prompts, continuations):
+            p = self.prompt_embeds(q, prompt)
+            a_ids = self._ids(answer)
+            rows.append(torch.cat([p, self._embed(a_ids)]))
+            labels.append([IGNORE] * p.shape[0] + a_ids)
+        length = max(r.shape[0] for r in rows)
+        width = rows[0].shape[1]
+        embeds = rows[0].new_zeros(len(rows), length, width)
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=embeds.device)
+        label_t = torch.full((len(rows), length), IGNORE, dtype=torch.long, device=embeds.device)
+        for b, (r, lab) in enumerate(zip(rows, labels)):
+            embeds[b, : r.shape[0]], mask[b, : r.shape[0]] = r, 1
+            label_t[b, : len(lab)] = torch.tensor(lab, device=embeds.device)
+        return Batch(embeds, mask, label_t)
+
+    # ----------------------------------------------------------------------------------------------- loss
+
+    def loss(self, visual: VisualTokens, prompts: Sequence[str], continuations: Sequence[str]) -> Tensor:
+        """Per-sample answer-token loss ``(B,)`` (gradient flows into the adapter only)."""
+        queries = self.adapter(visual.to(self.device))
+        batch = self.build_batch(queries, prompts, continuations)
+        logits = self.llm_model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).logits
+        return answer_loss(logits, batch.labels)
+
+    # ----------------------------------------------------------------------------------- option scoring
+
+    @torch.no_grad()
+    def option_loglikelihoods(self, queries: Tensor, prompt: str, continuations: Sequence[str]) -> tuple[list[float], list[float]]:
+        """Sum and length-normalised (mean per token) log-likelihood of each continuation after the prompt.
+
+        The prompt runs once; its KV cache is repeated over the options, which run as one padded batch.
+        """
+        prompt_embeds = self.prompt_embeds(queries, prompt)[None]  # (1, P, W)
+        out = self.llm_model(inputs_embeds=prompt_embeds, use_cache=True)
+        first = out.logits[0, -1].float().log_softmax(-1)  # (V,) distribution of each option's first token
+        ids = [self._ids(c) for c in continuations]
+        n, length, plen = len(ids), max(len(i) for i in ids), prompt_embeds.shape[1]
+        tokens = torch.full((n, length), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
+        for i, row in enumerate(ids):
+            tokens[i, : len(row)] = torch.tensor(row, device=self.device)
+        cache = out.cache
+        cache.batch_repeat_interleave(n)
+        mask = torch.ones(n, plen + length, dtype=torch.long, device=self.device)
+        positions = torch.arange(plen, plen + length, device=self.device).expand(n, -1)
+        logits = self.llm_model(input_ids=tokens, attention_mask=mask, cache=cache,
+                                position_ids=positions, use_cache=True).logits.float().log_softmax(-1)  # (n, T, V)
+        sums, means = [], []
+        for i, row in enumerate(ids):
+            lp = first[row[0]] + logits[i, : len(row) - 1].gather(1, tokens[i, 1 : len(row), None]).sum()
+            sums.append(float(lp))
+            means.append(float(lp) / len(row))
+        return sums, means
+
+    @torch.no_grad()
+    def option_loglikelihoods_bruteforce(self, queries: Tensor, prompt: str,
+                                         continuations: Sequence[str]) -> tuple[list[float], list[float]]:
+        """The same as :meth:`option_loglikelihoods` with one full forward per option (reference, benchmarks)."""
+        batch = self.build_batch(queries[None].expand(len(continuations), -1, -1), [prompt] * len(continuations),
+                                 continuations)
+        sums, means = [], []
+        for b in range(len(continuations)):
+            logits = self.llm_model(inputs_embeds=batch.inputs_embeds[b : b + 1],
+                                    attention_mask=batch.attention_mask[b : b + 1]).logits.float()
+            labels = batch.labels[b, 1:]
+            lp = logits[0, :-1].log_softmax(-1).gather(1, labels.clamp(min=0)[:, None])[:, 0]
+            keep = labels != IGNORE
+            sums.append(float(lp[keep].sum()))
+            means.append(float(lp[keep].sum()) / int(keep.sum()))
+        return sums, means
+
+    @torch.no_grad()
+    def next_token_logprobs(self, queries: Tensor, prompt: str) -> Tensor:
+        """Log-probabilities ``(V,)`` of the token after the prompt (letter scoring)."""
+        embeds = self.prompt_embeds(queries, prompt)[None]
+        return self.llm_model(inputs_embeds=embeds, logits_to_keep=1).logits[0, -1].float().log_softmax(-1)
+
+    # -------------------------------------------------------------------------------------------- generation
+
+    def _generate_kwargs(self, queries: Tensor, prompt: str, max_new_tokens: int) -> dict:
+        embeds = self.prompt_embeds(queries, prompt)[None]
+        return dict(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
+                                                                   device=embeds.device),
+                    max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self._stop_ids())
+
+    def _stop_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = self.llm_model.generation_config.eos_token_id
+        ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+        return sorted(i for i in ids if i is not None)
+
+    @torch.no_grad()
+    def generate(self, queries: Tensor, prompt: str, max_new_tokens: int = 32) -> str:
+        """Greedy answer text (special tokens removed)."""
+        out = self.llm_model.generate(**self._generate_kwargs(queries, prompt, max_new_tokens))
+        return self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+
+    def stream(self, queries: Tensor, prompt: str, max_new_tokens: int = 128) -> Iterator[str]:
+        """Yield the greedy answer's text pieces as they are generated."""
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
+        kwargs = self._generate_kwargs(queries.detach(), prompt, max_new_tokens) | {"streamer": streamer}
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.no_grad():
+                    self.llm_model.generate(**kwargs)
+            except BaseException as err:  # re-raised in the caller's thread
+                errors.append(err)
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        for piece in streamer:
+            if piece:
+                yield piece
+        thread.join()
+        if errors:
+            raise errors[0]
