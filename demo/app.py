@@ -67,6 +67,8 @@ class DemoConfig:
     concurrency: int = 1  # model calls running at once, over all users
     queue_size: int = 32  # waiting requests beyond which new ones are refused
     max_new_tokens: int = 128
+    max_sessions: int = 200  # sessions whose clip and chat are kept in memory; the oldest are dropped beyond
+    session_ttl_s: float = 3600.0  # a session's clip and chat are dropped this long after their last change
     chat: bool = True
 
     def __post_init__(self) -> None:
@@ -79,6 +81,8 @@ class DemoConfig:
             errors.append(f"queue_size={self.queue_size}: the queue must hold at least 1 request")
         if self.max_new_tokens < 1:
             errors.append(f"max_new_tokens={self.max_new_tokens}: answers need at least 1 token")
+        if self.max_sessions < 1 or not self.session_ttl_s > 0:
+            errors.append(f"max_sessions={self.max_sessions}, session_ttl_s={self.session_ttl_s}: both must be > 0")
         if errors:
             raise ConfigError("; ".join(errors))
 
@@ -210,7 +214,7 @@ def build_app(chat: ChatBackend, config: DemoConfig, examples: Sequence[tuple[st
     handlers = DemoHandlers(chat, config)
     model_event = {"concurrency_limit": config.concurrency, "concurrency_id": MODEL_CONCURRENCY_ID}
     with gr.Blocks(title="SeFAR: ask about a gymnastics clip") as app:
-        session = gr.State(Session())
+        session = gr.State(Session(), time_to_live=config.session_ttl_s)
         gr.Markdown(
             "## SeFAR: ask about a gymnastics clip\n"
             "Upload a clip or pick an example; the encoder's view of it appears on the right, then ask away."
@@ -280,6 +284,7 @@ def launch(app: gr.Blocks, config: DemoConfig, allowed_paths: Sequence[str | Pat
         share=False,
         show_error=False,
         max_file_size=config.limits.max_bytes,
+        state_session_capacity=config.max_sessions,
         allowed_paths=[str(p) for p in allowed_paths],
         prevent_thread_lock=not block,
         quiet=not block,

@@ -36,6 +36,8 @@ def add_parser(subparsers, name: str, help_: str) -> None:
     p.add_argument("--concurrency", type=int_at_least(1), default=1, help="model calls running at once, all users")
     p.add_argument("--queue-size", type=int_at_least(1), default=32, help="waiting requests before refusing more")
     p.add_argument("--max-new-tokens", type=int_at_least(1), default=128, help="longest answer (tokens)")
+    p.add_argument("--max-sessions", type=int_at_least(1), default=200,
+                   help="browser sessions whose clip and chat are kept in memory (the oldest are dropped)")
     p.add_argument("--examples-dir", default=None,
                    help="where the SynGym example clips are rendered (default: ~/.cache/sefar/demo_examples)")
     p.add_argument("--no-examples", action="store_true", help="do not offer example clips")
@@ -62,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
 
     config = DemoConfig(host=args.host, port=args.port, limits=UploadLimits(args.max_upload_mb, args.max_seconds),
                         concurrency=args.concurrency, queue_size=args.queue_size,
-                        max_new_tokens=args.max_new_tokens, chat=not args.encoder_only)
+                        max_new_tokens=args.max_new_tokens, max_sessions=args.max_sessions,
+                        chat=not args.encoder_only)
     serve(load_backend(artifacts), config, args.examples_dir, with_examples=not args.no_examples)
     return 0

@@ -130,8 +130,8 @@ def test_examples_are_rendered_once_as_readable_syngym_clips(tmp_path):
 
 
 def test_demo_config_collects_every_problem():
-    with pytest.raises(ConfigError, match="port=0.*concurrency=0.*queue_size=0.*max_new_tokens=0"):
-        DemoConfig(port=0, concurrency=0, queue_size=0, max_new_tokens=0)
+    with pytest.raises(ConfigError, match="port=0.*concurrency=0.*queue_size=0.*max_new_tokens=0.*max_sessions=0"):
+        DemoConfig(port=0, concurrency=0, queue_size=0, max_new_tokens=0, max_sessions=0)
 
 
 def test_on_clip_encodes_the_upload_and_resets_the_chat(clip):
