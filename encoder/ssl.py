@@ -7,8 +7,10 @@ Notation follows the paper (see DESIGN.md):
   target class's probability over the U passes;
 * ``τ1 = 2·sigmoid(e^μ* − e)``, ``τ2 = 2·(sigmoid(1 / (β σ* + ε)) − 0.5)``, ``η = τ1·τ2 ∈ (0, 1]``;
 * ``L_un = mean(η · CE(student(strong), target))``;
-* tube mixing pastes a patch-aligned box, the same in every frame, of clip ``j`` into clip ``i``;
+* tube mixing replaces a set of patch positions, the same in every frame, of clip ``i`` by clip ``j``'s: a scattered
+  random set of tokens (the reference's :func:`tube_token_mask`) or one patch-aligned box (:func:`tube_mix_box`);
   ``λ`` is the fraction of clip ``i`` that is kept, target ``λ p̄_i + (1−λ) p̄_j`` and weight ``η' = λη_i + (1−λ)η_j``;
+  the mix loss is the reference's :func:`mse_to_probs` (or :func:`soft_cross_entropy`);
 * ``L = L_sup + ξ (γ1 L_un + γ2 L_mix)`` with ``ξ`` a sine-shaped warm-up after some supervised-only epochs.
 """
 
@@ -19,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 @dataclass
@@ -130,6 +131,27 @@ def tube_mix_box(
     return slice(top * patch, (top + bh) * patch), slice(left * patch, (left + bw) * patch), kept
 
 
+def tube_token_mask(
+    grid_h: int, grid_w: int, lam: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, float]:
+    """A scattered random set of ``round((1 - lam) · N)`` of the N patch positions (the reference's tube mask).
+
+    Returns the mask ``(grid_h, grid_w)`` bool (True: take the partner's patch) and the kept fraction λ realised.
+    """
+    n = grid_h * grid_w
+    replaced = min(n, max(0, round((1.0 - lam) * n)))
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=generator)[:replaced]] = True
+    return mask.view(grid_h, grid_w), 1.0 - replaced / n
+
+
+def tube_mix_tokens(clips: torch.Tensor, partner: torch.Tensor, mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """Replace the patches where ``mask (gh, gw)`` is True, in every frame of ``clips (B, C, K, H, W)``, by
+    ``clips[partner]``'s. For a patchify stem this equals mixing the patch tokens."""
+    pixels = mask.repeat_interleave(patch, 0).repeat_interleave(patch, 1).to(clips.device)  # (H, W)
+    return torch.where(pixels, clips[partner], clips)  # (B, C, K, H, W)
+
+
 def tube_mix(
     clips: torch.Tensor, partner: torch.Tensor, rows: slice, cols: slice
 ) -> torch.Tensor:
@@ -147,10 +169,25 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * logits.float().log_softmax(dim=-1)).sum(dim=-1)
 
 
-def warmup_factor(epoch: float, supervised_epochs: float, ramp_epochs: float) -> float:
-    """ξ: 0 during the supervised-only epochs, then ``sin(π/2 · t)`` over ``ramp_epochs``, then 1."""
+def mse_to_probs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The reference's mix loss: per-sample mean over classes of ``(logits − target)²`` (B,), target (B, C)
+    being probabilities. Much weaker than the soft cross-entropy: its gradient per logit is at most ~2/C."""
+    return (logits.float() - target).pow(2).mean(dim=-1)
+
+
+def warmup_factor(
+    epoch: float, supervised_epochs: float, ramp_epochs: float | None, total_epochs: float | None = None
+) -> float:
+    """ξ: 0 during the supervised-only epochs, then ``sin(π/2 · t)`` over ``ramp_epochs``, then 1.
+
+    ``ramp_epochs=None`` ramps over all remaining epochs, ``total_epochs − supervised_epochs`` (the reference's).
+    """
     if epoch < supervised_epochs:
         return 0.0
+    if ramp_epochs is None:
+        if total_epochs is None:
+            raise ValueError("ramp_epochs=None needs total_epochs")
+        ramp_epochs = total_epochs - supervised_epochs
     if ramp_epochs <= 0:
         return 1.0
     t = min(1.0, (epoch - supervised_epochs) / ramp_epochs)

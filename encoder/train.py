@@ -4,25 +4,29 @@
 
 Validate config → set up data, model, teacher, optimizer → loop: one optimizer step per global batch
 (gradient accumulation over micro-batches), EMA update of the teacher, JSONL metrics, a checkpoint every
-``save_every`` steps and on SIGINT/SIGTERM → final evaluation and weights in ``RUN/final/``.
+``save_every`` steps and on SIGINT/SIGTERM → final evaluation of student and teacher, weights in ``RUN/final/``.
+
+The schedule, as the reference trains it: an epoch is one pass over the labeled clips, whatever ``ssl.mode``, so
+supervised-only and SeFAR runs of one config take the same optimizer steps. During the first
+``ssl.supervised_epochs`` the loss is supervised only (no teacher passes, no unlabeled clips are read) and the
+teacher is the student's copy; when they end, the teacher becomes an EMA of the student. BatchNorm running
+statistics (the conv stem's) come from labeled clips only, as in the supervised baseline.
+
+This module is a leaf: only drivers (the CLI, bench scripts, the quickstart) import it. What reads a run folder
+lives in :mod:`encoder.run`.
 
 Runs through Hugging Face Accelerate: ``accelerate launch -m sefar encoder train CFG`` (or ``torchrun``) scales
 it over GPUs and nodes; on one CPU the same code runs as is. Resuming restores model, teacher, optimizer, RNG
 states and the position in the data stream, so on CPU the losses after a resume equal those of an
 uninterrupted run.
 
-Run folder::
-
-    RUN/config.yaml        resolved config          RUN/classes.json   class names (+ categories file)
-    RUN/split/             labeled/unlabeled lists   RUN/metrics.jsonl  one line per logged step
-    RUN/checkpoints/step_0000100/ {student,teacher,optimizer}.safetensors, state.json
-    RUN/final/             {student,teacher}.safetensors, results.json, val_predictions.safetensors
+Run folder: see :mod:`encoder.run`. Resuming with a config that differs from ``RUN/config.yaml`` in anything
+but bookkeeping (:data:`RESUME_FREE`) stops and lists the differing keys, unless ``allow_config_change``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
@@ -43,66 +47,42 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from encoder import augment
-from encoder.config import RunConfig, load_config
-from encoder.data.dataset import ClipDataset, EpochBatchSampler, collate
 from common.errors import ConfigError, DataError
-from encoder.data.sampling import ElementLayout
-from encoder.data.splits import Sample, Split, make_split, read_samples, resolve_paths, write_split
 from common.textio import write_text_atomic
+from encoder import augment
+from encoder.config import RunConfig, SSLConfig, load_config
+from encoder.data.dataset import ClipDataset, EpochBatchSampler, collate
+from encoder.data.sampling import ElementLayout
+from encoder.data.splits import Split, write_split
+from encoder.run import (
+    build_eval_items,
+    build_model,
+    build_train_items,
+    class_names,
+    config_differences,
+    latest_checkpoint,
+    load_strict,
+    unwrap,
+)
 from encoder.ssl import (
     ema_decay_at,
     ema_update,
+    mse_to_probs,
     pseudo_labels,
     soft_cross_entropy,
     teacher_passes,
     tube_mix,
     tube_mix_box,
+    tube_mix_tokens,
+    tube_token_mask,
     warmup_factor,
 )
-from encoder.timesformer import TimeSformer, create_model
+from encoder.timesformer import TimeSformer
 
 log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------ data
-
-
-def _resolve(samples: list[Sample], cfg: RunConfig) -> list[Sample]:
-    """List entries → video paths under ``data.root/data.videos``; bare clip ids get ``data.video_suffix``."""
-    out = []
-    for s in resolve_paths(samples, Path(cfg.data.root) / cfg.data.videos):
-        path = s.path
-        if not Path(path).suffix and not Path(path).is_dir():
-            path += cfg.data.video_suffix
-        out.append(Sample(path, s.label, s.start, s.end))
-    return out
-
-
-def build_train_items(cfg: RunConfig) -> tuple[list[Sample], list[Sample]]:
-    """(labeled, unlabeled) clips: the given labeled list, or a seeded split of the train list."""
-    train = read_samples(cfg.data_path(cfg.data.train_list))
-    if cfg.data.labeled_list:
-        labeled = read_samples(cfg.data_path(cfg.data.labeled_list))
-        names = {Path(s.path).stem for s in labeled}
-        unlabeled = [s for s in train if Path(s.path).stem not in names]
-    else:
-        split = make_split(train, cfg.data.label_ratio, cfg.data.split_seed, cfg.data.split_method)
-        labeled, unlabeled = split.labeled, split.unlabeled
-    return _resolve(labeled, cfg), _resolve(unlabeled, cfg)
-
-
-def build_eval_items(cfg: RunConfig) -> list[Sample]:
-    return _resolve(read_samples(cfg.data_path(cfg.data.val_list)), cfg)
-
-
-def class_names(cfg: RunConfig, items: list[Sample]) -> list[str]:
-    """Names from the FineGym-style categories file when given, else the label numbers."""
-    if cfg.data.categories:
-        from common.finegym import read_categories
-
-        return [c.name for c in read_categories(cfg.data_path(cfg.data.categories))]
-    return [str(i) for i in range(max(s.label for s in items) + 1)]
 
 
 class LabeledTransform:
@@ -119,25 +99,32 @@ class LabeledTransform:
 
 
 class UnlabeledTransform(LabeledTransform):
-    """Weak view (teacher) and strong view (student) of the same frames and crop.
+    """Weak view (teacher) and strong view (student) of the same frames.
 
-    Strong = RandAugment on the weak crop, identical on all frames, then the temporal perturbation
-    (``mod-perturb`` reverses the time order inside each fine element).
+    ``aug.strong=randaugment`` (ours): RandAugment on the weak crop, identical on all frames.
+    ``aug.strong=reference``: each element's frames get their own scale-jitter crop and flip, and after
+    normalisation each element's colour channels are dropped with ``aug.channel_dropout`` (the reference's
+    ``dropout2d``). Then the temporal perturbation (``mod-perturb`` reverses the time order inside each fine element).
     """
 
     def __init__(self, cfg: RunConfig, layout: ElementLayout):
         super().__init__(cfg)
+        self.reference = cfg.aug.strong == "reference"
         self.strong = augment.strong_spatial_transform(cfg.aug.randaug_ops, cfg.aug.randaug_magnitude)
         self.temporal = augment.temporal_perturbation(cfg.aug.temporal)
+        self.dropout = cfg.aug.channel_dropout
         self.layout = layout
 
     def __call__(self, frames: torch.Tensor, generator: torch.Generator) -> dict:
         weak = self.weak(frames)  # (K, C, H, W) uint8
-        strong = self.strong(weak)[self.temporal(self.layout, generator)]  # (K, C, H, W), time re-ordered
-        return {
-            "weak": augment.normalize(weak, self.mean, self.std),
-            "strong": augment.normalize(strong, self.mean, self.std),
-        }
+        if self.reference:
+            strong = augment.per_element_views(frames, self.layout, self.weak)  # (K, C, H, W)
+        else:
+            strong = self.strong(weak)
+        strong = augment.normalize(strong[self.temporal(self.layout, generator)], self.mean, self.std)  # (C, K, H, W)
+        if self.reference:
+            strong = augment.channel_dropout(strong, self.layout, self.dropout, generator)
+        return {"weak": augment.normalize(weak, self.mean, self.std), "strong": strong}
 
 
 def _loader(dataset: ClipDataset, sampler: EpochBatchSampler, workers: int) -> DataLoader:
@@ -154,25 +141,13 @@ def _loader(dataset: ClipDataset, sampler: EpochBatchSampler, workers: int) -> D
 # ----------------------------------------------------------------------------------------------- model
 
 
-def build_model(cfg: RunConfig, num_classes: int, pretrained: bool = True) -> TimeSformer:
-    """The run's TimeSformer; ``pretrained=False`` skips reading ``model.pretrained`` (weights loaded later)."""
-    return create_model(
-        cfg.model.name,
-        num_classes,
-        combo=cfg.model.combo,
-        img_size=cfg.model.img_size,
-        pretrained=cfg.model.pretrained if pretrained else None,
-        drop_path_rate=cfg.model.drop_path_rate,
-        head_dropout=cfg.model.head_dropout,
-        **{k: v for k in ("patch_size", "embed_dim", "depth", "num_heads", "stem") if (v := getattr(cfg.model, k)) is not None},
-    )
-
-
 def build_optimizer(cfg: RunConfig, model: TimeSformer) -> torch.optim.Optimizer:
     """SGD (nesterov) or AdamW, with weight decay on weight matrices only (not norms, biases, embeddings)."""
     skip = model.no_weight_decay()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # a frozen pretrained stem
+            continue
         (no_decay if p.ndim <= 1 or name in skip or name.split(".")[0] in skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     o = cfg.optim
@@ -208,48 +183,90 @@ class StepLosses:
 
 
 def compute_losses(
-    cfg: RunConfig, student, teacher: TimeSformer, labeled: dict, unlabeled: dict | None, xi: float
+    student: torch.nn.Module,
+    teacher: TimeSformer,
+    labeled: dict,
+    unlabeled: dict | None,
+    xi: float,
+    ssl: SSLConfig,
+    patch_size: int,
 ) -> StepLosses:
-    """L = L_sup + ξ(γ1 L_un + γ2 L_mix) for one micro-batch; the student sees all its inputs in one forward."""
+    """L = L_sup + ξ(γ1 η L_un + γ2 η' L_mix) for one micro-batch (``unlabeled=None``: L_sup only).
+
+    The student sees the labeled clips in one forward, whose BatchNorm batches update the running statistics, and the
+    strong (+ mixed) unlabeled clips in a second one that normalises with its own batch but leaves the running
+    statistics alone: the teacher, which copies them, predicts weak views. ``patch_size``: the token grid of the mix.
+    """
     zero = torch.zeros((), device=labeled["video"].device)
+    sup = F.cross_entropy(student(labeled["video"]).float(), labeled["label"])
     if unlabeled is None:
-        sup = F.cross_entropy(student(labeled["video"]).float(), labeled["label"])
-        return StepLosses(sup, sup, zero, zero, 0.0, 0.0, float("nan"))
+        return StepLosses(sup, sup, zero, zero, xi, 0.0, float("nan"))
 
-    s = cfg.ssl
-    if s.mode == "fixmatch":  # pseudo-labels from the student itself, one deterministic pass
-        model = _unwrap(student)
-        logits_u = teacher_passes(model, model.head, unlabeled["weak"], passes=1)
-        pl = pseudo_labels(logits_u, adaptive=False, threshold=s.threshold)
-    else:
-        logits_u = teacher_passes(teacher, teacher.head, unlabeled["weak"], passes=s.passes if s.adaptive else 1)
-        pl = pseudo_labels(logits_u, adaptive=s.adaptive, threshold=s.threshold, beta=s.beta, eps=s.eps)
-
-    inputs = [labeled["video"], unlabeled["strong"]]
-    use_mix = s.mode == "sefar" and s.mix and unlabeled["strong"].shape[0] > 1
-    if use_mix:
-        lam = float(torch.distributions.Beta(s.mix_alpha, s.mix_alpha).sample())
-        h, w = unlabeled["strong"].shape[-2:]
-        rows, cols, lam = tube_mix_box(h, w, lam, student_patch(student))
-        partner = torch.randperm(unlabeled["strong"].shape[0]).to(unlabeled["strong"].device)
-        inputs.append(tube_mix(unlabeled["strong"], partner, rows, cols))
-    logits = student(torch.cat(inputs)).float()  # (B_l + B_u [+ B_u], classes)
-    b_l, b_u = labeled["video"].shape[0], unlabeled["strong"].shape[0]
-
-    sup = F.cross_entropy(logits[:b_l], labeled["label"])
-    un = (pl.weight * F.cross_entropy(logits[b_l : b_l + b_u], pl.target, reduction="none")).mean()
+    pl = _pseudo_labels(student, teacher, unlabeled["weak"], ssl)
+    strong = unlabeled["strong"]  # (B_u, C, K, H, W)
+    inputs = [strong]
+    mix_plan = _mix_plan(strong, ssl, patch_size) if ssl.mode == "sefar" and ssl.mix and strong.shape[0] > 1 else None
+    if mix_plan is not None:
+        inputs.append(mix_plan.mixed)
+    with running_stats_frozen(student):
+        logits = student(torch.cat(inputs)).float()  # (B_u [+ B_u], classes)
+    b_u = strong.shape[0]
+    un = (pl.weight * F.cross_entropy(logits[:b_u], pl.target, reduction="none")).mean()
     mix = zero
-    if use_mix:
+    if mix_plan is not None:
+        lam, partner = mix_plan.lam, mix_plan.partner
         target = lam * pl.probs + (1 - lam) * pl.probs[partner]  # (B_u, classes)
         weight = lam * pl.weight + (1 - lam) * pl.weight[partner]  # η'
-        mix = (weight * soft_cross_entropy(logits[b_l + b_u :], target)).mean()
-    total = sup + xi * (s.gamma1 * un + s.gamma2 * mix)
+        per_clip = mse_to_probs if ssl.mix_loss == "mse" else soft_cross_entropy
+        mix = (weight * per_clip(logits[b_u:], target)).mean()
+    total = sup + xi * (ssl.gamma1 * un + ssl.gamma2 * mix)
     accuracy = (pl.target == unlabeled["label"]).float().mean().item() if (unlabeled["label"] >= 0).all() else math.nan
     return StepLosses(total, sup, un, mix, xi, pl.weight.mean().item(), accuracy)
 
 
-def student_patch(student) -> int:
-    return _unwrap(student).cfg.patch_size
+def _pseudo_labels(student, teacher: TimeSformer, weak: torch.Tensor, ssl: SSLConfig):
+    """Teacher targets (SeFAR: U dropout passes, Adaptive Regulation); FixMatch: the student, one pass."""
+    if ssl.mode == "fixmatch":
+        model = unwrap(student)
+        return pseudo_labels(teacher_passes(model, model.head, weak, passes=1), adaptive=False,
+                             threshold=ssl.threshold)
+    logits = teacher_passes(teacher, teacher.head, weak, passes=ssl.passes if ssl.adaptive else 1)
+    return pseudo_labels(logits, adaptive=ssl.adaptive, threshold=ssl.threshold, beta=ssl.beta, eps=ssl.eps)
+
+
+@dataclass
+class MixPlan:
+    mixed: torch.Tensor  # (B_u, C, K, H, W) the strong clips with a tube of their partner's patches
+    partner: torch.Tensor  # (B_u,) partner of each clip
+    lam: float  # fraction of each clip kept
+
+
+def _mix_plan(strong: torch.Tensor, ssl: SSLConfig, patch: int) -> MixPlan:
+    """λ ~ Beta(α, α), a random partner per clip and the tube (scattered tokens or one box) to take from it."""
+    lam = float(torch.distributions.Beta(ssl.mix_alpha, ssl.mix_alpha).sample())
+    partner = torch.randperm(strong.shape[0]).to(strong.device)
+    h, w = strong.shape[-2:]
+    if ssl.mix_shape == "tokens":
+        mask, lam = tube_token_mask(h // patch, w // patch, lam)
+        return MixPlan(tube_mix_tokens(strong, partner, mask, patch), partner, lam)
+    rows, cols, lam = tube_mix_box(h, w, lam, patch)
+    return MixPlan(tube_mix(strong, partner, rows, cols), partner, lam)
+
+
+@contextlib.contextmanager
+def running_stats_frozen(model: torch.nn.Module):
+    """BatchNorm layers in train mode normalise with the batch's statistics but do not update their running ones."""
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -287,7 +304,7 @@ def save_checkpoint(run: Path, step: int, student, teacher, opt, consumed: dict,
     tmp = root / f".tmp_step_{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(_unwrap(student).state_dict(), tmp / "student.safetensors")
+    save_file(unwrap(student).state_dict(), tmp / "student.safetensors")
     save_file(teacher.state_dict(), tmp / "teacher.safetensors")
     tensors, meta = _optimizer_tensors(opt)
     save_file({**tensors, "rng.torch": torch.get_rng_state()}, tmp / "optimizer.safetensors")
@@ -316,8 +333,8 @@ def load_checkpoint(path: Path, student, teacher, opt) -> dict:
             raise DataError(path / name, "missing: checkpoint is incomplete")
     try:
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        _load_strict(_unwrap(student), path / "student.safetensors")
-        _load_strict(teacher, path / "teacher.safetensors")
+        load_strict(unwrap(student), path / "student.safetensors")
+        load_strict(teacher, path / "teacher.safetensors")
         tensors = load_file(path / "optimizer.safetensors")
     except (json.JSONDecodeError, OSError, RuntimeError, SafetensorError) as err:
         raise DataError(path, f"unreadable checkpoint: {' '.join(str(err).split())[:200]}") from None
@@ -328,27 +345,6 @@ def load_checkpoint(path: Path, student, teacher, opt) -> dict:
     kind, keys, *rest = meta["rng_numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
     return meta
-
-
-def _load_strict(model: torch.nn.Module, file: Path) -> None:
-    try:
-        state = load_file(file)
-    except (OSError, SafetensorError) as err:
-        raise DataError(file, f"unreadable weights: {' '.join(str(err).split())[:200]}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise DataError(file, f"does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
-def latest_checkpoint(run: Path) -> Path | None:
-    pointer = run / "checkpoints" / "latest.json"
-    if not pointer.is_file():
-        return None
-    return run / "checkpoints" / json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -382,6 +378,28 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: Keys that may change between a run and its resumption: bookkeeping, not the maths of the run.
+RESUME_FREE = ("out", "max_steps", "save_every", "keep_checkpoints", "log_every", "data.num_workers",
+               "eval_temporal_views", "eval_spatial_crops")
+
+
+def _check_resumable(run: Path, cfg: RunConfig, allow_change: bool) -> None:
+    """Stop when ``cfg`` differs from the run's saved config (beyond :data:`RESUME_FREE`), unless allowed."""
+    saved_path = run / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+    changed = [d for d in config_differences(saved, cfg.to_dict()) if d.split(":")[0] not in RESUME_FREE]
+    if not changed:
+        return
+    if not allow_change:
+        raise ConfigError(
+            f"{saved_path}: the run was started with another config; differing keys:\n  - " + "\n  - ".join(changed)
+            + "\nuse the same config, another `out=`, --no-resume to restart, or --allow-config-change to continue"
+        )
+    log.warning("continuing %s with a changed config: %s", run, "; ".join(changed))
+
+
 def _write_run_files(run: Path, cfg: RunConfig, names: list[str], labeled, unlabeled) -> None:
     run.mkdir(parents=True, exist_ok=True)
     tmp = run / "config.yaml.tmp"
@@ -393,21 +411,56 @@ def _write_run_files(run: Path, cfg: RunConfig, names: list[str], labeled, unlab
                 method=cfg.data.split_method)
 
 
-def train(cfg: RunConfig, resume: bool = True) -> dict:
-    """Train one run into ``cfg.out``; returns the final validation metrics (and run facts)."""
+@dataclass
+class Schedule:
+    """Step counts of a run; an epoch is one pass over the labeled clips (the same for every ``ssl.mode``)."""
+
+    accum: int  # micro-batches per optimizer step
+    steps_per_epoch: int
+    total_steps: int  # optim.epochs x steps_per_epoch
+    last_step: int  # total_steps, or max_steps when smaller
+    supervised_steps: int  # steps of supervised-only training; the teacher is seeded when they end
+
+    @classmethod
+    def build(cls, cfg: RunConfig, labeled_batches_per_epoch: int, world: int) -> "Schedule":
+        o = cfg.optim
+        if o.batch_size % (o.micro_batch_size * world):
+            raise ConfigError(f"optim.batch_size={o.batch_size} is not a multiple of micro_batch_size × processes")
+        accum = o.batch_size // (o.micro_batch_size * world)
+        per_epoch = o.steps_per_epoch or max(1, labeled_batches_per_epoch // accum)
+        total = o.epochs * per_epoch
+        last = min(total, cfg.max_steps) if cfg.max_steps else total
+        return cls(accum, per_epoch, total, last, math.ceil(cfg.ssl.supervised_epochs * per_epoch))
+
+    def xi(self, step: int, ssl: SSLConfig, epochs: int) -> float:
+        """ξ for the optimizer step ``step`` (0-based); always 0 for supervised-only runs."""
+        if ssl.mode == "supervised":
+            return 0.0
+        return warmup_factor(step / self.steps_per_epoch, ssl.supervised_epochs, ssl.ramp_epochs, epochs)
+
+    def ema_decay(self, step: int, ssl: SSLConfig) -> float:
+        """Decay of the EMA update after step ``step``: 0 (teacher = student) until the supervised-only epochs end,
+        then ``ssl.ema_decay`` (with warm-up counted from the seeding); ``ema_per_micro_batch``: ``decay^accum``."""
+        if step < self.supervised_steps:
+            return 0.0
+        decay = ema_decay_at(step - self.supervised_steps, ssl.ema_decay, ssl.ema_warmup)
+        return decay**self.accum if ssl.ema_per_micro_batch else decay
+
+
+def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False) -> dict:
+    """Train one run into ``cfg.out``; returns the final validation metrics of student and teacher (and run facts)."""
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     world, rank = accelerator.num_processes, accelerator.process_index
-    o, s = cfg.optim, cfg.ssl
-    micro = o.micro_batch_size
-    if o.batch_size % (micro * world):
-        raise ConfigError(f"optim.batch_size={o.batch_size} is not a multiple of micro_batch_size × processes")
-    accum = o.batch_size // (micro * world)
+    s, micro = cfg.ssl, cfg.optim.micro_batch_size
     run = Path(cfg.out)
+    checkpoint = latest_checkpoint(run) if resume else None
+    if checkpoint is not None:
+        _check_resumable(run, cfg, allow_config_change)
 
     _seed_everything(cfg.seed)
-    layout = ElementLayout.from_combo(cfg.model.combo)
+    layout = ElementLayout.from_combo(cfg.model.combo)  # parsed once: data, transforms and model share it
     labeled_items, unlabeled_items = build_train_items(cfg)
     names = class_names(cfg, labeled_items + unlabeled_items)
     if accelerator.is_main_process:
@@ -416,26 +469,23 @@ def train(cfg: RunConfig, resume: bool = True) -> dict:
     if ssl and not unlabeled_items:
         raise ConfigError("no unlabeled clips: use ssl.mode=supervised or a smaller data.label_ratio")
 
-    model = build_model(cfg, len(names))
-    teacher = copy.deepcopy(model).requires_grad_(False)
+    model = build_model(cfg, len(names), layout=layout)
+    teacher = build_model(cfg, len(names), pretrained=False, layout=layout).requires_grad_(False)
+    teacher.load_state_dict(model.state_dict())
     opt = build_optimizer(cfg, model)
 
     # data streams: one labeled micro-batch (and μ× unlabeled) per forward
     lab_ds = ClipDataset(labeled_items, layout.num_frames, LabeledTransform(cfg), train=True,
                          seed=cfg.seed, short_side=cfg.data.short_side)
     lab_sampler = EpochBatchSampler(len(lab_ds), micro, seed=cfg.seed, rank=rank, world_size=world)
+    sched = Schedule.build(cfg, lab_sampler.batches_per_epoch, world)
     if ssl:
         unl_ds = ClipDataset(unlabeled_items, layout.num_frames, UnlabeledTransform(cfg, layout), train=True,
                              seed=cfg.seed + 1, short_side=cfg.data.short_side)
         unl_sampler = EpochBatchSampler(len(unl_ds), micro * s.unlabeled_ratio, seed=cfg.seed + 1,
                                         rank=rank, world_size=world)
-    reference = unl_sampler if ssl else lab_sampler
-    steps_per_epoch = o.steps_per_epoch or max(1, reference.batches_per_epoch // accum)
-    total_steps = o.epochs * steps_per_epoch
-    last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
 
     step, consumed = 0, {"labeled": 0, "unlabeled": 0}
-    checkpoint = latest_checkpoint(run) if resume else None
     if checkpoint is not None:
         meta = load_checkpoint(checkpoint, model, teacher, opt)
         step, consumed = meta["step"], meta["consumed"]
@@ -445,50 +495,52 @@ def train(cfg: RunConfig, resume: bool = True) -> dict:
     teacher.to(accelerator.device)
     lab_sampler.start_batch = consumed["labeled"]
     lab_iter = iter(_loader(lab_ds, lab_sampler, cfg.data.num_workers))
+    unl_iter = None
     if ssl:
         unl_sampler.start_batch = consumed["unlabeled"]
-        unl_iter = iter(_loader(unl_ds, unl_sampler, cfg.data.num_workers))
+        unl_iter = _LazyIterator(lambda: iter(_loader(unl_ds, unl_sampler, cfg.data.num_workers)))
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=last_step, initial=step, disable=not accelerator.is_main_process, desc="train", unit="step")
+    bar = tqdm(total=sched.last_step, initial=step, disable=not accelerator.is_main_process, desc="train", unit="step")
     started = time.perf_counter()
     interrupted = None
+    patch = unwrap(model).cfg.patch_size
     with _StopFlag() as stop:
-        while step < last_step:
-            lr = learning_rate(cfg, step, steps_per_epoch)
+        while step < sched.last_step:
+            lr = learning_rate(cfg, step, sched.steps_per_epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
-            xi = warmup_factor(step / steps_per_epoch, s.supervised_epochs, s.ramp_epochs) if ssl else 0.0
+            xi = sched.xi(step, s, cfg.optim.epochs)
             model.train()
             parts = []
-            for m in range(accum):
+            for m in range(sched.accum):
                 lab = _to(next(lab_iter), accelerator.device)
                 consumed["labeled"] += 1
                 unl = None
-                if ssl:
+                if ssl and xi > 0:  # while ξ = 0 the unlabeled clips are neither read nor seen
                     unl = _to(next(unl_iter), accelerator.device)
                     consumed["unlabeled"] += 1
-                sync = accelerator.no_sync(model) if m < accum - 1 else contextlib.nullcontext()
+                sync = accelerator.no_sync(model) if m < sched.accum - 1 else contextlib.nullcontext()
                 with sync, accelerator.autocast():
-                    losses = compute_losses(cfg, model, teacher, lab, unl, xi)
-                    accelerator.backward(losses.total / accum)
+                    losses = compute_losses(model, teacher, lab, unl, xi, s, patch)
+                    accelerator.backward(losses.total / sched.accum)
                 parts.append(losses)
-            if o.clip_grad:
-                accelerator.clip_grad_norm_(model.parameters(), o.clip_grad)
+            if cfg.optim.clip_grad:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            ema_update(teacher, _unwrap(model), ema_decay_at(step, s.ema_decay, s.ema_warmup))
+            ema_update(teacher, unwrap(model), sched.ema_decay(step, s))
             step += 1
             bar.update(1)
-            if step % cfg.log_every == 0 or step == last_step:
-                record = _record(accelerator, parts, step, steps_per_epoch, lr, lab_ds, unl_ds if ssl else None,
+            if step % cfg.log_every == 0 or step == sched.last_step:
+                record = _record(accelerator, parts, step, sched.steps_per_epoch, lr, lab_ds, unl_ds if ssl else None,
                                  started)
                 if accelerator.is_main_process:
                     _append_jsonl(run / "metrics.jsonl", record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", sup=f"{record['supervised']:.3f}")
             stop_now = stop.raised is not None
-            if step % cfg.save_every == 0 or stop_now or step == last_step:
+            if step % cfg.save_every == 0 or stop_now or step == sched.last_step:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     save_checkpoint(run, step, model, teacher, opt, consumed, cfg.keep_checkpoints)
@@ -503,28 +555,52 @@ def train(cfg: RunConfig, resume: bool = True) -> dict:
     accelerator.wait_for_everyone()
     result = {"step": step, "train_seconds": round(time.perf_counter() - started, 1)}
     if accelerator.is_main_process:
-        final = run / "final"
-        final.mkdir(exist_ok=True)
-        save_file(_unwrap(model).state_dict(), final / "student.safetensors.tmp")
-        os.replace(final / "student.safetensors.tmp", final / "student.safetensors")
-        save_file(teacher.state_dict(), final / "teacher.safetensors.tmp")
-        os.replace(final / "teacher.safetensors.tmp", final / "teacher.safetensors")
-        result.update(_final_eval(cfg, teacher, names, final))
-        _atomic_json(final / "results.json", result)
+        result.update(_finish(cfg, run, {"student": unwrap(model), "teacher": teacher}, names))
     return result
 
 
-def _final_eval(cfg: RunConfig, teacher: TimeSformer, names: list[str], final: Path) -> dict:
+class _LazyIterator:
+    """An iterator created on first use: the unlabeled loader starts only when ξ first becomes positive."""
+
+    def __init__(self, make) -> None:
+        self._make, self._it = make, None
+
+    def __next__(self):
+        if self._it is None:
+            self._it = self._make()
+        return next(self._it)
+
+
+#: The model whose metrics are also the run's headline (``top1`` etc. at the top level of ``results.json``).
+HEADLINE = "teacher"
+
+
+def _finish(cfg: RunConfig, run: Path, models: dict[str, TimeSformer], names: list[str]) -> dict:
+    """Save the final weights, evaluate student and teacher, write ``final/results.json``."""
+    final = run / "final"
+    final.mkdir(exist_ok=True)
+    result: dict = {}
+    for which, model in models.items():
+        save_file(model.state_dict(), final / f"{which}.safetensors.tmp")
+        os.replace(final / f"{which}.safetensors.tmp", final / f"{which}.safetensors")
+        result[which] = _final_eval(cfg, model, names, final / f"val_predictions_{which}.safetensors")
+    result.update(result[HEADLINE], headline=HEADLINE)
+    _atomic_json(final / "results.json", result)
+    return result
+
+
+def _final_eval(cfg: RunConfig, model: TimeSformer, names: list[str], predictions_file: Path) -> dict:
     from encoder.evaluate import compute_metrics, predict
 
     items = build_eval_items(cfg)
     probs, labels = predict(
-        teacher, items, cfg, batch_size=cfg.optim.micro_batch_size,
-        views=cfg.eval_temporal_views, crops=cfg.eval_spatial_crops, device=next(teacher.parameters()).device,
+        model, items, cfg, batch_size=cfg.optim.micro_batch_size,
+        views=cfg.eval_temporal_views, crops=cfg.eval_spatial_crops, device=next(model.parameters()).device,
         num_workers=cfg.data.num_workers,
     )
-    predictions = {"probs": probs.float().contiguous(), "labels": labels.contiguous()}
-    save_file(predictions, final / "val_predictions.safetensors")
+    tmp = predictions_file.with_name(predictions_file.name + ".tmp")
+    save_file({"probs": probs.float().contiguous(), "labels": labels.contiguous()}, tmp)
+    os.replace(tmp, predictions_file)
     metrics = compute_metrics(probs, labels, names)
     return {k: metrics[k] for k in ("top1", "top5", "mean_class_accuracy") if k in metrics}
 
@@ -572,35 +648,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-# ----------------------------------------------------------------------------------------- loading
-
-
-def load_trained(run_dir: str | os.PathLike, which: str = "teacher") -> tuple[RunConfig, TimeSformer, list[str]]:
-    """The config, the trained model (final weights, else the latest checkpoint) and class names of a run."""
-    run = Path(run_dir)
-    if which not in ("teacher", "student"):
-        raise ValueError(f"which must be teacher or student, not {which!r}")
-    cfg = load_config(run / "config.yaml")
-    classes = run / "classes.json"
-    if not classes.is_file():
-        raise DataError(classes, "missing: not a training run folder")
-    names = json.loads(classes.read_text(encoding="utf-8"))["class_names"]
-    weights = run / "final" / f"{which}.safetensors"
-    if not weights.is_file():
-        ckpt = latest_checkpoint(run)
-        if ckpt is None:
-            raise DataError(weights, "missing, and the run has no checkpoint")
-        weights = ckpt / f"{which}.safetensors"
-    model = build_model(cfg, len(names), pretrained=False)
-    _load_strict(model, weights)
-    return cfg, model.eval(), names
-
-
-def main_train(config_path: str | None, overrides: list[str], resume: bool = True) -> int:
+def main_train(
+    config_path: str | None, overrides: list[str], resume: bool = True, allow_config_change: bool = False
+) -> int:
     """CLI entry: ``sefar encoder train CONFIG [key=value ...]`` (``CONFIG`` ``-``: defaults only)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = load_config(None if config_path in (None, "-") else config_path, overrides)
-    result = train(cfg, resume=resume)
+    result = train(cfg, resume=resume, allow_config_change=allow_config_change)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -18,6 +18,8 @@ def add_parser(subparsers, name: str, help_: str) -> None:
     train.add_argument("config", help="YAML config under configs/encoder/, or '-' for the defaults")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.01")
     train.add_argument("--no-resume", action="store_true", help="start from scratch even if checkpoints exist")
+    train.add_argument("--allow-config-change", action="store_true",
+                       help="resume even though the config differs from RUN/config.yaml (listed on stderr)")
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="multi-view evaluation with metrics, confusion matrix and teacher spread")
@@ -56,7 +58,8 @@ def add_parser(subparsers, name: str, help_: str) -> None:
 def _train(args: argparse.Namespace) -> int:
     from encoder.train import main_train
 
-    return main_train(args.config, args.overrides, resume=not args.no_resume)
+    return main_train(args.config, args.overrides, resume=not args.no_resume,
+                      allow_config_change=args.allow_config_change)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -157,3 +157,34 @@ def test_normalize_layout_and_values():
     assert out.shape == (3, 8, 4, 4) and out.dtype == torch.float32
     assert out[:, 0, 0, 0].tolist() == [2.0, -1.0, 0.5]
     torch.testing.assert_close(normalize(clip.float() / 255, (0.5,) * 3, (0.25, 0.5, 1.0)), out)
+
+
+def test_reference_strong_view_crops_each_element_on_its_own():
+    from encoder.augment import per_element_views
+
+    frames = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, 3, 4, 4).clone()  # frame k has value k
+    calls = []
+
+    def record(clip):
+        calls.append(clip[:, 0, 0, 0].tolist())
+        return clip[..., :2, :2] + 10 * len(calls)  # a different "draw" per call
+
+    out = per_element_views(frames, LAYOUT, record)
+    assert calls == [[1, 5], [3, 7], [0, 2, 4, 6]]  # one draw per element, on that element's frames
+    assert out.shape == (8, 3, 2, 2)
+    assert out[:, 0, 0, 0].tolist() == [30, 11, 32, 23, 34, 15, 36, 27]
+
+
+def test_channel_dropout_drops_whole_channels_per_element():
+    from encoder.augment import channel_dropout
+
+    clip = torch.ones(3, 8, 4, 4)  # (C, K, H, W)
+    out = channel_dropout(clip, LAYOUT, 0.5, torch.Generator().manual_seed(3))
+    values = set()
+    for positions in LAYOUT.elements:
+        for c in range(3):
+            part = out[c, list(positions)]
+            assert part.eq(part.flatten()[0]).all()  # one decision per channel and element
+            values.add(float(part.flatten()[0]))
+    assert values == {0.0, 2.0}  # dropped, or kept and scaled by 1 / (1 - p)
+    assert torch.equal(channel_dropout(clip, LAYOUT, 0.0, torch.Generator()), clip)

@@ -97,6 +97,7 @@ def test_export_config_records_preprocessing_and_classes(exported):
         ("VT", 1), ("VT", 1), ("FX", 21), ("FX", 22), ("BB", 31)
     ]
     assert config["source"] == {"run": "run", "which": "teacher"}
+    assert config["which"] == "teacher" and load(exported).which == "teacher"
     assert not list(exported.glob("*.tmp"))
 
 
@@ -127,6 +128,7 @@ def test_frozen_encoder_stays_in_eval_mode_without_grad(exported):
 
 def test_student_export_differs_from_teacher(fake_run, exported, tmp_path):
     student = load(export(fake_run, tmp_path / "student", which="student"))
+    assert student.which == "student"
     assert not torch.equal(student(_clip(1)), load(exported)(_clip(1)))
 
 
@@ -231,7 +233,9 @@ def test_cli_train_forwards_config_overrides_and_resume(monkeypatch):
     monkeypatch.setattr(encoder.train, "main_train", lambda *args, **kw: calls.append((args, kw)) or 0)
     assert main(["encoder", "train", "cfg.yaml", "optim.lr=0.01", "ssl.mode=supervised", "--no-resume"]) == 0
     assert main(["encoder", "train", "-"]) == 0
+    assert main(["encoder", "train", "-", "--allow-config-change"]) == 0
     assert calls == [
-        (("cfg.yaml", ["optim.lr=0.01", "ssl.mode=supervised"]), {"resume": False}),
-        (("-", []), {"resume": True}),
+        (("cfg.yaml", ["optim.lr=0.01", "ssl.mode=supervised"]), {"resume": False, "allow_config_change": False}),
+        (("-", []), {"resume": True, "allow_config_change": False}),
+        (("-", []), {"resume": True, "allow_config_change": True}),
     ]

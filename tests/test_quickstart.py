@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from safetensors.torch import load_file
 
 from encoder.quickstart import format_table, run_quickstart
 
@@ -15,7 +16,12 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, capsys):
     modes = [r["mode"] for r in summary["rows"]]
     assert modes == ["supervised", "sefar"]
     for row in summary["rows"]:
-        assert row["step"] == 2 and row["labeled"] == 33 and 0.0 <= row["top1"] <= 1.0
+        assert row["step"] == 2 and row["labeled"] == 33
+        for which in ("student", "teacher"):  # the reported accuracy is that of the saved val predictions
+            saved = load_file(tmp_path / "encoder" / row["mode"] / "final" / f"val_predictions_{which}.safetensors")
+            assert saved["probs"].shape == (33, 33)
+            accuracy = (saved["probs"].argmax(1) == saved["labels"]).float().mean().item()
+            assert row[which]["top1"] == pytest.approx(accuracy)
     assert (tmp_path / "export" / "sefar_tiny" / "model.safetensors").is_file()
     assert summary["gymqa"]["train"] == 33 and summary["gymqa"]["test"] == 33
     assert json.loads((tmp_path / "quickstart.json").read_text())["rows"] == summary["rows"]
@@ -28,6 +34,7 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, capsys):
 
 
 def test_format_table():
-    rows = [{"mode": "sefar", "labeled": 10, "step": 5, "top1": 0.5, "top5": 0.9, "mean_class_accuracy": 0.4,
-             "train_seconds": 12.3}]
-    assert format_table(rows).splitlines()[-1] == "| sefar | 10 | 5 | 50.0 | 90.0 | 40.0 | 12 |"
+    rows = [{"mode": "sefar", "labeled": 10, "step": 5, "train_seconds": 12.3,
+             "student": {"top1": 0.25, "top5": 0.8, "mean_class_accuracy": 0.2},
+             "teacher": {"top1": 0.5, "top5": 0.9, "mean_class_accuracy": 0.4}}]
+    assert format_table(rows).splitlines()[-1] == "| sefar | 10 | 5 | 25.0 | 50.0 | 90.0 | 40.0 | 12 |"

@@ -23,6 +23,13 @@ def test_every_paper_combo_partitions_the_frames(combo):
         assert len(set(np.diff(element))) <= 1
 
 
+def test_2224_layout_is_the_references():
+    """The reference's decoder gives (f1, f6), (f2, f7), (f4, f9); (f0, f5) would take the context's first frame."""
+    layout = ElementLayout.from_combo("2-2-2-4")
+    assert layout.fine == ((1, 6), (2, 7), (4, 9))
+    assert layout.context == (0, 3, 5, 8)
+
+
 def test_other_layouts_are_pinned():
     assert ElementLayout.from_combo("2-4").elements == ((1, 4), (0, 2, 3, 5))
     assert ElementLayout.from_combo("2-2-8").fine == ((1, 7), (4, 10))

@@ -127,3 +127,48 @@ def test_teacher_backbone_once_equals_full_passes():
     assert fast.shape == (10, 5, 4)
     assert not torch.allclose(fast[0], fast[1])  # the head's dropout really is active
     assert model.training  # restored
+
+
+# ------------------------------------------------------------------------------ the reference's variants
+
+
+def test_token_mask_is_scattered_and_sized_by_lambda():
+    from encoder.ssl import tube_token_mask
+
+    mask, kept = tube_token_mask(8, 8, 0.5, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (8, 8) and int(mask.sum()) == 32 and kept == 0.5
+    rows, cols = mask.nonzero().unbind(1)
+    box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert box > 32  # not one contiguous box
+    assert tube_token_mask(4, 4, 1.0)[0].sum() == 0 and tube_token_mask(4, 4, 0.0)[0].all()
+
+
+def test_token_mix_replaces_the_same_patches_in_every_frame():
+    from encoder.ssl import tube_mix_tokens
+
+    clips = torch.stack([torch.zeros(3, 4, 8, 8), torch.ones(3, 4, 8, 8)])  # (B=2, C, K, H, W)
+    mask = torch.tensor([[True, False], [False, True]])  # 2x2 grid of 4-pixel patches
+    mixed = tube_mix_tokens(clips, torch.tensor([1, 0]), mask, patch=4)
+    for k in range(4):
+        assert mixed[0, :, k, :4, :4].eq(1).all() and mixed[0, :, k, 4:, 4:].eq(1).all()
+        assert mixed[0, :, k, :4, 4:].eq(0).all() and mixed[1, :, k, :4, :4].eq(0).all()
+
+
+def test_mix_loss_is_the_references_mse_over_classes():
+    from encoder.ssl import mse_to_probs
+
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    target = torch.tensor([[0.5, 0.25, 0.25]])
+    expected = ((2.0 - 0.5) ** 2 + 0.25**2 + 1.25**2) / 3
+    torch.testing.assert_close(mse_to_probs(logits, target), torch.tensor([expected]))
+    # far weaker than the soft cross-entropy for the same near-uniform target
+    assert mse_to_probs(logits, target) < soft_cross_entropy(logits, target)
+
+
+def test_xi_ramps_over_all_remaining_epochs_by_default():
+    assert warmup_factor(1.9, 2, None, 10) == 0.0
+    assert warmup_factor(6.0, 2, None, 10) == pytest.approx(math.sin(0.5 * math.pi * 4 / 8))
+    assert warmup_factor(6.0, 2, None, 10) < 1.0  # ramp_epochs=5 reached 1 at epoch 7
+    assert warmup_factor(10.0, 2, None, 10) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        warmup_factor(3.0, 2, None)

@@ -37,9 +37,19 @@ def losses(run: Path) -> list[tuple]:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_every_shipped_config_validates(config):
+def test_every_shipped_config_builds_its_model(config):
+    """Each YAML validates and its model builds (on the meta device: shapes only, no memory, no weights read)."""
+    import torch
+
+    from encoder.run import build_model
+
     cfg = load_config(config)
-    assert cfg.optim.batch_size % cfg.optim.micro_batch_size == 0
+    with torch.device("meta"):
+        model = build_model(cfg, 99, pretrained=False)
+    assert model.cfg.img_size == cfg.model.img_size and model.layout.combo == cfg.model.combo
+    assert model.cfg.stem == (cfg.model.stem or model.cfg.stem) and model.cfg.num_classes == 99
+    x = torch.empty(1, 3, model.layout.num_frames, cfg.model.img_size, cfg.model.img_size, device="meta")
+    assert model(x).shape == (1, 99)
 
 
 def test_config_errors_are_collected_with_fixes():
@@ -89,13 +99,16 @@ def test_signal_saves_a_checkpoint_and_resumes(toy, tmp_path, monkeypatch):
     assert recipe.train(load_config(None, tiny_overrides(toy, run, "ssl.mode=supervised")))["step"] == 6
 
 
-def test_fixmatch_mode_runs(toy, tmp_path):
+@pytest.mark.parametrize(("threshold", "weight"), [(1.0, 0.0), (0.01, 1.0)])
+def test_fixmatch_threshold_masks_pseudo_labels(toy, tmp_path, threshold, weight):
+    """No softmax reaches 1.0, so nothing passes; every max probability of 4 classes passes 0.01."""
     from encoder.train import train
 
     run = tmp_path / "fm"
-    train(load_config(None, tiny_overrides(toy, run, "ssl.mode=fixmatch", "ssl.threshold=0.5", "max_steps=2")))
+    train(load_config(None, tiny_overrides(toy, run, "ssl.mode=fixmatch", f"ssl.threshold={threshold}", "max_steps=2")))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert all(0.0 <= r["mean_weight"] <= 1.0 for r in rows)
+    assert [(r["step"], r["xi"] > 0) for r in rows] == [(1, False), (2, True)]  # ξ(step 0) = sin(0) = 0
+    assert rows[1]["mean_weight"] == weight and (rows[1]["unlabeled"] == 0.0) == (weight == 0.0)
 
 
 def free_port() -> int:
@@ -139,7 +152,8 @@ def test_checkpoint_round_trip_with_adamw(tmp_path):
     """Optimizer state (AdamW's step counters and moments) and RNG states survive a checkpoint, unpickled."""
     import torch
 
-    from encoder.train import build_model, build_optimizer, load_checkpoint, save_checkpoint
+    from encoder.run import build_model
+    from encoder.train import build_optimizer, load_checkpoint, save_checkpoint
 
     cfg = load_config(None, ["model.img_size=32", "model.depth=1", "optim.name=adamw", "optim.lr=0.001"])
     model = build_model(cfg, 3)
@@ -167,7 +181,8 @@ def test_checkpoint_round_trip_with_adamw(tmp_path):
 
 def test_truncated_checkpoint_is_reported(tmp_path):
     from common.errors import DataError
-    from encoder.train import build_model, build_optimizer, load_checkpoint, save_checkpoint
+    from encoder.run import build_model
+    from encoder.train import build_optimizer, load_checkpoint, save_checkpoint
 
     cfg = load_config(None, ["model.img_size=32", "model.depth=1"])
     model = build_model(cfg, 3)
@@ -175,3 +190,103 @@ def test_truncated_checkpoint_is_reported(tmp_path):
     (path / "teacher.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(DataError, match="teacher.safetensors|unreadable"):
         load_checkpoint(path, model, build_model(cfg, 3), build_optimizer(cfg, model))
+
+
+# ----------------------------------------------------------------------------- the recipe as the reference trains it
+
+
+def _state(run: Path, which: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run / "checkpoints" / json.loads((run / "checkpoints" / "latest.json").read_text())["checkpoint"]
+                     / f"{which}.safetensors")
+
+
+def test_teacher_is_the_students_copy_when_supervised_epochs_end(toy, tmp_path):
+    """Fix 1: the teacher is not an EMA of the random initialisation through the supervised-only epochs."""
+    import torch
+
+    from encoder.train import train
+
+    run = tmp_path / "seed"
+    train(load_config(None, tiny_overrides(toy, run, "ssl.supervised_epochs=1", "max_steps=3")))  # 3 steps per epoch
+    student, teacher = _state(run, "student"), _state(run, "teacher")
+    assert all(torch.equal(student[k], teacher[k]) for k in student)
+    meta = json.loads((sorted((run / "checkpoints").glob("step_*"))[-1] / "state.json").read_text())
+    assert meta["consumed"]["unlabeled"] == 0  # fix 6: no unlabeled clip was read while ξ = 0
+
+
+def test_no_teacher_passes_while_xi_is_zero(toy, tmp_path, monkeypatch):
+    """Fix 6: the supervised-only epochs run no teacher pass and no unlabeled forward."""
+    import encoder.train as recipe
+
+    calls = []
+    original = recipe.teacher_passes
+    monkeypatch.setattr(recipe, "teacher_passes", lambda *a, **k: calls.append(1) or original(*a, **k))
+    run = tmp_path / "zero"
+    recipe.train(load_config(None, tiny_overrides(toy, run, "ssl.supervised_epochs=1", "max_steps=5")))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["xi"] for r in rows[:4]] == [0.0] * 4 and rows[4]["xi"] > 0  # the sine ramp starts at 0
+    assert len(calls) == 2  # step 5 only: two micro-batches
+
+
+def test_batchnorm_statistics_come_from_labeled_clips_only():
+    """Fix 6: a SeFAR micro-batch leaves the conv stem's running statistics where the labeled clips alone put them."""
+    import torch
+
+    from encoder.config import SSLConfig
+    from encoder.timesformer import create_model
+    from encoder.train import compute_losses
+
+    torch.manual_seed(0)
+    student = create_model("tiny", 4, img_size=32, depth=1)
+    baseline = create_model("tiny", 4, img_size=32, depth=1)
+    baseline.load_state_dict(student.state_dict())
+    teacher = create_model("tiny", 4, img_size=32, depth=1).eval()
+    labeled = {"video": torch.randn(2, 3, 8, 32, 32), "label": torch.tensor([0, 1])}
+    unlabeled = {"weak": torch.randn(4, 3, 8, 32, 32), "strong": 5 + 3 * torch.randn(4, 3, 8, 32, 32),
+                 "label": torch.tensor([0, 1, 2, 3])}
+    student.train(), baseline.train()
+    compute_losses(student, teacher, labeled, unlabeled, 1.0, SSLConfig(passes=2), 8)
+    compute_losses(baseline, teacher, labeled, None, 0.0, SSLConfig(passes=2), 8)
+    for (name, a), b in zip(student.named_buffers(), baseline.buffers()):
+        assert torch.equal(a, b), name
+
+
+def test_both_modes_take_the_same_steps_per_epoch(toy, tmp_path):
+    """Fix 4: an epoch is one pass over the labeled clips, for supervised-only and SeFAR alike."""
+    from encoder.train import train
+
+    steps = {}
+    for mode in ("supervised", "sefar"):
+        run = tmp_path / mode
+        extra = (f"ssl.mode={mode}", "optim.steps_per_epoch=null", "optim.epochs=1", "ssl.unlabeled_ratio=1")
+        steps[mode] = train(load_config(None, tiny_overrides(toy, run, *extra)))["step"]
+    assert steps == {"supervised": 2, "sefar": 2}  # 8 labeled clips / global batch 4 (16 unlabeled would give 4)
+
+
+def test_results_report_student_and_teacher(toy, tmp_path):
+    from encoder.train import train
+
+    run = tmp_path / "both"
+    result = train(load_config(None, tiny_overrides(toy, run, "max_steps=2")))
+    assert set(result["student"]) == set(result["teacher"]) == {"top1", "top5", "mean_class_accuracy"}
+    assert result["headline"] == "teacher" and result["top1"] == result["teacher"]["top1"]
+    for which in ("student", "teacher"):
+        assert (run / "final" / f"val_predictions_{which}.safetensors").is_file()
+
+
+def test_resume_with_a_changed_config_stops_with_the_differing_keys(toy, tmp_path):
+    from encoder.train import train
+
+    run = tmp_path / "changed"
+    train(load_config(None, tiny_overrides(toy, run, "max_steps=2")))
+    saved = (run / "config.yaml").read_text()
+    changed = tiny_overrides(toy, run, "optim.lr=0.01", "ssl.gamma1=1.0")
+    with pytest.raises(ConfigError) as err:
+        train(load_config(None, changed))
+    assert "optim.lr: 0.005 -> 0.01" in str(err.value) and "ssl.gamma1: 2.0 -> 1.0" in str(err.value)
+    assert "max_steps" not in str(err.value)  # bookkeeping keys may change
+    assert (run / "config.yaml").read_text() == saved  # nothing overwritten
+    assert train(load_config(None, changed), allow_config_change=True)["step"] == 6
+    assert "lr: 0.01" in (run / "config.yaml").read_text()

@@ -5,8 +5,10 @@ the *context* element. The clip is cut into ``K = sum(sizes)`` equal segments an
 (a random frame inside the segment in training, the segment's centre in evaluation), giving f0..f(K-1).
 
 Fine element ``i`` of ``n``, with ``L`` frames, takes every ``s = K // L``-th frame starting at
-``o_i = floor((2i + 1) * s / (2n))``; the context element keeps the remaining frames in order. For ``"2-2-4"``
-this gives fine elements (f1, f5) and (f3, f7) and the context element (f0, f2, f4, f6), as in the paper.
+``o_i = max(1, floor((2i + 1) * s / (2n)))`` (no fine element starts at f0, which stays in the context, as in the
+reference's decoder); the context element keeps the remaining frames in order. ``"2-2-4"`` gives fine elements
+(f1, f5) and (f3, f7) and the context element (f0, f2, f4, f6), as in the paper; ``"2-2-2-4"`` gives (f1, f6),
+(f2, f7), (f4, f9), as the reference's decoder.
 
 Elements are always listed in the combo's order: fine elements first, the context element last. A single size
 (``"8"``) is the plain single-element model of the "without Dual-Ele" ablation: one context element, no fine.
@@ -63,7 +65,7 @@ class ElementLayout:
         fine: list[tuple[int, ...]] = []
         for i, length in enumerate(fine_sizes):
             step = k // length
-            offset = ((2 * i + 1) * step) // (2 * n)
+            offset = max(1, ((2 * i + 1) * step) // (2 * n))
             positions = tuple(offset + step * j for j in range(length))
             if taken.intersection(positions) or positions[-1] >= k:
                 raise ConfigError(f"combo {combo!r}: fine elements overlap; use sizes like '2-2-4'")

