@@ -39,6 +39,26 @@ def test_check_upload_accepts_a_video_and_returns_its_duration(clip):
     assert check_upload(clip, UploadLimits()) == pytest.approx(3.0)
 
 
+def write_clip(path, n: int = 20):
+    """A 2 s clip at 10 fps in the format of ``path``'s suffix (mp4, avi, webm or gif)."""
+    if path.suffix == ".gif":
+        from PIL import Image
+
+        frames = [Image.fromarray(np.full((48, 64, 3), 10 * i, np.uint8)) for i in range(n)]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+        return path
+    codec = {".mp4": "libx264", ".avi": "mpeg4", ".webm": "libvpx-vp9"}[path.suffix]
+    return write_video(path, n=n, codec=codec, fps=10)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi", ".webm", ".gif"])
+def test_every_accepted_format_is_checked_and_encoded(tmp_path, suffix):
+    path = write_clip(tmp_path / f"clip{suffix}")
+    assert check_upload(path, UploadLimits()) == pytest.approx(2.0)
+    session, image, *_, status = DemoHandlers(ScriptedChat(), DemoConfig()).on_clip(str(path), Session())
+    assert status == f"**clip{suffix}**: 8 frames sampled" and image is not None
+
+
 def test_check_upload_rejects_type_size_length_and_corrupt_files(tmp_path, clip, corrupt):
     text = tmp_path / "notes.txt"
     text.write_text("not a clip")
