@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from sefar.demo_cmd import DEFAULT_ADAPTER_EXPORT, DEFAULT_ENCODER_EXPORT
+from bridge.chat import DEFAULT_ADAPTER_EXPORT, DEFAULT_ENCODER_EXPORT
 
 QUESTION = "Which element does the gymnast perform?"
 
