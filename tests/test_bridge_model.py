@@ -1,0 +1,60 @@
+"""VideoLLM on a tiny random LLaMA: placeholder splicing, answer-only labels, gradients, KV-cache scoring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from bridge_fixtures import LAYOUT_224, fake_features, tiny_adapter_config, tiny_llama
+
+from bridge.adapter import QFormerAdapter, visual_tokens
+from bridge.llm import LLMConfig, load_llm
+from bridge.model import IGNORE, VideoLLM
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    llm = load_llm(LLMConfig(path=str(tiny_llama(tmp_path_factory.mktemp("llama")))))
+    torch.manual_seed(0)
+    return VideoLLM(QFormerAdapter(tiny_adapter_config(num_queries=4)), llm).eval()  # no Q-Former dropout
+
+
+def test_batch_places_queries_and_labels_only_the_answer(model):
+    prompt, answer = model.template.with_answer("what move", "salto backward tucked")
+    queries = torch.randn(1, 4, 64)
+    batch = model.build_batch(queries, [prompt], [answer])
+    before, after = model._split_prompt(prompt)
+    answer_ids = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    assert before[0] == model.tokenizer.bos_token_id and answer_ids[-1] == model.tokenizer.eos_token_id
+    p = len(before) + 4 + len(after)
+    assert batch.inputs_embeds.shape == (1, p + len(answer_ids), 64)
+    assert torch.equal(batch.inputs_embeds[0, len(before): len(before) + 4], queries[0])
+    assert (batch.labels[0, :p] == IGNORE).all() and batch.labels[0, p:].tolist() == answer_ids
+
+
+def test_padding_does_not_change_a_sample_loss(model):
+    visual = visual_tokens([fake_features(seed=0), fake_features(seed=1)], LAYOUT_224)
+    prompt, short = model.template.with_answer("what move", "salto")
+    _, long = model.template.with_answer("what move", "giant circle backward with turn to handstand")
+    both = model.loss(visual, [prompt, prompt], [short, long])
+    alone = model.loss(visual_tokens([fake_features(seed=0)], LAYOUT_224), [prompt], [short])
+    assert torch.allclose(both[0], alone[0], atol=1e-5)
+
+
+def test_gradient_reaches_the_adapter_only(model):
+    visual = visual_tokens([fake_features(seed=0)], LAYOUT_224)
+    prompt, answer = model.template.with_answer("what move", "salto")
+    model.adapter.zero_grad()
+    model.loss(visual, [prompt], [answer]).sum().backward()
+    assert model.adapter.query_tokens.grad is not None and model.adapter.query_tokens.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.llm_model.parameters())
+
+
+def test_kv_cache_option_scores_equal_brute_force(model):
+    queries = model.adapter(visual_tokens([fake_features(seed=2)], LAYOUT_224))[0].detach()
+    prompt = model.template.render("what move")
+    options = ["salto backward tucked", "giant circle", "turn on one leg with handstand", "A"]
+    continuations = [model.template.with_answer("what move", o)[1] for o in options]
+    sums, means = model.option_loglikelihoods(queries, prompt, continuations)
+    brute_sums, brute_means = model.option_loglikelihoods_bruteforce(queries, prompt, continuations)
+    assert sums == pytest.approx(brute_sums, abs=1e-4) and means == pytest.approx(brute_means, abs=1e-5)
+    assert len(set(round(s, 3) for s in sums)) == 4
