@@ -96,8 +96,16 @@ class Session:
     history: list[dict] = field(default_factory=list)  # [{"role": "user"|"assistant", "content": str}]
 
 
+_MARKDOWN_SPECIALS = str.maketrans({c: "\\" + c for c in "\\`*_[]<>#|~"})
+
+
+def _plain(text: str) -> str:
+    """``text`` escaped for Markdown, so that file names and messages show as they are."""
+    return text.translate(_MARKDOWN_SPECIALS)
+
+
 def _error(message: str) -> str:
-    return f"**error:** {message}"
+    return f"**error:** {_plain(message)}"
 
 
 # Outputs of a clip change: session, frames image, top-5, certainty, chat, status.
@@ -134,7 +142,7 @@ class DemoHandlers:
             return Session(), None, None, "", [], _error(f"{display_name(path)}: internal error (see the server log)")
         session = Session(clip=clip, name=display_name(path))
         passes = clip.certainty.get("passes")
-        status = f"**{session.name}**: {len(clip.frames)} frames sampled"
+        status = f"**{_plain(session.name)}**: {len(clip.frames)} frames sampled"
         if not self.config.chat:
             status += " (encoder only: start the demo with an adapter export to chat)"
         return (session, layout_image(clip.frames, clip.layout), top5_values(clip.top5),

@@ -252,3 +252,9 @@ def test_sefar_demo_says_how_to_make_missing_exports(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {tmp_path / 'adapter'}: no adapter export here; make it with `make quickstart`")
     assert err.endswith("or --encoder-only for the page without chat")
+
+
+def test_file_names_show_as_they_are_in_the_status_line(tmp_path):
+    path = write_clip(tmp_path / "my_*clip*_[1].mp4")
+    status = DemoHandlers(ScriptedChat(), DemoConfig()).on_clip(str(path), Session())[-1]
+    assert status == r"**my\_\*clip\*\_\[1\].mp4**: 8 frames sampled"
