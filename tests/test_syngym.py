@@ -137,6 +137,83 @@ def test_same_seed_gives_byte_identical_files_whatever_the_workers(tiny, tmp_pat
     assert _tree(tmp_path / "b") == _tree(out)
 
 
+def test_encoding_the_same_frames_again_gives_the_same_bytes(tmp_path):
+    """The encoder once read uninitialised memory: the same frames gave other files later in one process."""
+    element = CLASSES[5]
+    frames = render_clip(element, *clip_params(0, 3, element, SIZES["default"]))
+    digests = {syngym.write_video(tmp_path / f"{i}.mp4", [frames], 25) for i in range(12)}
+    assert len(digests) == 1
+
+
+def test_rgb_to_yuv420p_matches_bt601_and_round_trips():
+    rng = np.random.default_rng(0)
+    flat = np.array([[[0, 0, 0], [255, 255, 255]], [[255, 0, 0], [0, 0, 255]]], np.uint8)  # one 2x2 block
+    yuv = syngym.rgb_to_yuv420p(np.tile(flat, (1, 1, 1, 1)))
+    assert yuv.shape == (1, 3, 2)
+    assert yuv[0, :2].ravel().tolist() == [16, 235, 82, 41]  # BT.601 limited-range luma
+    assert yuv[0, 2].tolist() == [(((-38 * 510 - 74 * 255 + 112 * 510 + 512) >> 10) + 128),
+                                  (((112 * 510 - 94 * 255 - 18 * 510 + 512) >> 10) + 128)]
+    smooth = np.repeat(np.repeat(rng.integers(0, 256, (2, 8, 8, 3)), 2, 1), 2, 2).astype(np.uint8)
+    frame = av_frame(syngym.rgb_to_yuv420p(smooth)[0])
+    back = frame.to_ndarray(format="rgb24").astype(int)  # FFmpeg's BT.601 decode of our encode
+    assert np.abs(back - smooth[0]).mean() < 2.5
+    with pytest.raises(ValueError, match="even"):
+        syngym.rgb_to_yuv420p(np.zeros((1, 3, 4, 3), np.uint8))
+
+
+def av_frame(yuv: np.ndarray):
+    import av
+
+    return av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+
+
+_CHILD = """
+import json, os, sys
+import numpy as np
+import torch
+torch.set_num_threads(int(sys.argv[2]))
+import encoder.data.syngym as sg
+out = {}
+for index in (0, 7):
+    element = sg.CLASSES[index]
+    frames = sg.render_clip(element, *sg.clip_params(0, index, element, sg.SIZES["tiny"]))
+    frames = np.asarray(torch.from_numpy(frames.copy()).numpy())  # through torch, as a worker would hold them
+    out[index] = sg.write_video(os.path.join(sys.argv[1], f"{index}.mp4"), [frames], 25)
+print(json.dumps(out))
+"""
+
+
+def _dispatched_numpy_features() -> str:
+    from numpy._core import _multiarray_umath as umath
+
+    return " ".join(f for f in umath.__cpu_dispatch__ if umath.__cpu_features__.get(f))
+
+
+@pytest.mark.parametrize("threads, env", [
+    (1, {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}),
+    (2, {"OMP_NUM_THREADS": "2", "NPY_DISABLE_CPU_FEATURES": "<dispatched>"}),
+])
+def test_a_fresh_spawned_process_writes_the_same_bytes(tmp_path, threads, env):
+    """Render + encode in this process and in a new one with other thread and numpy SIMD settings."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: (_dispatched_numpy_features() if v == "<dispatched>" else v) for k, v in env.items()}
+    here = {}
+    for index in (0, 7):
+        element = CLASSES[index]
+        frames = render_clip(element, *clip_params(0, index, element, TINY))
+        here[str(index)] = syngym.write_video(tmp_path / f"here{index}.mp4", [frames], 25)
+    child = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path), str(threads)], capture_output=True,
+                           text=True, env={**os.environ, **env}, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert json.loads(child.stdout.strip().splitlines()[-1]) == here
+    for index in (0, 7):
+        assert (tmp_path / f"{index}.mp4").read_bytes() == (tmp_path / f"here{index}.mp4").read_bytes()
+
+
 def test_another_seed_gives_other_clips():
     jobs0, _ = syngym.build_plan(0, TINY)
     jobs1, _ = syngym.build_plan(1, TINY)

@@ -63,11 +63,16 @@ __all__ = [
     "write_video",
 ]
 
-VERSION = 1
+VERSION = 2  # 2: own YUV conversion and x264 without mb-tree, so that files are byte-identical everywhere
 EVENT_CODES = {"FX": 2, "BB": 3, "UB": 4}
 SET_NAMES = {22: "FX_turns", 24: "FX_front_salto", 25: "FX_back_salto", 32: "BB_turns", 33: "BB_flight_salto",
              41: "UB_circles"}
-X264_OPTIONS = {"preset": "veryfast", "crf": "20", "threads": "1", "flags": "+bitexact"}
+# x264 settings that make the bitstream a function of the frames alone (measured, see docs/syngym.md):
+# one thread; no macroblock-tree rate control, whose float code reads memory that the encoder leaves
+# uninitialised on AVX-512 machines (the same frames encoded twice in one process gave different files) and
+# whose SIMD versions round differently from one CPU to another. Frames arrive as yuv420p
+# (:func:`rgb_to_yuv420p`), so FFmpeg's colour conversion, whose SIMD paths also depend on the CPU, never runs.
+X264_OPTIONS = {"preset": "veryfast", "crf": "20", "threads": "1", "flags": "+bitexact", "x264-params": "mbtree=0"}
 
 
 # ------------------------------------------------------------------------------------------------ classes
@@ -236,11 +241,33 @@ def render_clip(element: ElementClass, scene: Scene, perf: Performance) -> np.nd
 
 # ------------------------------------------------------------------------------------------------ writing
 
+def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range YUV 4:2:0 of ``(T, H, W, 3)`` uint8 RGB (even H, W) in integer arithmetic.
+
+    Returns ``(T, 3H/2, W)`` uint8 laid out as PyAV's ``yuv420p`` arrays: the Y plane, then U and V
+    (``H/2 x W/2`` each) in raster order. Chroma is taken from the mean of each 2x2 block. Integer maths gives
+    the same bytes on every CPU, which FFmpeg's own conversion does not promise.
+    """
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"yuv420p needs even frame sizes, got {h}x{w}")
+    rgb = frames.astype(np.int32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    quad = rgb.reshape(t, h // 2, 2, w // 2, 2, 3).sum(axis=(2, 4))  # (T, H/2, W/2, 3), each in [0, 1020]
+    qr, qg, qb = quad[..., 0], quad[..., 1], quad[..., 2]
+    u = ((-38 * qr - 74 * qg + 112 * qb + 512) >> 10) + 128
+    v = ((112 * qr - 94 * qg - 18 * qb + 512) >> 10) + 128
+    planes = [y.reshape(t, -1), u.reshape(t, -1), v.reshape(t, -1)]
+    return np.concatenate(planes, axis=1).astype(np.uint8).reshape(t, h * 3 // 2, w)
+
+
 def write_video(path: str | os.PathLike, chunks: Iterable[np.ndarray], fps: int) -> str:
     """Encode ``(T, H, W, 3)`` uint8 RGB chunks as one H.264 mp4 (yuv420p) at ``path``; returns its sha256.
 
-    The file is written under a temporary name in the same folder and renamed when complete. Encoder and
-    muxer run single-threaded in bit-exact mode, so equal frames give byte-identical files.
+    The file is written under a temporary name in the same folder and renamed when complete. The colour
+    conversion is ours (integer), encoder and muxer run single-threaded in bit-exact mode without mb-tree
+    (:data:`X264_OPTIONS`), so equal frames give byte-identical files.
     """
     import av
 
@@ -254,8 +281,8 @@ def write_video(path: str | os.PathLike, chunks: Iterable[np.ndarray], fps: int)
                     stream = container.add_stream("libx264", rate=fps, options=X264_OPTIONS)
                     stream.height, stream.width = chunk.shape[1:3]
                     stream.pix_fmt = "yuv420p"
-                for frame in chunk:
-                    container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+                for frame in rgb_to_yuv420p(chunk):
+                    container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="yuv420p")))
             if stream is None:
                 raise ValueError(f"{path}: no frames to write")
             container.mux(stream.encode())
