@@ -2,6 +2,7 @@
 
     python bench/demo_load.py --clients 4 --requests 5 --concurrency 1     # quickstart exports
     python bench/demo_load.py --encoder EXPORT --bridge ADAPTER [--llm PATH] --out bench/results/demo_load.json
+    python bench/demo_load.py --untrained-adapter       # no adapter export yet: one of the default shape
 
 Starts ``sefar demo`` as a child process bound to 127.0.0.1 on a free port, waits until the page answers, then
 runs the clients, each with its own ``gradio_client.Client``, asking about the bundled SynGym example clips in
@@ -148,6 +149,25 @@ class PeakRSS:
         self._thread.join()
 
 
+def write_untrained_adapter(folder: Path, encoder_export: str, llm: str | None) -> Path:
+    """An adapter export of the default shape (embedded MiniLM Q-Former, 32 queries) with untrained weights, for
+    ``encoder_export`` and ``llm`` (None: the embedded SmolLM2): per request it costs what a trained one costs."""
+    import torch
+
+    from bridge.adapter import AdapterConfig, QFormerAdapter
+    from bridge.export import write_adapter_export
+    from bridge.llm import EMBEDDED, LLMConfig, load_llm
+    from encoder.export import read_export_config
+
+    feature_dim = int(read_export_config(encoder_export)["architecture"]["embed_dim"])
+    llm_config = LLMConfig(path=llm or EMBEDDED)
+    width = load_llm(llm_config).width
+    torch.manual_seed(0)
+    adapter = QFormerAdapter(AdapterConfig(feature_dim=feature_dim, llm_width=width))
+    return write_adapter_export(folder, adapter, llm=llm_config.to_dict(), template=llm_config.template,
+                                features={"kind": "sefar", "use_cls": True}, prompt={}, source={"untrained": True})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -193,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", default=DEFAULT_ENCODER_EXPORT)
     parser.add_argument("--bridge", default=DEFAULT_ADAPTER_EXPORT)
     parser.add_argument("--llm", default=None)
+    parser.add_argument("--untrained-adapter", action="store_true",
+                        help="instead of --bridge: an untrained adapter of the default shape (same cost per request)")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=5, help="requests per client")
     parser.add_argument("--concurrency", type=int, default=1, help="the server's model concurrency limit")
@@ -209,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="demo_load_") as tmp:
         clips = [path for _, path in ensure_examples(Path(tmp) / "examples")]
+        if args.untrained_adapter:
+            args.bridge = str(write_untrained_adapter(Path(tmp) / "adapter", args.encoder, args.llm))
         port = free_port()
         url = f"http://127.0.0.1:{port}/"
         server = start_server(args, port, Path(tmp) / "examples")
@@ -222,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     row = {"clients": args.clients, "requests": args.requests, "concurrency": args.concurrency,
            **result.summary(), "peak_rss_mb": round(rss.peak / 2**20, 1), "ready_s": round(ready, 1)}
     print(format_table(row))
+    if args.untrained_adapter:
+        args.bridge = "untrained (default shape)"
     report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}, "result": row}
     write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
