@@ -276,6 +276,10 @@ def _load_json(path: str | os.PathLike) -> object:
             return json.load(handle)
     except json.JSONDecodeError as err:
         raise ListFormatError(path, f"invalid JSON: {err.msg}", line=err.lineno) from None
+    except UnicodeDecodeError as err:
+        raise ListFormatError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except RecursionError:
+        raise ListFormatError(path, "invalid JSON: nested too deeply") from None
 
 
 def _qtree_entry(path: str | os.PathLike, key: str, value: object) -> QTreeEntry:

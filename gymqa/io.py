@@ -65,6 +65,8 @@ def read_json(path: str | os.PathLike) -> object:
         return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise ListFormatError(path, f"invalid JSON: {err.msg}", line=err.lineno) from None
+    except RecursionError:
+        raise ListFormatError(path, "invalid JSON: nested too deeply") from None
 
 
 _SCAN = json.JSONDecoder().scan_once  # the C scanner behind json.loads, without its per-call wrapping
@@ -75,6 +77,8 @@ def _json_error(line: str) -> str:
         json.loads(line)
     except json.JSONDecodeError as err:
         return f"invalid JSON: {err.msg} (column {err.colno})"
+    except RecursionError:
+        return "invalid JSON: nested too deeply"
     return "invalid JSON"
 
 
@@ -93,7 +97,7 @@ def parse_jsonl(text: str, path: str | os.PathLike) -> list[tuple[int, dict]]:
             continue
         try:
             record, end = _SCAN(line, 0)
-        except (StopIteration, json.JSONDecodeError):
+        except (StopIteration, json.JSONDecodeError, RecursionError):
             raise ListFormatError(path, _json_error(line), line=number) from None
         if end != len(line):
             raise ListFormatError(path, f"invalid JSON: extra data after column {end}", line=number)

@@ -154,7 +154,7 @@ def read_predictions(path: str | os.PathLike) -> dict[str, Prediction]:
         return {}
     try:
         head = json.loads(first)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         head = None
     if not (isinstance(head, dict) and "id" in head):
         data = read_json(path)

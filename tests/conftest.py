@@ -18,3 +18,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data not present beside the checkout: real FineGym/Gym-QA files unavailable")
     return SHARED_DATA
+
+
+FUZZ_COUNTS = pytest.StashKey[dict]()
+
+
+@pytest.fixture(scope="session")
+def fuzz_counts(request) -> dict:
+    """Counts of the fuzz suite (tests/test_fuzz.py), printed in the terminal summary."""
+    return request.config.stash.setdefault(FUZZ_COUNTS, {})
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    counts = config.stash.get(FUZZ_COUNTS, None)
+    if not counts:
+        return
+    terminalreporter.section("fuzz")
+    for target, c in sorted(counts.items()):
+        terminalreporter.write_line(f"{target}: {c['tried']} inputs, {c['errors']} clear errors, "
+                                    f"{c['results']} correct results, {c['crashes']} crashes")
+    total = {k: sum(c[k] for c in counts.values()) for k in ("tried", "errors", "results", "crashes")}
+    terminalreporter.write_line(f"all: {total['tried']} inputs, {total['errors']} clear errors, "
+                                f"{total['results']} correct results, {total['crashes']} crashes")

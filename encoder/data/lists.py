@@ -256,6 +256,8 @@ def _jsonl_entry(text: str, path: Path, line: int) -> _RawEntry:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
         raise ListFormatError(path, f"invalid JSON: {err.msg} (column {err.colno})", line) from None
+    except RecursionError:
+        raise ListFormatError(path, "invalid JSON: nested too deeply", line) from None
     if not isinstance(obj, dict) or not isinstance(obj.get("path"), str) or not obj["path"]:
         raise ListFormatError(path, "expected an object with a non-empty string 'path'", line)
     if "label" not in obj:

@@ -293,6 +293,8 @@ def read_split(split_dir: str | os.PathLike) -> Split:
         raise DataError(meta_path, "missing: not a split folder written by write_split") from None
     except json.JSONDecodeError as err:
         raise DataError(meta_path, f"invalid JSON: {err.msg}", err.lineno) from None
+    except (RecursionError, UnicodeDecodeError) as err:
+        raise DataError(meta_path, f"invalid JSON: {type(err).__name__}") from None
     split = Split(read_samples(split_dir / LABELED_FILE), read_samples(split_dir / UNLABELED_FILE, allow_empty=True))
     found = (len(split.labeled), len(split.unlabeled))
     expected = (meta.get("num_labeled"), meta.get("num_unlabeled"))

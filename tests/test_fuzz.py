@@ -1,0 +1,460 @@
+"""Fuzz suite: random and mutated input through the list reader, ``data check``, the video reader, ``gymqa score``
+and config loading, with Hypothesis (derandomized: the same inputs on every run, so CI is reproducible).
+
+Property for every input: a clean exit with one ``error:`` line (or a ``data check`` report naming the problem),
+or a correct result: never a traceback, never more than a bounded amount of memory, never a silent wrong success.
+Each input runs in a worker process (tests/fuzz_worker.py) whose address space is limited, so a blow-up shows as a
+``MemoryError`` crash instead of the kernel killing the machine's largest process; a hang is a crash too.
+"Correct result" is checked against what the input is known to be: an OK list has every content line as a sample
+and no label outside its categories file, an OK video decodes whole, a score equals the one computed here, a
+loaded config holds exactly the values given. The counts are printed in pytest's summary ("fuzz" section).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from encoder.config import RunConfig
+from videos import write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("fuzz_worker.py")
+SHIPPED_CONFIG = ROOT / "configs" / "encoder" / "syngym_tiny.yaml"
+REQUEST_TIMEOUT_S = 60
+
+FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+class Worker:
+    """A long-lived fuzz worker; a request that kills it or runs past the timeout restarts it."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self._start()
+
+    def _start(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+        self.proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, cwd=ROOT, env=env, text=True)
+        ready = self._reply(300)
+        assert ready is not None and ready.get("ready"), "the fuzz worker did not start"
+
+    def _reply(self, timeout: float) -> dict | None:
+        readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if readable else ""
+        return json.loads(line) if line else None
+
+    def ask(self, request: dict) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            reply = self._reply(REQUEST_TIMEOUT_S)
+        except BrokenPipeError:
+            reply = None
+        if reply is None:  # killed (signal, out of memory) or hung: a crash either way
+            status = "hung" if self.proc.poll() is None else f"died with status {self.proc.returncode}"
+            self.close()
+            self._start()
+            return {"code": None, "stdout": "", "stderr": "", "fd_stderr": "", "value": None,
+                    "crash": f"worker {status}"}
+        return reply
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = Worker()
+    yield w
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def _tally(counts: dict, target: str, reply: dict, outcome: str) -> None:
+    c = counts.setdefault(target, {"tried": 0, "errors": 0, "results": 0, "crashes": 0})
+    c["tried"] += 1
+    c["crashes" if reply["crash"] else outcome] += 1
+
+
+def _clean(reply: dict, context: str) -> str:
+    """Assert the reply is a clean exit; return ``"errors"`` (one error line, or a report of problems with exit
+    status 1) or ``"results"`` (exit 0)."""
+    assert reply["crash"] is None, f"{context}: crashed: {reply['crash']}"
+    everything = reply["stderr"] + reply["fd_stderr"]
+    assert "Traceback" not in everything and "ERROR" not in reply["fd_stderr"], f"{context}: {everything[-2000:]}"
+    if reply["code"] == 2:
+        lines = [line for line in reply["stderr"].splitlines() if line.strip()]
+        assert lines and lines[0].startswith("error: "), f"{context}: {reply['stderr'][-2000:]}"
+        assert all(line.startswith("  - ") for line in lines[1:]), f"{context}: {reply['stderr'][-2000:]}"
+        return "errors"
+    assert reply["code"] in (0, 1), f"{context}: exit {reply['code']}"
+    return "errors" if reply["code"] == 1 else "results"  # 1: a report that names the problems
+
+
+# ------------------------------------------------------------------------------------------------ list lines
+
+LINE_BREAKS = re.compile(r"\r\n|\r|\n")
+PATHS = st.one_of(st.sampled_from(["a.mp4", "dir/b.mp4", "/root/video/c.mp4", "x y.mp4", "./a.mp4", "d\\e.avi",
+                                   "A.MP4", "v_1.avi"]),
+                  st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=12))
+LABELS = st.one_of(st.integers(0, 40).map(str), st.integers(-5, 10**25).map(str),
+                   st.sampled_from(["\u00b2", "\u0663", "1.5", "nan", "+3", "-0", "0x1", "", "1e3"]),
+                   st.text(max_size=4))
+TRIMS = st.one_of(st.just(""), st.tuples(st.sampled_from(["0", "1.5", "-1", "nan", "inf", "2", "1e308"]),
+                                         st.sampled_from(["3", "1", "0", "nan", "inf", "1e400"])).map(
+                                             lambda t: f" {t[0]} {t[1]}"))
+
+
+@st.composite
+def list_files(draw) -> tuple[bytes, int | None, list[tuple[str, str]]]:
+    """``(file bytes, classes in categories.txt or None, [(path, label) of well-formed 'path label' lines])``."""
+    lines, simple = [], []
+    classes = draw(st.one_of(st.none(), st.integers(1, 40)))
+    for i in range(draw(st.integers(0, 8))):
+        kind = draw(st.sampled_from(["simple"] * 24 + ["fields", "comma", "text", "special"]))
+        if kind == "simple":
+            folder = draw(st.sampled_from(["", "b/", "/root/video/", "f g/"]))
+            path = f"{folder}clip{draw(st.integers(0, 30)) if draw(st.integers(0, 9)) == 0 else i}.mp4"
+            top = (classes or 41) - 1
+            label = str(draw(draw(st.sampled_from([st.integers(0, top)] * 18 + [st.integers(top + 1, 99_999),
+                                                                                 st.integers(10**5, 10**25)]))))
+            lines.append(f"{path} {label}")
+            simple.append((path, label))
+        elif kind == "fields":
+            lines.append(draw(PATHS) + " " + draw(LABELS) + draw(TRIMS))
+        elif kind == "comma":
+            lines.append(draw(PATHS) + "," + draw(LABELS))
+        elif kind == "text":
+            lines.append(draw(st.text(st.characters(codec="utf-8"), max_size=30)))
+        else:
+            lines.append(draw(st.sampled_from(["# comment", "", "   ", "path label", "path,label,start,end",
+                                               "\ufeffa.mp4 1", "a.mp4\t2"])))
+    ending = draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    data = (ending.join(lines) + draw(st.sampled_from(["", ending]))).encode("utf-8", "surrogatepass")
+    if draw(st.integers(0, 19)) == 0:
+        data = draw(st.binary(max_size=200))
+    return data, classes, simple
+
+
+def _categories(n: int) -> str:
+    return "".join(f"Clabel: {i}; set: 21; Glabel: {i}; (FX) element {i}\n" for i in range(n))
+
+
+def _content_lines(data: bytes) -> int:
+    text = data.decode("utf-8-sig")
+    rows = [line.strip() for line in LINE_BREAKS.split(text)]
+    rows = [r for r in rows if r and not r.startswith("#")]
+    if rows and re.split(r"[,\s]+", rows[0].lower())[:2] == ["path", "label"]:
+        rows = rows[1:]
+    return len(rows)
+
+
+@settings(FUZZ, max_examples=150)
+@given(list_files())
+def test_fuzz_list_lines_through_data_check(worker, workdir, fuzz_counts, generated):
+    data, classes, simple = generated
+    folder = workdir / "lists"
+    folder.mkdir(exist_ok=True)
+    (folder / "list.txt").write_bytes(data)
+    categories = folder / "categories.txt"
+    categories.unlink(missing_ok=True)
+    if classes is not None:
+        categories.write_text(_categories(classes))
+    reply = worker.ask({"kind": "cli", "argv": ["data", "check", str(folder / "list.txt"), "--lists-only", "--json"]})
+    outcome = _clean(reply, f"list {data[:300]!r}")
+    _tally(fuzz_counts, "list lines -> data check", reply, outcome)
+    if outcome == "errors":
+        return
+    report = json.loads(reply["stdout"])
+    if not report["ok"]:
+        assert reply["code"] == 1 and report["problems"]
+        return
+    # OK must be right: every content line is a sample, labels are inside the class list
+    (listed,) = report["lists"]
+    assert listed["num_samples"] == _content_lines(data)
+    limit = classes if classes is not None else 100_000
+    assert all(int(label) < limit for _, label in simple), (simple, classes)
+    if classes is not None:
+        assert listed["num_classes"] == classes
+
+
+# ------------------------------------------------------------------------------------------ prediction lines
+
+QUESTION_IDS = [f"q{i}" for i in range(5)]
+ANSWERS = [i % 4 for i in range(5)]
+
+
+def _write_questions(path: Path) -> None:
+    from gymqa.question import Question, write_questions
+
+    write_questions(path, [Question(id=qid, clip_id=f"c{i}", question="What?", options=("a", "b", "c", "d"),
+                                    answer=ANSWERS[i], type="element", level="element")
+                           for i, qid in enumerate(QUESTION_IDS)])
+
+
+ANSWER_VALUES = {
+    "letter": st.one_of(st.sampled_from(["A", "B", "C", "D", "E", "(b)", ""]), st.text(max_size=6), st.none(),
+                        st.integers()),
+    "index": st.one_of(st.integers(-2, 5), st.integers(), st.floats(), st.booleans(), st.none()),
+    "text": st.one_of(st.sampled_from(["a", "b", "the answer is c", "D."]), st.text(max_size=10)),
+    "loglikelihoods": st.lists(st.one_of(st.floats(), st.integers(-10**30, 10**30), st.booleans()), max_size=6),
+}
+
+
+@st.composite
+def prediction_files(draw) -> tuple[str, dict[str, int] | None]:
+    """``(file text, {id: chosen index} when every line is a valid letter/index record with a unique id)``."""
+    lines, simple = [], {}
+    valid = True
+    for _ in range(draw(st.integers(0, 7))):
+        kind = draw(st.sampled_from(["simple"] * 8 + ["record", "text", "special"]))
+        if kind == "simple":
+            unused = [q for q in QUESTION_IDS if q not in simple]
+            qid = draw(st.sampled_from(unused if unused and draw(st.integers(0, 9)) else QUESTION_IDS))
+            choice = draw(st.integers(0, 3))
+            as_letter = draw(st.booleans())
+            lines.append(json.dumps({"id": qid, "letter": "ABCD"[choice]} if as_letter else {"id": qid, "index": choice}))
+            valid = valid and qid not in simple
+            simple[qid] = choice
+            continue
+        valid = False
+        if kind == "record":
+            record = {"id": draw(st.one_of(st.sampled_from(QUESTION_IDS), st.text(max_size=4), st.integers()))}
+            for key in draw(st.lists(st.sampled_from(sorted(ANSWER_VALUES)), max_size=2, unique=True)):
+                record[key] = draw(ANSWER_VALUES[key])
+            lines.append(json.dumps(record))
+        elif kind == "text":
+            lines.append(draw(st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=30)))
+        else:
+            lines.append(draw(st.sampled_from(["[" * 5_000, '{"id": "q0", "index": 1e400}', "{}", "null",
+                                               '{"id": "q1", "index": 99999999999999999999999}', '"q0"', "[]"])))
+    return "\n".join(lines) + "\n", simple if valid else None
+
+
+@settings(FUZZ, max_examples=150)
+@given(prediction_files())
+def test_fuzz_prediction_lines_through_gymqa_score(worker, workdir, fuzz_counts, generated):
+    text, simple = generated
+    questions, predictions, report_path = workdir / "q.jsonl", workdir / "p.jsonl", workdir / "score.json"
+    if not questions.exists():
+        _write_questions(questions)
+    predictions.write_text(text)
+    report_path.unlink(missing_ok=True)
+    reply = worker.ask({"kind": "cli", "argv": ["gymqa", "score", str(questions), str(predictions),
+                                                "--out", str(report_path)]})
+    outcome = _clean(reply, f"predictions {text[:300]!r}")
+    _tally(fuzz_counts, "prediction lines -> gymqa score", reply, outcome)
+    if simple is not None and not simple:
+        assert outcome == "errors", "a file answering no question must not score 0%"
+    if outcome == "errors":
+        assert not report_path.exists()
+        return
+    assert reply["code"] == 0
+    report = json.loads(report_path.read_text())
+    assert report["overall"]["n"] == len(QUESTION_IDS)
+    assert report["answered"] + report["unparsed"] + report["missing"] == len(QUESTION_IDS)
+    if simple is not None:
+        correct = sum(simple.get(qid) == ANSWERS[i] for i, qid in enumerate(QUESTION_IDS))
+        assert report["overall"]["correct"] == correct and report["answered"] == len(simple)
+
+
+# ------------------------------------------------------------------------------------------ config overrides
+
+
+def _config_keys() -> list[str]:
+    import dataclasses
+
+    def walk(cls: type, prefix: str) -> list[str]:
+        out = []
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out += walk(type(default), f"{prefix}{f.name}.") if dataclasses.is_dataclass(default) else [prefix + f.name]
+        return out
+
+    return walk(RunConfig, "")
+
+
+CONFIG_KEYS = _config_keys()
+VALUES = st.one_of(
+    st.integers(-3, 100).map(str), st.integers(-10**30, 10**30).map(str), st.floats().map(repr),
+    st.sampled_from(["nan", "-inf", "1e400", "0", "-1", "0.5", "true", "false", "null", "[abc]", "[1, 2]",
+                     "[8]", "[1.0, 1.2]", "{a: 1}", "[", "&a [*a]", "!!python/object:os.system", "''", "x: y",
+                     "tiny", "sgd", "2-2-4", "supervised", "[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]"]),
+    st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=10),
+)
+def _default(key: str) -> object:
+    node: object = RunConfig()
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+@st.composite
+def plausible(draw, key: str) -> str:
+    """A value of the right type for ``key`` and often in range (so that many overrides load)."""
+    default = _default(key)
+    if isinstance(default, bool):
+        return draw(st.sampled_from(["true", "false"]))
+    if isinstance(default, int):
+        return str(draw(st.integers(0, 64)))
+    if isinstance(default, float):
+        return repr(draw(st.floats(0.0, 1.0)))
+    if isinstance(default, str):
+        return draw(st.sampled_from([default, "x"]))
+    return str(default).replace("(", "[").replace(")", "]") if isinstance(default, tuple) else "null"
+
+
+@st.composite
+def overrides(draw) -> list[tuple[str, str]]:
+    out = []
+    for _ in range(draw(st.integers(0, 5))):
+        key = draw(st.sampled_from(CONFIG_KEYS) if draw(st.integers(0, 9)) else st.sampled_from(
+            ["optim", "nokey", "a.b.c", "optim.lrr", "", "data..x"]))
+        value = draw(plausible(key)) if key in CONFIG_KEYS and draw(st.integers(0, 2)) else draw(VALUES)
+        if key not in dict(out):
+            out.append((key, value))
+    return out
+
+
+OVERRIDES = overrides()
+
+
+def _expected(value_text: str) -> object:
+    """What a plain scalar override means, or ``None`` when it is not a plain scalar."""
+    try:
+        value = yaml.safe_load(value_text)
+    except yaml.YAMLError:
+        return None
+    return value if isinstance(value, (bool, int, float, str)) else None
+
+
+def _same(expected: object, loaded: object) -> bool:
+    if isinstance(expected, str) and isinstance(loaded, float):  # "1e-05": a float to OmegaConf, a str to PyYAML
+        try:
+            expected = float(expected)
+        except ValueError:
+            return False
+    if isinstance(expected, bool) or isinstance(loaded, bool):
+        return expected is loaded
+    if isinstance(expected, (int, float)) and isinstance(loaded, (int, float)):
+        return expected == loaded or (math.isnan(expected) and math.isnan(loaded))
+    if isinstance(loaded, str):
+        return str(expected) == loaded
+    return False
+
+
+@settings(FUZZ, max_examples=150)
+@given(OVERRIDES, st.booleans())
+def test_fuzz_config_overrides(worker, fuzz_counts, pairs, with_file):
+    texts = [f"{key}={value}" for key, value in pairs]
+    keys = [key for key, _ in pairs if key in CONFIG_KEYS]
+    reply = worker.ask({"kind": "config", "path": str(SHIPPED_CONFIG) if with_file else None,
+                        "overrides": texts, "keys": keys})
+    outcome = _clean(reply, f"overrides {texts}")
+    _tally(fuzz_counts, "overrides -> config loading", reply, outcome)
+    if outcome == "errors":
+        problems = reply["stderr"].splitlines()[1:]
+        assert len(problems) >= 1 and all("=" in p or ":" in p for p in problems), reply["stderr"]
+        return
+    assert set(keys) == {key for key, _ in pairs}, "an unknown key was accepted"
+    for key, value_text in pairs:  # loaded exactly as given, not coerced (nesterov=3 is not true)
+        expected = _expected(value_text)
+        if expected is not None and not isinstance(reply["value"][key], list):
+            assert _same(expected, reply["value"][key]), (key, value_text, reply["value"][key])
+
+
+# ------------------------------------------------------------------------------------- videos and random bytes
+
+FRAMES = 12
+CONTAINERS = {
+    "faststart.mp4": dict(codec="libx264", options={"movflags": "faststart"}),
+    "plain.mp4": dict(codec="libx264"),
+    "clip.avi": dict(codec="mpeg4"),
+    "clip.gif": dict(codec="gif", pix_fmt="rgb8"),
+    "clip.webm": dict(codec="libvpx"),
+}
+
+
+@pytest.fixture(scope="module")
+def originals(workdir) -> dict[str, bytes]:
+    folder = workdir / "originals"
+    folder.mkdir()
+    return {name: write_video(folder / name, n=FRAMES, size=(32, 48), **kw).read_bytes()
+            for name, kw in CONTAINERS.items()}
+
+
+@st.composite
+def mutations(draw, names: list[str]) -> dict:
+    name = draw(st.sampled_from(names))
+    kind = draw(st.sampled_from(["cut", "cut", "flip", "swap", "bytes", "rename"]))
+    return {"name": name, "kind": kind, "fraction": draw(st.floats(0.0, 1.0)),
+            "flips": draw(st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 7)), min_size=1, max_size=8)),
+            "other": draw(st.sampled_from(names)), "header": draw(st.integers(1, 512)),
+            "bytes": draw(st.binary(max_size=3000)), "suffix": draw(st.sampled_from([".mp4", ".avi", ".gif", ".webm",
+                                                                                     ".mkv"]))}
+
+
+def _mutate(originals: dict[str, bytes], m: dict) -> tuple[bytes, str]:
+    data, suffix = originals[m["name"]], Path(m["name"]).suffix
+    if m["kind"] == "cut":
+        return data[: int(len(data) * m["fraction"])], suffix
+    if m["kind"] == "flip":
+        out = bytearray(data)
+        for where, bit in m["flips"]:
+            out[min(len(out) - 1, int(where * len(out)))] ^= 1 << bit
+        return bytes(out), suffix
+    if m["kind"] == "swap":  # another container's header on this one's body
+        head = originals[m["other"]][: m["header"]]
+        return head + data[len(head):], suffix
+    if m["kind"] == "bytes":
+        return m["bytes"], m["suffix"]
+    return data, m["suffix"]  # rename: the right bytes under another container's suffix
+
+
+@settings(FUZZ, max_examples=120)
+@given(st.data())
+def test_fuzz_videos_through_reader_and_data_check(worker, workdir, originals, fuzz_counts, data):
+    m = data.draw(mutations(sorted(CONTAINERS)))
+    content, suffix = _mutate(originals, m)
+    folder = workdir / "videos"
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():
+        old.unlink()
+    clip = folder / f"clip{suffix}"
+    clip.write_bytes(content)
+    (folder / "list.txt").write_text(f"{clip.name} 0\n")
+    deep = m["kind"] != "cut"
+    argv = ["data", "check", str(folder / "list.txt"), "--json", *(["--deep"] if deep else [])]
+    context = f"{m['kind']} of {m['name']} ({len(content)} bytes as {suffix})"
+    reply = worker.ask({"kind": "cli", "argv": argv})
+    outcome = _clean(reply, context)
+    _tally(fuzz_counts, "videos -> data check", reply, outcome)
+    decoded = worker.ask({"kind": "decode", "path": str(clip)})
+    _tally(fuzz_counts, "videos -> reader", decoded, _clean(decoded, context))
+    if outcome == "errors" or not json.loads(reply["stdout"])["ok"]:
+        return
+    # data check said OK: the clip must decode whole
+    assert decoded["code"] == 0, f"{context}: data check passed it but reading fails: {decoded['stderr']}"
+    if m["kind"] in ("cut", "rename"):
+        assert decoded["value"] == FRAMES, f"{context}: data check passed it but {decoded['value']} frames decode"
