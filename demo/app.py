@@ -217,64 +217,77 @@ class DemoHandlers:
         return "".join(self.chat.stream(clip, [], question.strip(), max_new_tokens=self.config.max_new_tokens))
 
 
+def _clip_panel(config: DemoConfig, examples: Sequence[tuple[str, str | Path]]) -> tuple:
+    """Upload, examples, status line, top-5 chart, frames image and certainty table."""
+    with gr.Row():
+        with gr.Column(scale=2):
+            kinds = ", ".join(s.lstrip(".") for s in VIDEO_SUFFIXES)
+            limits = config.limits
+            upload = gr.File(label=f"Clip ({kinds}; at most {limits.max_mb:g} MB and {limits.max_seconds:g} s)",
+                             file_types=list(VIDEO_SUFFIXES), type="filepath", elem_id="clip-upload")
+            if examples:
+                gr.Examples([[str(path)] for _, path in examples], inputs=[upload], label="SynGym examples",
+                            example_labels=[label for label, _ in examples])
+            status = gr.Markdown(elem_id="status")
+            top5 = gr.Label(num_top_classes=5, label="Encoder top-5", elem_id="top5", show_heading=False)
+        with gr.Column(scale=3):
+            frames = gr.Image(label="Sampled frames as dual-level elements", interactive=False, elem_id="layout",
+                              buttons=["download", "fullscreen"])
+            certainty = gr.HTML(label="How sure the encoder is", elem_id="certainty")
+    return upload, status, top5, frames, certainty
+
+
+def _chat_tab(config: DemoConfig) -> tuple:
+    """The chat, the question box and its buttons (inactive on the encoder-only page)."""
+    with gr.Tab("Chat"):
+        chatbot = gr.Chatbot(label="Chat", elem_id="chat", height=320, feedback_options=None,
+                             buttons=["copy", "copy_all"])
+        with gr.Row():
+            hint = ("Ask about the clip, e.g. What element is performed?" if config.chat
+                    else "Chat is off: the demo was started without an adapter export.")
+            question = gr.Textbox(show_label=False, scale=5, elem_id="question", interactive=config.chat,
+                                  placeholder=hint)
+            send = gr.Button("Send", variant="primary", scale=1, elem_id="send", interactive=config.chat)
+            clear = gr.Button("Clear chat", scale=1, elem_id="clear-chat")
+    return chatbot, question, send, clear
+
+
+def _choice_tab(config: DemoConfig) -> tuple:
+    """Question, options (one per line), the button and the ranked result."""
+    with gr.Tab("Multiple choice"):
+        question = gr.Textbox(label="Question", elem_id="mc-question",
+                              placeholder="Which element does the gymnast perform?")
+        options = gr.Textbox(label="Options, one per line", lines=4, elem_id="mc-options",
+                             placeholder="salto forward tucked\nsalto backward tucked\ngiant circle forward to handstand")
+        choose = gr.Button("Choose", variant="primary", elem_id="mc-choose", interactive=config.chat)
+        result = gr.Markdown(elem_id="mc-result")
+    return question, options, choose, result
+
+
 def build_app(chat: ChatBackend, config: DemoConfig, examples: Sequence[tuple[str, str | Path]] = ()) -> gr.Blocks:
     """The page (not yet queued or launched; :func:`launch` does both). ``examples``: (label, clip path) pairs."""
     handlers = DemoHandlers(chat, config)
     model_event = {"concurrency_limit": config.concurrency, "concurrency_id": MODEL_CONCURRENCY_ID}
+    private = {"api_visibility": "private"}  # the page's own events: not part of the API
     with gr.Blocks(title="SeFAR: ask about a gymnastics clip") as app:
         session = gr.State(Session(), time_to_live=config.session_ttl_s)
-        gr.Markdown(
-            "## SeFAR: ask about a gymnastics clip\n"
-            "Upload a clip or pick an example; the encoder's view of it appears on the right, then ask away."
-        )
-        with gr.Row():
-            with gr.Column(scale=2):
-                upload = gr.File(
-                    label=f"Clip ({', '.join(s.lstrip('.') for s in VIDEO_SUFFIXES)}; at most "
-                    f"{config.limits.max_mb:g} MB and {config.limits.max_seconds:g} s)",
-                    file_types=list(VIDEO_SUFFIXES), type="filepath", elem_id="clip-upload",
-                )
-                if examples:
-                    gr.Examples([[str(path)] for _, path in examples], inputs=[upload], label="SynGym examples",
-                                example_labels=[label for label, _ in examples])
-                status = gr.Markdown(elem_id="status")
-                top5 = gr.Label(num_top_classes=5, label="Encoder top-5", elem_id="top5", show_heading=False)
-            with gr.Column(scale=3):
-                frames = gr.Image(label="Sampled frames as dual-level elements", interactive=False,
-                                  elem_id="layout", buttons=["download", "fullscreen"])
-                certainty = gr.HTML(label="How sure the encoder is", elem_id="certainty")
-        with gr.Tab("Chat"):
-            chatbot = gr.Chatbot(label="Chat", elem_id="chat", height=320, feedback_options=None,
-                                 buttons=["copy", "copy_all"])
-            with gr.Row():
-                question = gr.Textbox(
-                    show_label=False, scale=5, elem_id="question", interactive=config.chat,
-                    placeholder="Ask about the clip, e.g. What element is performed?" if config.chat
-                    else "Chat is off: the demo was started without an adapter export.",
-                )
-                send = gr.Button("Send", variant="primary", scale=1, elem_id="send", interactive=config.chat)
-                clear = gr.Button("Clear chat", scale=1, elem_id="clear-chat")
-        with gr.Tab("Multiple choice"):
-            mc_question = gr.Textbox(label="Question", elem_id="mc-question")
-            mc_options = gr.Textbox(label="Options, one per line", lines=4, elem_id="mc-options")
-            choose = gr.Button("Choose", variant="primary", elem_id="mc-choose", interactive=config.chat)
-            mc_result = gr.Markdown(elem_id="mc-result")
-        # The public API: hidden components, one endpoint.
-        with gr.Row(visible=False):
+        gr.Markdown("## SeFAR: ask about a gymnastics clip\n"
+                    "Upload a clip or pick an example; the encoder's view of it appears on the right, then ask away.")
+        upload, status, top5, frames, certainty = _clip_panel(config, examples)
+        chatbot, question, send, clear = _chat_tab(config)
+        mc_question, mc_options, choose, mc_result = _choice_tab(config)
+        with gr.Row(visible=False):  # the public API's inputs and output, not shown
             api_video = gr.Video(label="video", sources=["upload"], include_audio=True)  # audio kept: no ffmpeg pass
-            api_question = gr.Textbox(label="question")
-            api_answer = gr.Textbox(label="answer")
+            api_question, api_answer = gr.Textbox(label="question"), gr.Textbox(label="answer")
             api_button = gr.Button()
 
         upload.change(handlers.on_clip, [upload, session], [session, frames, top5, certainty, chatbot, status],
-                      api_visibility="private", **model_event)
-        ask = {"fn": handlers.on_ask, "inputs": [question, session], "outputs": [chatbot, session, question, status],
-               "api_visibility": "private", **model_event}
-        question.submit(**ask)
-        send.click(**ask)
-        clear.click(handlers.on_clear_chat, [session], [chatbot, session], api_visibility="private")
-        choose.click(handlers.on_choose, [mc_question, mc_options, session], [mc_result], api_visibility="private",
-                     **model_event)
+                      **private, **model_event)
+        for trigger in (question.submit, send.click):
+            trigger(handlers.on_ask, [question, session], [chatbot, session, question, status], **private,
+                    **model_event)
+        clear.click(handlers.on_clear_chat, [session], [chatbot, session], **private)
+        choose.click(handlers.on_choose, [mc_question, mc_options, session], [mc_result], **private, **model_event)
         api_button.click(handlers.api_ask, [api_video, api_question], [api_answer], api_name="ask", **model_event)
     return app
 
