@@ -112,3 +112,17 @@ def test_the_cli_defaults_are_the_bridge_defaults():
 
     assert Path(demo_cmd.DEFAULT_ENCODER_EXPORT) == Path(DEFAULT_ENCODER_EXPORT)
     assert Path(demo_cmd.DEFAULT_ADAPTER_EXPORT) == Path(DEFAULT_ADAPTER_EXPORT)
+
+
+def test_the_encoder_only_page_shows_the_views_and_refuses_chat(tmp_path):
+    from demo.app import DemoHandlers, Session
+    from demo.examples import ensure_examples
+
+    backend = load_backend(Artifacts(tiny_encoder_export(tmp_path / "encoder"), None))
+    handlers = DemoHandlers(backend, DemoConfig(chat=False))
+    clip = ensure_examples(tmp_path / "examples")[0][1]
+    session, image, top5, certainty, _, status = handlers.on_clip(str(clip), Session())
+    assert status.endswith("8 frames sampled (encoder only: start the demo with an adapter export to chat)")
+    assert len(top5) == 5 and set(top5) <= {c.name for c in CLASSES} and 0 < sum(top5.values()) <= 1
+    assert image.ndim == 3 and "η" in certainty
+    assert "encoder only" in list(handlers.on_ask("what?", session))[-1][3]
