@@ -8,14 +8,19 @@ Rows (each a SeFAR config variant, all with the same labeled clips per seed, ste
 * main: supervised-only, FixMatch with a fixed 0.95 threshold, SeFAR;
 * Tab. 3 ablation: SeFAR without Dual-Ele (one 8-frame element), without Mod-Perturb (temporal warping instead),
   without Ada-Reg (plain pseudo-labels, weight 1);
-* Tab. 4 strong temporal augmentation: spatial-only, warping, all-reverse, all-shuffle, mod-perturb.
+* Tab. 4 strong temporal augmentation: spatial-only, warping, all-reverse, all-shuffle, mod-perturb;
+* the reference's choices against ours: the mix loss and tube (MSE + scattered tokens, the reference's and our
+  default, vs soft cross-entropy + one box) and the strong spatial augmentation (RandAugment, ours, vs the
+  reference's per-element crop/flip + channel dropout).
+
+Every run of a seed takes the same optimizer steps (an epoch is one pass over the labeled clips in every mode).
 
 ``--level element`` classifies SynGym's 33 element classes; ``--level set`` its 6 sets (FineGym's set-level
 task; the lists are relabelled into ``OUT/lists_set``), which the tiny model learns within a CPU budget.
 Trailing ``key=value`` arguments override the config for every run (here: one unlabeled clip per labeled clip,
 to fit 27 runs into an hour on 2 cores).
 
-Reported: val top-1 over all classes, top-1 on the clips of SynGym's forward/backward direction-pair classes,
+Reported: val top-1 of the EMA teacher and of the student, and for the teacher top-1 on the clips of SynGym's forward/backward direction-pair classes,
 and pair accuracy (the clip's class scored above its time-reversed sibling's; at set level only the FX saltos,
 the one pair whose two classes fall into different sets). Runs are resumable and reused: a run whose
 ``final/results.json`` exists is not trained again. Prints Markdown tables and writes JSON.
@@ -41,6 +46,8 @@ ROWS: dict[str, list[str]] = {
     "strong aug: spatial-only": ["ssl.mode=sefar", "aug.temporal=spatial-only"],
     "strong aug: all-reverse": ["ssl.mode=sefar", "aug.temporal=all-reverse"],
     "strong aug: all-shuffle": ["ssl.mode=sefar", "aug.temporal=all-shuffle"],
+    "SeFAR, mix: soft-CE, box": ["ssl.mode=sefar", "ssl.mix_loss=soft-ce", "ssl.mix_shape=box"],
+    "SeFAR, strong aug: reference": ["ssl.mode=sefar", "aug.strong=reference"],
 }
 TABLES = {
     "main": ["supervised-only", "FixMatch (threshold 0.95)", "SeFAR"],
@@ -49,6 +56,7 @@ TABLES = {
         "strong aug: spatial-only", "SeFAR w/o Mod-Perturb (warping)", "strong aug: all-reverse",
         "strong aug: all-shuffle", "SeFAR",
     ],
+    "the reference's choices vs ours": ["SeFAR", "SeFAR, mix: soft-CE, box", "SeFAR, strong aug: reference"],
 }
 RENAME_IN_TAB4 = {"SeFAR w/o Mod-Perturb (warping)": "warping", "SeFAR": "mod-perturb (SeFAR)"}
 
@@ -87,11 +95,12 @@ def run_one(config: Path, data: Path, out: Path, overrides: list[str], seed: int
                                    f"data.split_seed={seed}", *level["overrides"], *overrides])
         train(cfg, resume=True)
     result = json.loads(results.read_text())
-    pred = load_file(out / "final" / "val_predictions.safetensors")
+    pred = load_file(out / "final" / "val_predictions_teacher.safetensors")
     if len(pred["labels"]) != len(level["elements"]):
         raise RuntimeError(f"{out}: {len(pred['labels'])} predictions for {len(level['elements'])} val clips")
     pairs = pair_metrics(pred["probs"], pred["labels"], level["elements"], level["pairs"], level["mapping"])
-    return {"top1": result["top1"], **pairs}
+    return {"top1": result["teacher"]["top1"], "student_top1": result["student"]["top1"], "step": result["step"],
+            "train_seconds": result["train_seconds"], **pairs}
 
 
 def prepare_level(data: Path, level: str, out: Path) -> dict:
@@ -146,11 +155,14 @@ def main(argv: list[str] | None = None) -> dict:
         if not names:
             continue
         lines += [f"\n**{title}** (SynGym val, {args.level} level, 10% labels, seeds {args.seeds})\n",
-                  "| method | top-1 | top-1 on direction pairs | pair accuracy |", "|---|---|---|---|"]
+                  "| method | steps | top-1 (teacher) | top-1 (student) | top-1 on direction pairs | pair accuracy |",
+                  "|---|---|---|---|---|---|"]
         for n in names:
             rs = results[n]
             label = RENAME_IN_TAB4.get(n, n) if title.startswith("strong") else n
-            lines.append(f"| {label} | {mean_std([r['top1'] for r in rs])} | "
+            steps = "/".join(sorted({str(r["step"]) for r in rs}))
+            lines.append(f"| {label} | {steps} | {mean_std([r['top1'] for r in rs])} | "
+                         f"{mean_std([r['student_top1'] for r in rs])} | "
                          f"{mean_std([r['pair_top1'] for r in rs])} | {mean_std([r['pair_accuracy'] for r in rs])} |")
     table = "\n".join(lines)
     print(table)

@@ -290,3 +290,26 @@ def test_resume_with_a_changed_config_stops_with_the_differing_keys(toy, tmp_pat
     assert (run / "config.yaml").read_text() == saved  # nothing overwritten
     assert train(load_config(None, changed), allow_config_change=True)["step"] == 6
     assert "lr: 0.01" in (run / "config.yaml").read_text()
+
+
+# ------------------------------------------------------------------------------------- pinned first losses
+
+# (step, total, supervised, unlabeled, mix) of the first three steps of a seeded tiny run on the toy dataset.
+# A change of these numbers means a change of the maths (or of the data pipeline): update them only on purpose.
+PINNED = {
+    "supervised": [(1, 1.329322, 1.329322, 0.0, 0.0), (2, 2.12131, 2.12131, 0.0, 0.0), (3, 1.83008, 1.83008, 0.0, 0.0)],
+    "sefar": [(1, 2.296207, 1.666097, 0.253923, 0.061132), (2, 2.335969, 1.682643, 0.201824, 0.124839),
+              (3, 3.686662, 2.393772, 0.358754, 0.287691)],
+}
+
+
+@pytest.mark.parametrize("mode", sorted(PINNED))
+def test_first_losses_are_pinned(toy, tmp_path, mode):
+    from encoder.train import train
+
+    run = tmp_path / mode
+    train(load_config(None, tiny_overrides(toy, run, f"ssl.mode={mode}", "ssl.ramp_epochs=0", "max_steps=3")))
+    got = losses(run)
+    assert [row[0] for row in got] == [1, 2, 3]
+    for row, pinned in zip(got, PINNED[mode], strict=True):
+        assert row == pytest.approx(pinned, rel=1e-4, abs=1e-6)
