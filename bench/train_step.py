@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from encoder.config import SSLConfig
 from encoder.ssl import ema_update, mse_to_probs, pseudo_labels, soft_cross_entropy
 from encoder.timesformer import TimeSformer, create_model
-from encoder.train import _mix_plan, compute_losses
+from encoder.train import compute_losses, mix_plan
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
@@ -71,7 +71,7 @@ def make_step(structure: str, student, teacher, opt, ssl: SSLConfig, autocast):
 
     def reference_loss(lab, y, u_weak, u_strong):
         pl = pseudo_labels(teacher_side(u_weak), beta=ssl.beta, eps=ssl.eps)
-        plan = _mix_plan(u_strong, ssl, patch)
+        plan = mix_plan(u_strong, ssl, patch)
         l_lab, l_strong, l_mix = (reference_forward(student, v).float() for v in (lab, u_strong, plan.mixed))
         target = plan.lam * pl.probs + (1 - plan.lam) * pl.probs[plan.partner]
         weight = plan.lam * pl.weight + (1 - plan.lam) * pl.weight[plan.partner]  # η'

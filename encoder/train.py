@@ -205,16 +205,16 @@ def compute_losses(
     pl = _pseudo_labels(student, teacher, unlabeled["weak"], ssl)
     strong = unlabeled["strong"]  # (B_u, C, K, H, W)
     inputs = [strong]
-    mix_plan = _mix_plan(strong, ssl, patch_size) if ssl.mode == "sefar" and ssl.mix and strong.shape[0] > 1 else None
-    if mix_plan is not None:
-        inputs.append(mix_plan.mixed)
+    plan = mix_plan(strong, ssl, patch_size) if ssl.mode == "sefar" and ssl.mix and strong.shape[0] > 1 else None
+    if plan is not None:
+        inputs.append(plan.mixed)
     with running_stats_frozen(student):
         logits = student(torch.cat(inputs)).float()  # (B_u [+ B_u], classes)
     b_u = strong.shape[0]
     un = (pl.weight * F.cross_entropy(logits[:b_u], pl.target, reduction="none")).mean()
     mix = zero
-    if mix_plan is not None:
-        lam, partner = mix_plan.lam, mix_plan.partner
+    if plan is not None:
+        lam, partner = plan.lam, plan.partner
         target = lam * pl.probs + (1 - lam) * pl.probs[partner]  # (B_u, classes)
         weight = lam * pl.weight + (1 - lam) * pl.weight[partner]  # η'
         per_clip = mse_to_probs if ssl.mix_loss == "mse" else soft_cross_entropy
@@ -241,7 +241,7 @@ class MixPlan:
     lam: float  # fraction of each clip kept
 
 
-def _mix_plan(strong: torch.Tensor, ssl: SSLConfig, patch: int) -> MixPlan:
+def mix_plan(strong: torch.Tensor, ssl: SSLConfig, patch: int) -> MixPlan:
     """λ ~ Beta(α, α), a random partner per clip and the tube (scattered tokens or one box) to take from it."""
     lam = float(torch.distributions.Beta(ssl.mix_alpha, ssl.mix_alpha).sample())
     partner = torch.randperm(strong.shape[0]).to(strong.device)
