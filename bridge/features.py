@@ -1,17 +1,19 @@
 """A sharded, resumable cache of frozen-encoder features for the LLM bridge.
 
-    accelerate launch -m sefar encoder features EXPORT LIST OUT      (or plain ``sefar encoder features ...``)
+    accelerate launch -m sefar bridge features ENCODER LIST OUT      (or plain ``sefar bridge features ...``)
+
+ENCODER is a SeFAR export folder or a frame-wise image encoder (:class:`bridge.frames.FrameEncoderConfig`).
 
 The clips of LIST, in list order, are cut into shards of ``shard_size`` clips. Shard ``i`` is handled by process
 ``i % world_size`` and written atomically as ``OUT/shard_{i:05d}.safetensors``; its tensors are keyed
-``"<clip id>/<name>"`` with the names of :meth:`encoder.export.FrozenEncoder.features` for one clip:
+``"<clip id>/<name>"`` with the names of the encoder's ``features()`` for one clip:
 
 * ``fused``: ``(F,)``, ``element_cls``: ``(E, D)``, ``element_tokens.<i>``: ``(L_i, N, D)`` for element i;
 
 and its metadata lists the clips written (``clips``) and the unreadable ones skipped (``skipped``, id -> reason).
 A shard file is complete by construction, so the shard files are the source of truth: a second run skips every
-shard already on disk. ``OUT/manifest.json`` records the export (path and content hash), the list (path, hash),
-dtype, shard size, the shapes, ``clips`` (clip id -> shard), ``done_shards``, ``skipped`` and ``complete``; it is
+shard already on disk. ``OUT/manifest.json`` records the encoder (path and content hash), the list (path, hash),
+dtype, shard size, the shapes, ``layout`` (each element's frame indices), ``clips`` (clip id -> shard), ``done_shards``, ``skipped`` and ``complete``; it is
 rewritten atomically after each shard. Resuming with another export, list, dtype or shard size is refused.
 
 Clip ids (:func:`clip_id`): the list's path with its extension removed, reduced to the file name for absolute
@@ -27,7 +29,6 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -35,11 +36,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from encoder.data.dataset import ClipDataset
-from common.clipid import clip_id as common_clip_id
-from common.errors import ConfigError, DataError, ListFormatError, VideoReadError
-from encoder.data.splits import Sample, read_samples, resolve_paths
+from bridge.frames import FrameEncoder, FrameEncoderConfig
+from common.errors import ConfigError, DataError, VideoReadError
 from common.textio import write_text_atomic
+from encoder.data.cliplist import ClipList, clip_id, read_clip_list
+from encoder.data.dataset import ClipDataset
+from encoder.data.splits import Sample
 from encoder.export import CONFIG_FILE, WEIGHTS_FILE, EvalTransform, FrozenEncoder, load, save_safetensors
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "extract_features",
     "FeatureCache",
     "load_features",
+    "load_visual_encoder",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -59,51 +62,6 @@ FORMAT = "sefar-features"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-# ------------------------------------------------------------------------------------------------ clip lists
-
-
-class ClipList(NamedTuple):
-    """A list's clips: ids (see :func:`clip_id`) and samples with resolved video paths, in list order."""
-
-    ids: list[str]
-    samples: list[Sample]
-
-
-def clip_id(sample: Sample) -> str:
-    """The cache key of a list entry: :func:`common.clipid.clip_id` of its path and time range."""
-    return common_clip_id(sample.path, sample.start, sample.end)
-
-
-def read_clip_list(
-    list_path: str | os.PathLike, videos_root: str | os.PathLike | None = None, video_suffix: str = ".mp4"
-) -> ClipList:
-    """Read a ``path label [start end]`` list and resolve its videos.
-
-    With ``videos_root``, paths are mapped onto it as :func:`encoder.data.splits.resolve_paths` does; without,
-    relative paths are taken relative to the list's folder and absolute ones kept. An entry without a file
-    suffix that is not a folder (a bare FineGym clip id) gets ``video_suffix``. Repeated ids are an error.
-    """
-    raw = read_samples(list_path)
-    if videos_root is not None:
-        resolved = resolve_paths(raw, videos_root)
-    else:
-        base = Path(list_path).parent
-        resolved = [Sample(os.fspath(base / s.path), s.label, s.start, s.end) for s in raw]
-    samples = []
-    for s in resolved:
-        path = Path(s.path)
-        if video_suffix and not path.suffix and not path.is_dir():
-            s = Sample(s.path + video_suffix, s.label, s.start, s.end)
-        samples.append(s)
-    ids = [clip_id(s) for s in raw]
-    seen: dict[str, int] = {}
-    for i, key in enumerate(ids):
-        if key in seen:
-            raise ListFormatError(list_path, f"entries {seen[key] + 1} and {i + 1} map to the same clip id {key!r}")
-        seen[key] = i
-    return ClipList(ids, samples)
 
 
 # -------------------------------------------------------------------------------------------------- manifest
@@ -122,8 +80,24 @@ def _sha256(paths: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def feature_shapes(encoder: FrozenEncoder) -> dict[str, list[int]]:
-    """Per-clip shape of every cached tensor, from the export's architecture."""
+def load_visual_encoder(source: str | os.PathLike | FrameEncoderConfig, device="cpu") -> FrozenEncoder | FrameEncoder:
+    """A SeFAR export folder or a frame-wise encoder config -> the frozen encoder whose ``features()`` are cached."""
+    if isinstance(source, FrameEncoderConfig):
+        return FrameEncoder(source, device=device)
+    return load(source, device=device)
+
+
+def _identity(source, encoder) -> dict:
+    if isinstance(encoder, FrameEncoder):
+        return encoder.identity()
+    export_dir = Path(source)
+    return {"path": os.fspath(export_dir), "hash": _sha256([export_dir / CONFIG_FILE, export_dir / WEIGHTS_FILE])}
+
+
+def feature_shapes(encoder: FrozenEncoder | FrameEncoder) -> dict[str, list[int]]:
+    """Per-clip shape of every cached tensor, from the encoder's architecture."""
+    if isinstance(encoder, FrameEncoder):
+        return encoder.feature_shapes()
     cfg = encoder.model.cfg
     n = (cfg.img_size // cfg.patch_size) ** 2
     shapes = {"fused": [cfg.fusion_dim], "element_cls": [encoder.layout.num_elements, cfg.embed_dim]}
@@ -255,20 +229,18 @@ def _extract_shard(
     return tensors, skipped
 
 
-def _new_manifest(export_dir: Path, list_path: Path, encoder: FrozenEncoder, ids: list[str], shard_size: int,
-                  dtype: str) -> dict:
+def _new_manifest(source, list_path: Path, encoder, ids: list[str], shard_size: int, dtype: str) -> dict:
     num_shards = (len(ids) + shard_size - 1) // shard_size
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "export": {
-            "path": os.fspath(export_dir), "hash": _sha256([export_dir / CONFIG_FILE, export_dir / WEIGHTS_FILE])
-        },
+        "export": _identity(source, encoder),
         "list": {"path": os.fspath(list_path), "hash": _sha256([list_path]), "num_clips": len(ids)},
         "dtype": dtype,
         "shard_size": shard_size,
         "num_shards": num_shards,
         "shapes": feature_shapes(encoder),
+        "layout": [list(e) for e in encoder.layout.elements],
         "clips": {key: i // shard_size for i, key in enumerate(ids)},
         "done_shards": [],
         "skipped": {},
@@ -282,8 +254,8 @@ def _extract(state, export_dir, list_path, out_dir, videos_root, batch_size, sha
         raise ConfigError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
     if shard_size < 1 or batch_size < 1:
         raise ConfigError(f"shard_size={shard_size}, batch_size={batch_size}: both must be >= 1")
-    export_dir, list_path, out = Path(export_dir), Path(list_path), Path(out_dir)
-    encoder = load(export_dir, device=state.device)
+    list_path, out = Path(list_path), Path(out_dir)
+    encoder = load_visual_encoder(export_dir, device=state.device)
     ids, samples = read_clip_list(list_path, videos_root)
     fresh = _new_manifest(export_dir, list_path, encoder, ids, shard_size, dtype)
     manifest_path = out / MANIFEST_FILE
@@ -324,7 +296,8 @@ def extract_features(
     dtype: str = "float16",
     num_workers: int = 2,
 ) -> dict:
-    """Extract the features of every clip of ``list_path`` with the export ``export_dir`` into ``out_dir``.
+    """Extract the features of every clip of ``list_path`` into ``out_dir`` with ``export_dir``: a SeFAR export
+    folder or a :class:`~bridge.frames.FrameEncoderConfig` (frame-wise image encoder).
 
     Resumable (finished shards are skipped) and split over the processes of ``accelerate launch`` (shard ``i``
     on rank ``i % world_size``, each on its own device). Unreadable clips are skipped and listed in the
@@ -349,6 +322,11 @@ class FeatureCache:
         self.manifest = _read_manifest(self.root / MANIFEST_FILE)
         self._done = set(self.manifest["done_shards"])
         self._skipped = self.manifest["skipped"]
+
+    @property
+    def layout(self) -> list[list[int]]:
+        """Frame indices of each element of the cached ``element_tokens`` (fine elements, then context)."""
+        return self.manifest["layout"]
 
     @property
     def clip_ids(self) -> list[str]:

@@ -306,7 +306,7 @@ class _Source:
 
 
 def _load_source(path: Path, list_path, videos_root, which: str, device) -> _Source:
-    from encoder.features import read_clip_list
+    from encoder.data.cliplist import read_clip_list
 
     if is_export(path):
         from encoder.export import load

@@ -1,9 +1,8 @@
-"""``sefar encoder ...``: train, evaluate, export and extract features (argument parsing only)."""
+"""``sefar encoder ...``: train, evaluate and export (argument parsing only; the feature cache is `sefar bridge features`)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 
 from sefar.cli import int_at_least
 
@@ -43,17 +42,6 @@ def add_parser(subparsers, name: str, help_: str) -> None:
     ex.add_argument("--which", choices=("teacher", "student"), default="teacher")
     ex.set_defaults(func=_export)
 
-    ft = sub.add_parser("features", help="cache frozen-encoder features of a list (resumable; accelerate launch)")
-    ft.add_argument("export", metavar="EXPORT", help="an export folder")
-    ft.add_argument("list", metavar="LIST", help="'path label' list of clips")
-    ft.add_argument("out", metavar="OUT", help="cache folder (shards + manifest.json)")
-    ft.add_argument("--videos-root", metavar="DIR", help="where the list's videos are (default: the list's folder)")
-    ft.add_argument("--batch-size", type=_positive_int, default=8)
-    ft.add_argument("--shard-size", type=_positive_int, default=256, help="clips per shard file")
-    ft.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
-    ft.add_argument("--workers", type=int, default=2, help="data loader processes")
-    ft.set_defaults(func=_features)
-
 
 def _train(args: argparse.Namespace) -> int:
     from encoder.train import main_train
@@ -82,16 +70,3 @@ def _export(args: argparse.Namespace) -> int:
     out = export(args.run, args.out, which=args.which)
     print(f"{args.which} exported to {out}")
     return 0
-
-
-def _features(args: argparse.Namespace) -> int:
-    from encoder.features import extract_features
-
-    manifest = extract_features(
-        args.export, args.list, args.out, videos_root=args.videos_root, batch_size=args.batch_size,
-        shard_size=args.shard_size, dtype=args.dtype, num_workers=args.workers,
-    )
-    done, total = len(manifest["done_shards"]), manifest["num_shards"]
-    if os.environ.get("RANK", "0") == "0":  # one summary under accelerate launch / torchrun
-        print(f"{done}/{total} shards in {args.out}; {len(manifest['skipped'])} unreadable clips skipped")
-    return 0 if manifest["complete"] else 1

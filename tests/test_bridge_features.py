@@ -9,12 +9,12 @@ import pytest
 import torch
 from test_export import exported, fake_run  # noqa: F401 (fixtures)
 
-import encoder.features as features
+import bridge.features as features
 from common.errors import DataError, ListFormatError
 from encoder.data.splits import Sample
 from encoder.data.video import read_frames
 from encoder.export import load
-from encoder.features import FeatureCache, clip_id, extract_features, load_features, read_clip_list
+from bridge.features import FeatureCache, clip_id, extract_features, load_features, read_clip_list
 from sefar.cli import main
 
 
@@ -128,7 +128,7 @@ def test_shards_are_split_across_ranks(exported, fake_run, tmp_path):
 
 
 def test_cli_features(exported, fake_run, tmp_path, capsys):
-    rc = main(["encoder", "features", str(exported), str(_list(tmp_path, fake_run)), str(tmp_path / "c"),
+    rc = main(["bridge", "features", str(exported), str(_list(tmp_path, fake_run)), str(tmp_path / "c"),
                "--videos-root", str(_videos(fake_run)), "--batch-size", "3", "--workers", "0"])
     assert rc == 0 and "1/1 shards" in capsys.readouterr().out
     assert len(FeatureCache(tmp_path / "c")) == 5
