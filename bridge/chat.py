@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,7 @@ import numpy as np
 import torch
 
 from bridge.adapter import visual_tokens
-from bridge.export import load_adapter
-from bridge.llm import EMBEDDED, LLMConfig, load_llm
+from bridge.export import load_video_llm, read_adapter_config
 from bridge.model import VideoLLM
 from common.errors import ConfigError
 
@@ -89,28 +87,16 @@ class VideoChat:
         encoder = load_encoder(encoder_export, device=device)
         if adapter_export is None:
             return cls(encoder, None, None)
-        adapter, config = load_adapter(adapter_export, device=device)
-        features = config.get("features", {})
+        features = read_adapter_config(adapter_export).get("features", {})
         if features.get("kind", "sefar") != "sefar":
             raise ConfigError(f"{adapter_export}: this adapter was trained on {features.get('kind')!r} features, "
                               "not on a SeFAR encoder export; chat needs a SeFAR adapter")
+        model, config = load_video_llm(adapter_export, llm, device=device, quantization=quantization)
         width = encoder.model.cfg.embed_dim
-        if adapter.cfg.feature_dim != width:
-            raise ConfigError(f"{adapter_export}: the adapter expects features of width {adapter.cfg.feature_dim}, "
+        if model.adapter.cfg.feature_dim != width:
+            raise ConfigError(f"{adapter_export}: the adapter expects features of width {model.adapter.cfg.feature_dim}, "
                               f"the encoder export {encoder_export} gives {width}")
-        llm_cfg = LLMConfig(**{**LLMConfig().to_dict(), **config.get("llm", {})})
-        if llm is not None:
-            llm_cfg.path, llm_cfg.gguf_file = os.fspath(llm), None
-        elif llm_cfg.path != EMBEDDED and not Path(llm_cfg.path).exists():
-            llm_cfg.path, llm_cfg.gguf_file = EMBEDDED, None
-        if quantization is not None:
-            llm_cfg.quantization = quantization
-        llm_cfg.template = config.get("template", llm_cfg.template) if llm is None else "auto"
-        loaded = load_llm(llm_cfg, device=device)
-        if loaded.width != adapter.cfg.llm_width:
-            raise ConfigError(f"{adapter_export}: the adapter projects to width {adapter.cfg.llm_width}, the LLM "
-                              f"{loaded.source} has width {loaded.width}; use the LLM it was trained with")
-        return cls(encoder, VideoLLM(adapter, loaded), config)
+        return cls(encoder, model, config)
 
     # ------------------------------------------------------------------------------------------------ encode
 

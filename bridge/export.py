@@ -29,7 +29,7 @@ from common.textio import write_text_atomic
 from encoder.export import save_safetensors
 
 __all__ = ["FORMAT", "CONFIG_FILE", "WEIGHTS_FILE", "write_adapter_export", "read_adapter_config",
-           "load_adapter", "is_adapter_export"]
+           "load_adapter", "load_video_llm", "is_adapter_export", "export_run"]
 
 FORMAT = "sefar-bridge-adapter"
 FORMAT_VERSION = 1
@@ -83,3 +83,48 @@ def load_adapter(folder: str | os.PathLike, device: str = "cpu") -> tuple[QForme
         raise DataError(weights, f"does not match the adapter config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     adapter.load_state_dict(state)
     return adapter.to(device).eval(), config
+
+
+def load_video_llm(folder: str | os.PathLike, llm: str | os.PathLike | None = None, device: str = "cpu",
+                   quantization: str | None = None):
+    """``(VideoLLM, config)``: the export's adapter on its LLM.
+
+    ``llm``: a folder or GGUF file to use instead of the recorded one; None -> the recorded LLM, or the embedded
+    SmolLM2 when the recorded path is not on this machine. The LLM's width must be the adapter's.
+    """
+    from common.errors import ConfigError
+    from bridge.llm import EMBEDDED, LLMConfig, load_llm
+    from bridge.model import VideoLLM
+
+    adapter, config = load_adapter(folder, device=device)
+    llm_cfg = LLMConfig(**{**LLMConfig().to_dict(), **config.get("llm", {})})
+    if llm is not None:
+        llm_cfg.path, llm_cfg.gguf_file, llm_cfg.template = os.fspath(llm), None, "auto"
+    else:
+        llm_cfg.template = config.get("template", llm_cfg.template)
+        if llm_cfg.path != EMBEDDED and not Path(llm_cfg.path).exists():
+            llm_cfg.path, llm_cfg.gguf_file = EMBEDDED, None
+    if quantization is not None:
+        llm_cfg.quantization = quantization
+    loaded = load_llm(llm_cfg, device=device)
+    if loaded.width != adapter.cfg.llm_width:
+        raise ConfigError(f"{folder}: the adapter projects to width {adapter.cfg.llm_width}, the LLM "
+                          f"{loaded.source} has width {loaded.width}; use the LLM it was trained with")
+    return VideoLLM(adapter, loaded), config
+
+
+def export_run(run: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write the export of a training run's last checkpoint (``RUN/checkpoints/last.safetensors``) to ``out``."""
+    from safetensors import safe_open
+
+    path = Path(run) / "checkpoints" / "last.safetensors"
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            metadata = f.metadata()
+            state = {k.removeprefix("adapter."): f.get_tensor(k) for k in f.keys() if k.startswith("adapter.")}
+    except (SafetensorError, OSError) as err:
+        raise DataError(path, f"no readable checkpoint ({' '.join(str(err).split())})") from None
+    adapter = QFormerAdapter(AdapterConfig.from_dict(json.loads(metadata["adapter_config"])))
+    adapter.load_state_dict(state)
+    meta = json.loads(metadata["meta"])
+    return write_adapter_export(out, adapter, **meta, source={"run": Path(run).name, "step": int(metadata["step"])})

@@ -87,9 +87,13 @@ class VideoLLM(nn.Module):
 
     def build_batch(self, queries: Tensor, prompts: Sequence[str], continuations: Sequence[str]) -> Batch:
         """Training inputs: ``queries (B, Q, W)``, prompts with the placeholder, and the answer continuations."""
+        return self._build_rows(queries, prompts, continuations, skip=0)
+
+    def _build_rows(self, queries: Tensor, prompts: Sequence[str], continuations: Sequence[str], skip: int) -> Batch:
+        """:meth:`build_batch` without the first ``skip`` prompt tokens (a prefix shared through a KV cache)."""
         rows, labels = [], []
         for q, prompt, answer in zip(queries, prompts, continuations):
-            p = self.prompt_embeds(q, prompt)
+            p = self.prompt_embeds(q, prompt)[skip:]
             a_ids = self._ids(answer)
             rows.append(torch.cat([p, self._embed(a_ids)]))
             labels.append([IGNORE] * p.shape[0] + a_ids)
@@ -106,8 +110,38 @@ class VideoLLM(nn.Module):
     # ----------------------------------------------------------------------------------------------- loss
 
     def loss(self, visual: VisualTokens, prompts: Sequence[str], continuations: Sequence[str]) -> Tensor:
-        """Per-sample answer-token loss ``(B,)`` (gradient flows into the adapter only)."""
+        """Per-sample answer-token loss ``(B,)`` (gradient flows into the adapter only).
+
+        The text before the video placeholder is the same for every sample (system message, chat markup): it
+        runs once, without gradient, and its KV cache is shared by the batch. Logits are computed only where an
+        answer token is predicted. Equal to :meth:`loss_reference` up to float rounding, and much cheaper.
+        """
         queries = self.adapter(visual.to(self.device))
+        heads = {tuple(self._split_prompt(p)[0]) for p in prompts}
+        if len(heads) != 1 or not next(iter(heads)):
+            return self.loss_reference(visual, prompts, continuations, queries)
+        head = list(next(iter(heads)))
+        with torch.no_grad():
+            cache = self.llm_model(inputs_embeds=self._embed(head)[None], use_cache=True).cache
+        cache.batch_repeat_interleave(len(prompts))
+        batch = self._build_rows(queries, prompts, continuations, skip=len(head))
+        n, length = batch.labels.shape
+        mask = torch.cat([batch.attention_mask.new_ones(n, len(head)), batch.attention_mask], dim=1)
+        positions = torch.arange(len(head), len(head) + length, device=self.device).expand(n, -1)
+        hidden = self.llm_model.get_decoder()(inputs_embeds=batch.inputs_embeds, attention_mask=mask,
+                                              position_ids=positions, cache=cache, use_cache=True).last_hidden_state
+        targets = batch.labels[:, 1:]  # position t predicts token t + 1
+        rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
+        logits = self.llm_model.get_output_embeddings()(hidden[rows, cols]).float()  # (answer tokens, V)
+        ce = F.cross_entropy(logits, targets[rows, cols], reduction="none")
+        per_sample = torch.zeros(n, device=ce.device).index_add(0, rows, ce)
+        return per_sample / torch.bincount(rows, minlength=n).clamp(min=1)
+
+    def loss_reference(self, visual: VisualTokens, prompts: Sequence[str], continuations: Sequence[str],
+                       queries: Tensor | None = None) -> Tensor:
+        """:meth:`loss` the plain way: the whole sequence through the LLM, full logits, :func:`answer_loss`."""
+        if queries is None:
+            queries = self.adapter(visual.to(self.device))
         batch = self.build_batch(queries, prompts, continuations)
         logits = self.llm_model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).logits
         return answer_loss(logits, batch.labels)

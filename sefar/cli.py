@@ -16,6 +16,7 @@ _GROUPS = (
     ("data", "sefar.data_cmd", "prepare, synthesise and check video datasets"),
     ("gymqa", "sefar.gymqa_cmd", "build, score and describe the Gym-QA benchmark"),
     ("encoder", "sefar.encoder_cmd", "train, evaluate and export the SeFAR encoder"),
+    ("bridge", "sefar.bridge_cmd", "cache features, train, score and compare Q-Former adapters to an LLM; ask"),
     ("quickstart", "sefar.quickstart_cmd", "run the main job on the embedded SynGym default"),
     ("demo", "sefar.demo_cmd", "serve the Gradio chat page for questions about a clip"),
 )

@@ -1,4 +1,4 @@
-"""``sefar quickstart``: the main job on the embedded SynGym default (see :mod:`encoder.quickstart`)."""
+"""``sefar quickstart``: the main job on the embedded SynGym default (see :mod:`pipelines.quickstart`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def add_parser(subparsers, name: str, help_: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     import logging
 
-    from encoder.quickstart import DEFAULT_CONFIG, run_quickstart
+    from pipelines.quickstart import DEFAULT_CONFIG, run_quickstart
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     run_quickstart(args.out, seed=args.seed, size=args.size, config=args.config or DEFAULT_CONFIG,

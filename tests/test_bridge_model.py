@@ -40,6 +40,21 @@ def test_padding_does_not_change_a_sample_loss(model):
     assert torch.allclose(both[0], alone[0], atol=1e-5)
 
 
+def test_shared_prefix_loss_equals_the_plain_loss(model):
+    visual = visual_tokens([fake_features(seed=3), fake_features(seed=4), fake_features(seed=5)], LAYOUT_224)
+    pairs = [model.template.with_answer(q, a) for q, a in
+             (("what move", "salto"), ("is it tucked or piked", "giant circle backward"), ("what", "A"))]
+    prompts, answers = [p for p, _ in pairs], [a for _, a in pairs]
+    fast, plain = model.loss(visual, prompts, answers), model.loss_reference(visual, prompts, answers)
+    assert torch.allclose(fast, plain, atol=1e-5)
+    fast.sum().backward()
+    grad = model.adapter.query_tokens.grad.clone()
+    model.adapter.zero_grad()
+    plain.sum().backward()
+    assert torch.allclose(grad, model.adapter.query_tokens.grad, atol=1e-5)
+    model.adapter.zero_grad()
+
+
 def test_gradient_reaches_the_adapter_only(model):
     visual = visual_tokens([fake_features(seed=0)], LAYOUT_224)
     prompt, answer = model.template.with_answer("what move", "salto")

@@ -5,7 +5,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from encoder.quickstart import format_table, run_quickstart
+from pipelines.quickstart import format_table, run_quickstart
 
 
 @pytest.mark.slow

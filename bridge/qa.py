@@ -1,0 +1,110 @@
+"""Gym-QA questions meet cached features: which clips to cache, the prompts of each objective and scoring method.
+
+Shared by the training recipe and the evaluation. A question's clip is found in the feature cache by its
+``clip_id`` (:func:`common.clipid.clip_id`, the same id the cache uses); a question whose clip has no features is
+skipped and counted, never an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.config import BridgeConfig
+from bridge.features import FeatureCache, extract_features
+from bridge.frames import FrameEncoderConfig
+from common.errors import DataError
+from common.textio import write_text_atomic
+from encoder.data.cliplist import clip_id
+from encoder.data.splits import format_samples, read_samples
+from gymqa.question import Question, format_prompt, read_questions_jsonl
+
+__all__ = ["LETTER_INSTRUCTION", "direction_pair_names", "QuestionSet", "encoder_source", "feature_cache", "letter_prompt_question",
+           "read_question_set", "write_clip_sublist"]
+
+LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+
+@dataclass
+class QuestionSet:
+    """Questions whose clip has cached features, and how many were skipped for lack of them."""
+
+    questions: list[Question]
+    skipped: int
+
+
+def read_question_set(path: str | os.PathLike, types: Sequence[str], cache: FeatureCache | None = None,
+                      limit: int | None = None) -> QuestionSet:
+    """The questions of ``path`` of the given types (first ``limit`` originals), keeping those with features."""
+    chosen = [q for q in read_questions_jsonl(path) if q.type in types and q.rotation == 0]
+    if limit is not None:
+        chosen = chosen[:limit]
+    if not chosen:
+        raise DataError(path, f"no questions of type {', '.join(types)}")
+    if cache is None:
+        return QuestionSet(chosen, 0)
+    kept = [q for q in chosen if q.clip_id in cache]
+    return QuestionSet(kept, len(chosen) - len(kept))
+
+
+def write_clip_sublist(list_path: str | os.PathLike, clip_ids: set[str], out: str | os.PathLike) -> Path:
+    """Write the entries of ``list_path`` whose clip id is in ``clip_ids`` (list order kept) to ``out``."""
+    samples = [s for s in read_samples(list_path) if clip_id(s) in clip_ids]
+    if not samples:
+        raise DataError(list_path, "none of the questions' clips is in this list")
+    write_text_atomic(out, format_samples(samples))
+    return Path(out)
+
+
+def encoder_source(cfg: BridgeConfig) -> str | FrameEncoderConfig:
+    """What :func:`bridge.features.extract_features` takes for the run's encoder."""
+    if cfg.encoder.kind == "sefar":
+        return cfg.encoder.export
+    f = cfg.encoder.frames
+    return FrameEncoderConfig(model=f.model, weights=f.weights, img_size=f.img_size, num_frames=f.num_frames,
+                              mean=tuple(f.mean), std=tuple(f.std))
+
+
+def feature_cache(cfg: BridgeConfig, split: str, root: str | os.PathLike, num_workers: int = 0) -> FeatureCache:
+    """The features of the ``split`` ("train" | "test") questions' clips, extracted first where missing.
+
+    The cache covers exactly the clips the questions name (a sub-list of the split's clip list written beside
+    it); extraction resumes shard by shard after an interruption.
+    """
+    questions = cfg.data.train_questions if split == "train" else cfg.data.test_questions
+    source_list = cfg.data.train_list if split == "train" else cfg.data.test_list
+    folder = Path(root) / split
+    ids = {q.clip_id for q in read_questions_jsonl(questions) if q.type in cfg.data.types}
+    sublist = write_clip_sublist(source_list, ids, folder.with_name(f"{split}_clips.txt"))
+    manifest = folder / "manifest.json"
+    if not manifest.is_file() or not FeatureCache(folder).manifest.get("complete"):
+        videos = cfg.data.videos or Path(source_list).parent
+        extract_features(encoder_source(cfg), sublist, folder, videos, batch_size=8, shard_size=128,
+                         dtype=cfg.encoder.feature_dtype, num_workers=num_workers)
+    return FeatureCache(folder)
+
+
+def letter_prompt_question(question: Question) -> str:
+    """The question with its lettered options and the letter instruction (generation and letter scoring)."""
+    return f"{format_prompt(question.question, question.options)}\n{LETTER_INSTRUCTION}"
+
+
+def direction_pair_names(manifest: str | os.PathLike) -> dict[str, str]:
+    """``{name: reversed sibling's name}`` (both ways) from a SynGym ``manifest.json`` and the
+    ``categories.txt`` beside it."""
+    import json
+
+    from common.finegym import read_categories
+
+    path = Path(manifest)
+    try:
+        pairs = json.loads(path.read_text(encoding="utf-8"))["direction_pairs"]
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(path, f"not a SynGym manifest with direction_pairs ({err})") from None
+    names = {c.label: c.name for c in read_categories(path.parent / "categories.txt")}
+    out = {}
+    for forward, backward in pairs:
+        out[names[forward]], out[names[backward]] = names[backward], names[forward]
+    return out

@@ -1,0 +1,55 @@
+"""Drivers shared by the CLI, the comparison and the quickstart: evaluate a run or an export.
+
+(The training recipe itself is :mod:`bridge.train`, a leaf that only drivers import.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bridge.config import load_config
+from bridge.evaluate import evaluate, format_table
+from bridge.export import is_adapter_export, load_video_llm
+from bridge.features import FeatureCache
+from bridge.qa import direction_pair_names, feature_cache
+from common.errors import ConfigError
+
+__all__ = ["evaluate_run", "evaluate_source"]
+
+
+def evaluate_run(run: str | os.PathLike, methods=None, max_questions=None, circular=None, llm=None,
+                 questions: str | None = None, out: str | os.PathLike | None = None) -> dict:
+    """Evaluate a training run folder on its config's test questions (features cached as needed)."""
+    run = Path(run)
+    overrides = [f"data.test_questions={questions}"] if questions else []
+    cfg = load_config(run / "config.yaml", overrides)
+    cache = feature_cache(cfg, "test", cfg.data.features or run / "features")
+    model, _ = load_video_llm(run / "adapter", llm)
+    pairs = direction_pair_names(cfg.data.direction_pairs) if cfg.data.direction_pairs else None
+    return evaluate(model, cache, cfg.data.test_questions, out or run / "eval",
+                    methods=methods or cfg.eval.methods, types=cfg.data.types, name_question=cfg.train.question,
+                    use_cls=cfg.adapter.use_cls, circular=cfg.eval.circular if circular is None else circular,
+                    max_questions=cfg.eval.max_questions if max_questions is None else max_questions,
+                    max_new_tokens=cfg.eval.max_new_tokens, direction_pairs=pairs)
+
+
+def evaluate_source(source: str | os.PathLike, *, questions=None, features=None, methods=("likelihood",),
+                    max_questions=None, circular=True, llm=None, out=None) -> tuple[dict, str]:
+    """``sefar bridge eval``: a run folder (its config gives questions and features) or an adapter export
+    (``questions`` and ``features`` required). Returns the summary and its table."""
+    source = Path(source)
+    if (source / "config.yaml").is_file() and is_adapter_export(source / "adapter"):
+        summary = evaluate_run(source, methods, max_questions, circular, llm, questions, out)
+    elif is_adapter_export(source):
+        if not questions or not features:
+            raise ConfigError(f"{source} is an adapter export: pass --questions JSONL and --features CACHE_DIR")
+        model, config = load_video_llm(source, llm)
+        summary = evaluate(model, FeatureCache(features), questions, out or source / "eval", methods=methods,
+                           name_question=config.get("prompt", {}).get("question") or
+                           "What gymnastics move is this athlete performing?",
+                           use_cls=config.get("features", {}).get("use_cls", True), circular=circular,
+                           max_questions=max_questions)
+    else:
+        raise ConfigError(f"{source}: neither a bridge run folder (config.yaml + adapter/) nor an adapter export")
+    return summary, format_table([(source.name, summary)])

@@ -1,0 +1,221 @@
+"""Training recipe of the Q-Former adapter on Gym-QA (a leaf: only drivers import it).
+
+    sefar bridge train configs/bridge/syngym_smollm2.yaml [key=value ...]     # resumes RUN/checkpoints
+
+validate the config -> cache the encoder's features of the questions' clips (resumable) -> load the frozen LLM ->
+build the adapter (Q-Former from BERT) -> an explicit loop over ``train.steps`` steps -> export.
+
+* Objective ``name`` (default): the prompt is the video and ``train.question`` (no options); the target is the
+  correct option's text (the element's name). ``letter``: the prompt lists the lettered options, the target is
+  the letter. Only the answer tokens (and the end of turn) count in the loss.
+* Resuming: ``RUN/checkpoints/last.safetensors`` holds the adapter, the AdamW state and the step, written
+  atomically every ``train.save_every`` steps. Each step's batch and dropout draws come from generators seeded
+  by ``(seed, step)``, so a run killed and resumed logs the same losses as one that never stopped.
+* Outputs: ``RUN/config.yaml`` (resolved config), ``RUN/prompt.txt`` (a rendered training prompt and target),
+  ``RUN/losses.json``, ``RUN/adapter/`` (the export, see :mod:`bridge.export`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from bridge.adapter import AdapterConfig, QFormerAdapter, load_lavis_checkpoint, visual_tokens
+from bridge.config import BridgeConfig, load_config
+from bridge.export import write_adapter_export
+from bridge.llm import LLMConfig, load_llm
+from bridge.model import VideoLLM
+from bridge.qa import feature_cache, letter_prompt_question, read_question_set
+from common.errors import DataError
+from common.textio import write_text_atomic
+from encoder.export import save_safetensors
+
+__all__ = ["CHECKPOINT", "train", "main_train", "run_metadata"]
+
+CHECKPOINT = "checkpoints/last.safetensors"
+
+
+def _lr_at(step: int, cfg: BridgeConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of ``train.lr`` (``step`` counts from 0)."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _examples(cfg: BridgeConfig, model: VideoLLM, questions) -> list[tuple[str, str, str]]:
+    """``(clip id, prompt, continuation)`` of every training question for the objective."""
+    out = []
+    for q in questions:
+        if cfg.train.objective == "name":
+            prompt, target = model.template.with_answer(cfg.train.question, q.answer_text)
+        else:
+            prompt, target = model.template.with_answer(letter_prompt_question(q), q.answer_letter)
+        out.append((q.clip_id, prompt, target))
+    return out
+
+
+def run_metadata(cfg: BridgeConfig, model: VideoLLM, layout: list[list[int]]) -> dict:
+    """What an export records besides the weights (see :mod:`bridge.export`)."""
+    llm = LLMConfig(**vars(cfg.llm))
+    source = cfg.encoder.export if cfg.encoder.kind == "sefar" else f"frames:{cfg.encoder.frames.model}"
+    return {"llm": llm.to_dict(), "template": model.template.name,
+            "features": {"kind": cfg.encoder.kind, "source": source, "layout": layout,
+                         "use_cls": cfg.adapter.use_cls},
+            "prompt": {"question": cfg.train.question, "objective": cfg.train.objective}}
+
+
+def _build_adapter(cfg: BridgeConfig, feature_dim: int, llm) -> QFormerAdapter:
+    a = cfg.adapter
+    adapter_cfg = AdapterConfig(
+        feature_dim=feature_dim, llm_width=llm.width, qformer=a.qformer, num_layers=a.num_layers,
+        num_queries=a.num_queries, cross_attention_frequency=a.cross_attention_frequency,
+        max_elements=a.max_elements, max_frames=a.max_frames, use_cls=a.use_cls, output_norm=a.output_norm,
+    )
+    std = float(llm.model.get_input_embeddings().weight.float().std())
+    adapter, report = QFormerAdapter.from_pretrained_bert(adapter_cfg, embedding_std=std)
+    print(f"Q-Former from {a.qformer}: {report.summary()}")
+    if a.lavis_checkpoint:
+        print(f"LAVIS checkpoint {a.lavis_checkpoint}: {load_lavis_checkpoint(adapter, a.lavis_checkpoint).summary()}")
+    return adapter
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(run: Path, adapter: QFormerAdapter, optimizer: torch.optim.Optimizer, step: int,
+                     losses: list[float], meta: dict) -> None:
+    tensors = {f"adapter.{k}": v for k, v in adapter.state_dict().items()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
+        state = optimizer.state.get(p, {})
+        for name in ("exp_avg", "exp_avg_sq"):
+            if name in state:
+                tensors[f"optim.{i}.{name}"] = state[name]
+        if "step" in state:
+            tensors[f"optim.{i}.step"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1)
+    metadata = {"step": str(step), "losses": json.dumps(losses), "adapter_config": json.dumps(adapter.cfg.to_dict()),
+                "meta": json.dumps(meta)}
+    save_safetensors(run / CHECKPOINT, tensors, metadata=metadata)
+    write_text_atomic(run / "losses.json", json.dumps(losses) + "\n")
+
+
+def _load_checkpoint(path: Path, adapter: QFormerAdapter, optimizer: torch.optim.Optimizer) -> tuple[int, list[float]]:
+    from safetensors import safe_open
+
+    try:
+        tensors = load_file(os.fspath(path))
+        with safe_open(os.fspath(path), framework="pt") as f:
+            metadata = f.metadata()
+    except (SafetensorError, OSError) as err:
+        raise DataError(path, f"unreadable checkpoint ({' '.join(str(err).split())}); delete it to start over") from None
+    state = {k.removeprefix("adapter."): v for k, v in tensors.items() if k.startswith("adapter.")}
+    own = adapter.state_dict()
+    if state.keys() != own.keys() or any(state[k].shape != own[k].shape for k in own):
+        raise DataError(path, "checkpoint does not match the configured adapter; use a new run folder")
+    adapter.load_state_dict(state)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
+        if f"optim.{i}.exp_avg" in tensors:
+            optimizer.state[p] = {"step": tensors[f"optim.{i}.step"][0].clone(),
+                                  "exp_avg": tensors[f"optim.{i}.exp_avg"].to(p.device),
+                                  "exp_avg_sq": tensors[f"optim.{i}.exp_avg_sq"].to(p.device)}
+    return int(metadata["step"]), json.loads(metadata["losses"])
+
+
+# ---------------------------------------------------------------------------------------------------- loop
+
+
+def _batch_indices(cfg: BridgeConfig, step: int, n: int) -> list[int]:
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    return torch.randint(n, (cfg.train.batch_size,), generator=g).tolist()
+
+
+def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None) -> dict:
+    """Train (or resume) the run ``cfg.out``; returns a summary. ``stop_after``: stop once that step is saved
+    (an interruption, for tests)."""
+    from accelerate import Accelerator
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    began = time.perf_counter()
+    cache = feature_cache(cfg, "train", cfg.data.features or run / "features")
+    qs = read_question_set(cfg.data.train_questions, cfg.data.types, cache)
+    print(f"train questions: {len(qs.questions)} ({qs.skipped} skipped: no features)")
+    features = {cid: cache[cid] for cid in {q.clip_id for q in qs.questions}}
+    feature_seconds = time.perf_counter() - began
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.mixed_precision)
+    llm = load_llm(LLMConfig(**vars(cfg.llm)), device=accelerator.device)
+    if cfg.train.gradient_checkpointing:
+        llm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    feature_dim = cache.manifest["shapes"]["element_tokens.0"][-1]
+    torch.manual_seed(cfg.seed)  # the adapter's initialisation (cross-attention, queries, positions)
+    adapter = _build_adapter(cfg, feature_dim, llm).to(accelerator.device)
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    model = VideoLLM(adapter, llm)
+    examples = _examples(cfg, model, qs.questions)
+    write_text_atomic(run / "prompt.txt", examples[0][1] + examples[0][2])
+    meta = run_metadata(cfg, model, cache.layout)
+
+    step, losses = 0, []
+    if resume and (run / CHECKPOINT).is_file():
+        step, losses = _load_checkpoint(run / CHECKPOINT, adapter, optimizer)
+        print(f"resumed {run} at step {step}")
+    adapter_p, optimizer_p = accelerator.prepare(adapter, optimizer)
+    model.adapter = adapter_p
+    adapter_p.train()
+    train_began = time.perf_counter()
+    with tqdm(total=cfg.train.steps, initial=step, desc="bridge train", unit="step") as bar:
+        while step < cfg.train.steps:
+            for group in optimizer_p.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            torch.manual_seed(cfg.seed * 7_919 + step)  # Q-Former dropout draws of this step
+            batch = [examples[i] for i in _batch_indices(cfg, step, len(examples))]
+            visual = visual_tokens([features[cid] for cid, _, _ in batch], cache.layout, cfg.adapter.use_cls)
+            with accelerator.autocast():
+                loss = model.loss(visual, [p for _, p, _ in batch], [t for _, _, t in batch]).mean()
+            accelerator.backward(loss)
+            if cfg.train.clip_grad:
+                accelerator.clip_grad_norm_(adapter_p.parameters(), cfg.train.clip_grad)
+            optimizer_p.step()
+            optimizer_p.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(round(float(loss.detach()), 6))
+            if step % cfg.train.log_every == 0:
+                bar.set_postfix(loss=f"{sum(losses[-cfg.train.log_every:]) / cfg.train.log_every:.3f}")
+            bar.update(1)
+            if step % cfg.train.save_every == 0 or step == cfg.train.steps:
+                _save_checkpoint(run, accelerator.unwrap_model(adapter_p), optimizer_p, step, losses, meta)
+                if stop_after is not None and step >= stop_after:
+                    return {"step": step, "losses": losses, "stopped": True}
+    adapter = accelerator.unwrap_model(adapter_p)
+    write_adapter_export(run / "adapter", adapter, **meta, source={"run": run.name, "step": step})
+    summary = {"step": step, "losses": losses, "train_questions": len(qs.questions), "skipped": qs.skipped,
+               "feature_seconds": round(feature_seconds, 1),
+               "train_seconds": round(time.perf_counter() - train_began, 1)}
+    write_text_atomic(run / "train.json", json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def main_train(config: str | None, overrides: list[str], resume: bool = True) -> int:
+    """``sefar bridge train``: load and validate the config, then :func:`train`."""
+    cfg = load_config(None if config in (None, "-") else config, overrides)
+    summary = train(cfg, resume=resume)
+    last = summary["losses"][-10:]
+    print(f"trained {summary['step']} steps; mean loss of the last {len(last)}: {sum(last) / max(1, len(last)):.3f}; "
+          f"adapter exported to {Path(cfg.out) / 'adapter'}")
+    return 0

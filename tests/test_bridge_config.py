@@ -1,0 +1,49 @@
+"""Every shipped bridge config validates; bad values are all reported at once; compare files name valid runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.config import BridgeConfig, load_config
+from common.errors import ConfigError
+from pipelines.compare import read_compare
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "bridge").glob("*.yaml"))
+RUN_CONFIGS = [p for p in CONFIGS if not p.name.startswith("compare_")]
+COMPARE_CONFIGS = [p for p in CONFIGS if p.name.startswith("compare_")]
+
+
+def test_the_paper_and_embedded_configs_ship():
+    names = {p.stem for p in CONFIGS}
+    assert {"syngym_smollm2", "gymqa99_vicuna7b", "gymqa288_vicuna7b", "compare_syngym"} <= names
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.stem)
+def test_run_config_validates(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, BridgeConfig)
+    if "vicuna" in path.stem:
+        assert cfg.llm.template == "vicuna_v1.1" and cfg.adapter.num_queries == 32
+        assert cfg.train.gradient_checkpointing and cfg.llm.dtype == "bfloat16"
+        for switch in ("8bit", "4bit"):
+            assert load_config(path, [f"llm.quantization={switch}"]).llm.quantization == switch
+
+
+@pytest.mark.parametrize("path", COMPARE_CONFIGS, ids=lambda p: p.stem)
+def test_compare_config_runs_validate(path):
+    base, out, runs = read_compare(path)
+    assert len(runs) >= 2
+    for name, overrides in runs.items():
+        load_config(base, [*overrides, f"out={Path(out) / name}"])
+
+
+def test_every_problem_is_reported():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["encoder.kind=clip", "train.objective=essay", "llm.quantization=3bit", "train.lr=-1",
+                           "eval.methods=[vote]"])
+    text = str(err.value)
+    for needle in ("encoder.kind='clip'", "train.objective='essay'", "quantization='3bit'", "train.lr=-1",
+                   "eval.methods=['vote']"):
+        assert needle in text

@@ -1,0 +1,82 @@
+"""The bridge recipe end to end on tiny artifacts: features, training, kill + resume, export, every scoring method."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from bridge_fixtures import tiny_llama
+from test_export import CLASS_NAMES, LABELS, exported, fake_run  # noqa: F401 (fixtures)
+
+from bridge.config import load_config
+from bridge.export import export_run, read_adapter_config
+from bridge.run import evaluate_run
+from bridge.train import train
+from gymqa.question import Question, write_questions
+from gymqa.score import score_files
+
+
+def _questions(path, split):
+    qs = []
+    for i, label in enumerate(LABELS):
+        options = [CLASS_NAMES[(label + k) % len(CLASS_NAMES)] for k in range(4)]
+        answer = i % 4
+        options[0], options[answer] = options[answer], options[0]
+        qs.append(Question(id=f"{split}-{i}", clip_id=f"clip{i}", question="What gymnastics move is this athlete "
+                           "performing?", options=tuple(options), answer=answer, type="element", level="element",
+                           split=split))
+    write_questions(path, qs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(exported, fake_run, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bridge")
+    data = fake_run.parent / "data"
+    llama = tiny_llama(root / "llama")
+    overrides = [
+        "encoder.kind=sefar", f"encoder.export={exported}", "encoder.feature_dtype=float32",
+        f"data.train_questions={_questions(root / 'train.jsonl', 'train')}",
+        f"data.test_questions={_questions(root / 'test.jsonl', 'test')}",
+        f"data.train_list={data / 'val.txt'}", f"data.test_list={data / 'val.txt'}", f"data.videos={data / 'videos'}",
+        f"data.features={root / 'features'}", "adapter.num_layers=1", "adapter.num_queries=4", "adapter.max_frames=8",
+        f"llm.path={llama}", "train.steps=4", "train.batch_size=2", "train.save_every=2", "train.log_every=1",
+        "train.warmup_steps=1",
+    ]
+    return root, overrides
+
+
+def test_kill_and_resume_gives_the_same_losses(setup):
+    root, overrides = setup
+    straight = train(load_config(None, [*overrides, f"out={root / 'straight'}"]))
+    assert straight["step"] == 4 and len(straight["losses"]) == 4 and straight["train_questions"] == 6
+    cfg = load_config(None, [*overrides, f"out={root / 'killed'}"])
+    stopped = train(cfg, stop_after=2)
+    assert stopped["stopped"] and stopped["step"] == 2 and not (root / "killed" / "adapter").exists()
+    resumed = train(cfg)
+    assert resumed["losses"] == straight["losses"]
+    prompt = (root / "straight" / "prompt.txt").read_text()
+    assert prompt.startswith("A chat between") and "USER: <video>\nWhat gymnastics move" in prompt
+    config = read_adapter_config(root / "straight" / "adapter")
+    assert config["features"]["layout"] == [[1, 5], [3, 7], [0, 2, 4, 6]] and config["template"] == "vicuna_v1.1"
+    again = export_run(root / "straight", root / "exported")
+    assert (again / "adapter.safetensors").read_bytes() == (root / "straight" / "adapter" / "adapter.safetensors").read_bytes()
+
+
+def test_every_method_writes_predictions_gymqa_scores(setup):
+    root, overrides = setup
+    run = root / "straight"
+    if not (run / "adapter").is_dir():
+        train(load_config(None, [*overrides, f"out={run}"]))
+    summary = evaluate_run(run, methods=["likelihood", "generate", "letter"], circular=True)
+    assert set(summary["methods"]) == {"likelihood_sum", "likelihood_mean", "generate", "letter"}
+    assert summary["questions"] == 6 and summary["skipped"] == 0
+    for name, result in summary["methods"].items():
+        report = score_files(root / "test.jsonl", run / "eval" / f"predictions_{name}.jsonl")
+        assert report.overall.accuracy == pytest.approx(result["accuracy"])
+        rows = [json.loads(line) for line in (run / "eval" / f"predictions_{name}.jsonl").read_text().splitlines()]
+        assert len(rows) == 6 * 4  # every question and its 3 rotations
+    # likelihood scores do not depend on the option order: a rotation's scores are the original's, rotated
+    rows = {r["id"]: r["loglikelihoods"] for r in map(json.loads, (run / "eval" / "predictions_likelihood_mean.jsonl")
+                                                         .read_text().splitlines())}
+    assert rows["test-0@r1"] == rows["test-0"][1:] + rows["test-0"][:1]
