@@ -1,4 +1,5 @@
-"""The main job on the embedded default (``make quickstart``): SynGym → encoder (supervised vs SeFAR) → export.
+"""The main job on the embedded default (``make quickstart``): SynGym → encoders (supervised vs SeFAR) → export
+→ Gym-QA → features → Q-Former adapters on SmolLM2 (SeFAR features vs a frame-wise ImageNet baseline) → scores.
 
 Every stage writes into ``OUT`` and is skipped when its output is already complete, so an interrupted
 quickstart resumes where it stopped:
@@ -8,7 +9,12 @@ quickstart resumes where it stopped:
     OUT/encoder/sefar/            SeFAR run: same labeled clips, same steps and labeled batch
     OUT/export/sefar_tiny/        frozen SeFAR teacher (``sefar encoder export``)
     OUT/gymqa/                    Gym-QA built from SynGym's FineGym-format files
-    OUT/quickstart.json           the comparison table below, as JSON
+    OUT/bridge/sefar/             adapter on the SeFAR export's features (configs/bridge/syngym_smollm2.yaml);
+                                  its export in OUT/bridge/sefar/adapter, scores in OUT/bridge/sefar/eval
+    OUT/bridge/frames/            the same recipe on frame-wise EfficientNet-Lite0 features (..._frames.yaml)
+    OUT/quickstart.json           both comparison tables below, as JSON
+
+Paths are made absolute first, so the lists written by one stage resolve in the next wherever they run.
 """
 
 from __future__ import annotations
@@ -18,9 +24,14 @@ import os
 import time
 from pathlib import Path
 
+from common.textio import write_text_atomic
 from encoder.config import load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "encoder" / "syngym_tiny.yaml"
+BRIDGE_CONFIGS = {
+    "sefar": Path(__file__).resolve().parents[1] / "configs" / "bridge" / "syngym_smollm2.yaml",
+    "frames": Path(__file__).resolve().parents[1] / "configs" / "bridge" / "syngym_smollm2_frames.yaml",
+}
 
 
 def _synth(out: Path, seed: int, size: str) -> dict:
@@ -30,9 +41,9 @@ def _synth(out: Path, seed: int, size: str) -> dict:
     if manifest.is_file():
         info = json.loads(manifest.read_text(encoding="utf-8"))
         if (info.get("seed"), info.get("size"), info.get("version")) == (seed, size, VERSION):
-            print(f"[1/4] SynGym already in {out} (seed {seed}, {size})")
+            print(f"[1/6] SynGym already in {out} (seed {seed}, {size})")
             return info
-    print(f"[1/4] generating SynGym ({size}, seed {seed}) into {out}")
+    print(f"[1/6] generating SynGym ({size}, seed {seed}) into {out}")
     summary = synthesize(out, seed=seed, size=size)
     print(format_summary(summary))
     return summary
@@ -82,36 +93,75 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _bridge(out: Path, name: str, overrides: list[str]) -> dict:
+    """Train (resuming) and score one adapter of the quickstart; returns the evaluation summary."""
+    from bridge.config import load_config
+    from bridge.run import evaluate_run
+    from bridge.train import train
+
+    data = out / "syngym"
+    paths = [
+        f"out={out / 'bridge' / name}", f"data.train_questions={out / 'gymqa' / 'train.jsonl'}",
+        f"data.test_questions={out / 'gymqa' / 'test.jsonl'}", f"data.train_list={data / 'train_element.txt'}",
+        f"data.test_list={data / 'val_element.txt'}", f"data.videos={data / 'videos'}",
+        f"data.direction_pairs={data / 'manifest.json'}",
+    ]
+    if name == "sefar":
+        paths.append(f"encoder.export={out / 'export' / 'sefar_tiny'}")
+    cfg = load_config(BRIDGE_CONFIGS[name], [*paths, *overrides])
+    run = Path(cfg.out)
+    if (run / "train.json").is_file() and (run / "eval" / "results.json").is_file():
+        print(f"      bridge/{name}: already trained and scored")
+        trained = json.loads((run / "train.json").read_text(encoding="utf-8"))
+        summary = json.loads((run / "eval" / "results.json").read_text(encoding="utf-8"))
+    else:
+        trained = train(cfg)
+        summary = evaluate_run(run)
+    return summary | {"train_seconds": trained["train_seconds"], "feature_seconds": trained["feature_seconds"]}
+
+
 def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
-                   config: str | os.PathLike = DEFAULT_CONFIG, overrides: list[str] | None = None) -> dict:
+                   config: str | os.PathLike = DEFAULT_CONFIG, overrides: list[str] | None = None,
+                   bridge_overrides: list[str] | None = None) -> dict:
     """Run every stage into ``out``; returns (and writes) the summary."""
+    from bridge.evaluate import format_table as bridge_table
     from encoder.export import export
 
-    out = Path(out)
+    out = Path(out).resolve()
     began = time.perf_counter()
     data = out / "syngym"
     _synth(data, seed, size)
     rows = []
     for i, mode in enumerate(("supervised", "sefar")):
-        print(f"[{2 + i}/4] training {mode} on 10% labels")
+        print(f"[{2 + i}/6] training {mode} on 10% labels")
         result = _train(Path(config), data, out / "encoder" / mode, [f"ssl.mode={mode}", *(overrides or [])])
         split = json.loads((out / "encoder" / mode / "split" / "split.json").read_text(encoding="utf-8"))
         rows.append({"mode": mode, "labeled": split["num_labeled"], **result})
-    print("[4/4] exporting the SeFAR teacher and building Gym-QA on SynGym")
+    print("[4/6] exporting the SeFAR teacher and building Gym-QA on SynGym")
     export(out / "encoder" / "sefar", out / "export" / "sefar_tiny")
     qa = _gymqa(data, out / "encoder" / "sefar" / "split" / "labeled.txt", out / "gymqa", seed)
+    encoders_seconds = time.perf_counter() - began
+    bridge = {}
+    for i, name in enumerate(("sefar", "frames")):
+        print(f"[{5 + i}/6] adapter on SmolLM2 over {'SeFAR' if name == 'sefar' else 'frame-wise EfficientNet-Lite0'} "
+              "features: train and score")
+        bridge[name] = _bridge(out, name, [f"seed={seed}", *(bridge_overrides or [])])
     summary = {
         "rows": rows,
-        "sefar_minus_supervised_top1": round(100 * (rows[1]["top1"] - rows[0]["top1"]), 2),
+        "sefar_minus_supervised_top1": round(100 * (rows[1]["teacher"]["top1"] - rows[0]["teacher"]["top1"]), 2),
         "export": str(out / "export" / "sefar_tiny"),
         "gymqa": qa,
+        "bridge": bridge,
+        "encoders_seconds": round(encoders_seconds, 1),
         "wall_seconds": round(time.perf_counter() - began, 1),
     }
-    tmp = out / "quickstart.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "quickstart.json")
+    write_text_atomic(out / "quickstart.json", json.dumps(summary, indent=2, default=str) + "\n")
     print()
     print(format_table(rows))
-    print(f"SeFAR - supervised: {summary['sefar_minus_supervised_top1']:+.1f} top-1 points "
-          f"(SynGym val, {rows[0]['labeled']} labeled clips); total {summary['wall_seconds']:.0f} s")
+    print(f"SeFAR - supervised: {summary['sefar_minus_supervised_top1']:+.1f} top-1 points (teacher, SynGym val, "
+          f"{rows[0]['labeled']} labeled clips)")
+    print()
+    print(bridge_table([("SeFAR features", bridge["sefar"]), ("frame-wise EfficientNet-Lite0", bridge["frames"])]))
+    print(f"Gym-QA on SynGym: {qa['train']} train / {qa['test']} test questions, 4 options (chance 25%); "
+          f"total {summary['wall_seconds']:.0f} s")
     return summary

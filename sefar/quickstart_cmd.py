@@ -11,7 +11,9 @@ def add_parser(subparsers, name: str, help_: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="SynGym and training seed")
     p.add_argument("--size", default="default", choices=("tiny", "default"), help="SynGym size")
     p.add_argument("--config", default=None, help="encoder config (default: configs/encoder/syngym_tiny.yaml)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides for both training runs")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for both encoder training runs")
+    p.add_argument("--bridge", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for both adapter runs (configs/bridge/syngym_smollm2*.yaml), e.g. train.steps=50")
     p.set_defaults(func=_run)
 
 
@@ -22,5 +24,5 @@ def _run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     run_quickstart(args.out, seed=args.seed, size=args.size, config=args.config or DEFAULT_CONFIG,
-                   overrides=args.overrides)
+                   overrides=args.overrides, bridge_overrides=args.bridge)
     return 0
