@@ -32,6 +32,12 @@ def test_no_stage_module_imports_the_recipe():
     assert offenders == []
 
 
+def test_no_stage_module_imports_the_bridge_recipe():
+    """bridge.train is a leaf too: only drivers (the CLI, pipelines/, bench/) import it."""
+    offenders = [rel for rel, path in stage_files() if "bridge.train" in imported_modules(path)]
+    assert offenders == []
+
+
 def test_the_scan_sees_imports_inside_functions(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from encoder.train import train\n    import encoder.train as t\n")
