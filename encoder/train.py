@@ -490,7 +490,7 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
         meta = load_checkpoint(checkpoint, model, teacher, opt)
         step, consumed = meta["step"], meta["consumed"]
         accelerator.print(f"resumed from {checkpoint} at step {step}")
-        _truncate_metrics(run / "metrics.jsonl", step)
+    _truncate_metrics(run / "metrics.jsonl", step)  # at step 0 too: a run killed before its first checkpoint
     model = accelerator.prepare(model)
     teacher.to(accelerator.device)
     lab_sampler.start_batch = consumed["labeled"]
@@ -555,7 +555,7 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
     accelerator.wait_for_everyone()
     result = {"step": step, "train_seconds": round(time.perf_counter() - started, 1)}
     if accelerator.is_main_process:
-        result.update(_finish(cfg, run, {"student": unwrap(model), "teacher": teacher}, names))
+        result = _finish(cfg, run, {"student": unwrap(model), "teacher": teacher}, names, result)
     return result
 
 
@@ -575,11 +575,11 @@ class _LazyIterator:
 HEADLINE = "teacher"
 
 
-def _finish(cfg: RunConfig, run: Path, models: dict[str, TimeSformer], names: list[str]) -> dict:
-    """Save the final weights, evaluate student and teacher, write ``final/results.json``."""
+def _finish(cfg: RunConfig, run: Path, models: dict[str, TimeSformer], names: list[str], facts: dict) -> dict:
+    """Save the final weights, evaluate student and teacher, write ``final/results.json`` (with the run ``facts``)."""
     final = run / "final"
     final.mkdir(exist_ok=True)
-    result: dict = {}
+    result = dict(facts)
     for which, model in models.items():
         save_file(model.state_dict(), final / f"{which}.safetensors.tmp")
         os.replace(final / f"{which}.safetensors.tmp", final / f"{which}.safetensors")
@@ -638,11 +638,20 @@ def _append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; infinity for a line that is not a whole record (so it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop logged steps after the checkpoint (they will be logged again)."""
+    """On resume, drop logged steps after the checkpoint (they will be logged again), and a last line cut by a
+    kill."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if _logged_step(line) <= step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
     os.replace(tmp, path)

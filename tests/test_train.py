@@ -271,7 +271,8 @@ def test_results_report_student_and_teacher(toy, tmp_path):
     run = tmp_path / "both"
     result = train(load_config(None, tiny_overrides(toy, run, "max_steps=2")))
     assert set(result["student"]) == set(result["teacher"]) == {"top1", "top5", "mean_class_accuracy"}
-    assert result["headline"] == "teacher" and result["top1"] == result["teacher"]["top1"]
+    assert result["headline"] == "teacher" and result["top1"] == result["teacher"]["top1"] and result["step"] == 2
+    assert json.loads((run / "final" / "results.json").read_text()) == result
     for which in ("student", "teacher"):
         assert (run / "final" / f"val_predictions_{which}.safetensors").is_file()
 
