@@ -63,6 +63,12 @@ def _even_size(width: int, height: int, short_side: int | None) -> tuple[int, in
     return max(2, round(width / 2) * 2), max(2, round(height / 2) * 2)
 
 
+# x264 settings under which the bitstream is a function of the frames alone, so that a rerun (after an interrupt,
+# or on another machine) writes the same bytes: one thread, no mb-tree (it read uninitialised memory), no version
+# strings in the headers.
+X264_OPTIONS = {"preset": "veryfast", "threads": "1", "flags": "+bitexact", "x264-params": "mbtree=0"}
+
+
 class ClipWriter:
     """Streams frames into an H.264 MP4 written to a temporary file and renamed on :meth:`close`.
 
@@ -77,8 +83,8 @@ class ClipWriter:
         self.width, self.height = width, height
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = _temp_path(path)
-        self._container = av.open(str(self._tmp), "w")
-        self._stream = self._container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": "veryfast"})
+        self._container = av.open(str(self._tmp), "w", format="mp4", options={"fflags": "+bitexact"})
+        self._stream = self._container.add_stream("libx264", rate=rate, options={"crf": str(crf), **X264_OPTIONS})
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
         self._stream.codec_context.time_base = 1 / rate
 
