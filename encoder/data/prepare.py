@@ -63,8 +63,8 @@ def _even_size(width: int, height: int, short_side: int | None) -> tuple[int, in
     return max(2, round(width / 2) * 2), max(2, round(height / 2) * 2)
 
 
-# x264 settings under which the bitstream is a function of the frames alone, so that a rerun (after an interrupt,
-# or on another machine) writes the same bytes: one thread, no mb-tree (it read uninitialised memory), no version
+# x264 settings under which the bitstream is a function of the frames alone, so that a rerun (after an interrupt)
+# writes the same bytes: one thread, no mb-tree (it read uninitialised memory), no version
 # strings in the headers.
 X264_OPTIONS = {"preset": "veryfast", "threads": "1", "flags": "+bitexact", "x264-params": "mbtree=0"}
 
