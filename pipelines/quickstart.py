@@ -7,7 +7,7 @@ quickstart resumes where it stopped:
     OUT/syngym/                   the generated dataset (``sefar data synth``)
     OUT/encoder/supervised/       supervised-only run on the 10% labeled clips
     OUT/encoder/sefar/            SeFAR run: same labeled clips, same steps and labeled batch
-    OUT/export/sefar_tiny/        frozen SeFAR teacher (``sefar encoder export``)
+    OUT/export/sefar_tiny/        frozen SeFAR teacher (``sefar encoder export``); supervised_tiny/ likewise
     OUT/gymqa/                    Gym-QA built from SynGym's FineGym-format files
     OUT/bridge/sefar/             adapter on the SeFAR export's features (configs/bridge/syngym_smollm2.yaml);
                                   its export in OUT/bridge/sefar/adapter, scores in OUT/bridge/sefar/eval
@@ -139,6 +139,7 @@ def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
         rows.append({"mode": mode, "labeled": split["num_labeled"], **result})
     print("[4/6] exporting the SeFAR teacher and building Gym-QA on SynGym")
     export(out / "encoder" / "sefar", out / "export" / "sefar_tiny")
+    export(out / "encoder" / "supervised", out / "export" / "supervised_tiny")  # for sefar bridge compare
     qa = _gymqa(data, out / "encoder" / "sefar" / "split" / "labeled.txt", out / "gymqa", seed)
     encoders_seconds = time.perf_counter() - began
     bridge = {}
