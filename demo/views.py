@@ -104,10 +104,10 @@ def certainty_html(certainty: dict[str, float], passes: int | None = None) -> st
             f'<tr data-key="{key}"><td><b>{symbol}</b></td><td style="font-family:monospace">{shown}</td>'
             f"<td>{bar}</td><td>{html.escape(meaning)}</td></tr>"
         )
-    over = f"{passes} " if passes else ""
+    times = f"{passes} times" if passes else "several times"
     head = (
-        f"<p>The teacher's head run {over}times with dropout on (Adaptive Regulation): "
-        "confident and stable predictions get η near 1.</p>"
+        f"<p>How sure the encoder is: its head run {times} with dropout on, summarised as in Adaptive "
+        "Regulation. Confident and stable predictions get η near 1.</p>"
     )
     return head + '<table class="certainty">' + "".join(rows) + "</table>"
 
