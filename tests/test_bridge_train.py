@@ -16,7 +16,7 @@ from gymqa.question import Question, write_questions
 from gymqa.score import score_files
 
 
-def _questions(path, split):
+def _questions(path, split, missing_clip: bool = False):
     qs = []
     for i, label in enumerate(LABELS):
         options = [CLASS_NAMES[(label + k) % len(CLASS_NAMES)] for k in range(4)]
@@ -25,6 +25,9 @@ def _questions(path, split):
         qs.append(Question(id=f"{split}-{i}", clip_id=f"clip{i}", question="What gymnastics move is this athlete "
                            "performing?", options=tuple(options), answer=answer, type="element", level="element",
                            split=split))
+    if missing_clip:  # a clip that is in no list: its question is skipped and counted, not an error
+        qs.append(Question(id=f"{split}-missing", clip_id="clip99", question="What move?", options=("a", "b"),
+                           answer=0, type="element", level="element", split=split))
     write_questions(path, qs)
     return path
 
@@ -37,7 +40,7 @@ def setup(exported, fake_run, tmp_path_factory):
     overrides = [
         "encoder.kind=sefar", f"encoder.export={exported}", "encoder.feature_dtype=float32",
         f"data.train_questions={_questions(root / 'train.jsonl', 'train')}",
-        f"data.test_questions={_questions(root / 'test.jsonl', 'test')}",
+        f"data.test_questions={_questions(root / 'test.jsonl', 'test', missing_clip=True)}",
         f"data.train_list={data / 'val.txt'}", f"data.test_list={data / 'val.txt'}", f"data.videos={data / 'videos'}",
         f"data.features={root / 'features'}", "adapter.num_layers=1", "adapter.num_queries=4", "adapter.max_frames=8",
         f"llm.path={llama}", "train.steps=4", "train.batch_size=2", "train.save_every=2", "train.log_every=1",
@@ -70,13 +73,32 @@ def test_every_method_writes_predictions_gymqa_scores(setup):
         train(load_config(None, [*overrides, f"out={run}"]))
     summary = evaluate_run(run, methods=["likelihood", "generate", "letter"], circular=True)
     assert set(summary["methods"]) == {"likelihood_sum", "likelihood_mean", "generate", "letter"}
-    assert summary["questions"] == 6 and summary["skipped"] == 0
+    assert summary["questions"] == 6 and summary["skipped"] == 1  # clip99 has no features
     for name, result in summary["methods"].items():
         report = score_files(root / "test.jsonl", run / "eval" / f"predictions_{name}.jsonl")
-        assert report.overall.accuracy == pytest.approx(result["accuracy"])
+        assert report.missing == 1 and report.overall.n == 7  # gymqa counts the skipped question as wrong
+        assert report.overall.correct == round(result["accuracy"] * 6)
         rows = [json.loads(line) for line in (run / "eval" / f"predictions_{name}.jsonl").read_text().splitlines()]
         assert len(rows) == 6 * 4  # every question and its 3 rotations
     # likelihood scores do not depend on the option order: a rotation's scores are the original's, rotated
     rows = {r["id"]: r["loglikelihoods"] for r in map(json.loads, (run / "eval" / "predictions_likelihood_mean.jsonl")
                                                          .read_text().splitlines())}
     assert rows["test-0@r1"] == rows["test-0"][1:] + rows["test-0"][:1]
+
+
+def test_cli_eval_export_and_ask(setup, exported, fake_run, capsys):
+    from sefar.cli import main
+
+    root, overrides = setup
+    run = root / "straight"
+    if not (run / "adapter").is_dir():
+        train(load_config(None, [*overrides, f"out={run}"]))
+    assert main(["bridge", "eval", str(run), "--method", "letter", "--max-questions", "2", "--no-circular",
+                 "--out", str(root / "cli_eval")]) == 0
+    assert "| straight | letter | 2 |" in capsys.readouterr().out
+    assert main(["bridge", "export", str(run), str(root / "cli_export")]) == 0
+    video = fake_run.parent / "data" / "videos" / "clip2.mp4"
+    assert main(["bridge", "ask", str(root / "cli_export"), str(video), "what move", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.strip()  # some streamed text
+    assert main(["bridge", "ask", str(root / "cli_export"), str(root / "nope.mp4"), "what move"]) == 2
+    assert "error: " in capsys.readouterr().err
