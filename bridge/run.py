@@ -19,13 +19,15 @@ __all__ = ["evaluate_run", "evaluate_source"]
 
 
 def evaluate_run(run: str | os.PathLike, methods=None, max_questions=None, circular=None, llm=None,
-                 questions: str | None = None, out: str | os.PathLike | None = None) -> dict:
-    """Evaluate a training run folder on its config's test questions (features cached as needed)."""
+                 questions: str | None = None, out: str | os.PathLike | None = None, loaded=None) -> dict:
+    """Evaluate a training run folder on its config's test questions (features cached as needed).
+
+    ``llm``: another LLM path than the recorded one; ``loaded``: an already loaded LLM to reuse."""
     run = Path(run)
     overrides = [f"data.test_questions={questions}"] if questions else []
     cfg = load_config(run / "config.yaml", overrides)
     cache = feature_cache(cfg, "test", cfg.data.features or run / "features")
-    model, _ = load_video_llm(run / "adapter", llm)
+    model, _ = load_video_llm(run / "adapter", llm, loaded=loaded)
     pairs = direction_pair_names(cfg.data.direction_pairs) if cfg.data.direction_pairs else None
     return evaluate(model, cache, cfg.data.test_questions, out or run / "eval",
                     methods=methods or cfg.eval.methods, types=cfg.data.types, name_question=cfg.train.question,

@@ -141,9 +141,10 @@ def _batch_indices(cfg: BridgeConfig, step: int, n: int) -> list[int]:
     return torch.randint(n, (cfg.train.batch_size,), generator=g).tolist()
 
 
-def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None) -> dict:
+def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None, llm=None) -> dict:
     """Train (or resume) the run ``cfg.out``; returns a summary. ``stop_after``: stop once that step is saved
-    (an interruption, for tests)."""
+    (an interruption, for tests); ``llm``: the config's LLM already loaded (drivers that train several adapters
+    on one LLM)."""
     from accelerate import Accelerator
 
     if cfg.train.threads:
@@ -159,7 +160,8 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None)
     feature_seconds = time.perf_counter() - began
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.mixed_precision)
-    llm = load_llm(LLMConfig(**vars(cfg.llm)), device=accelerator.device)
+    if llm is None:
+        llm = load_llm(LLMConfig(**vars(cfg.llm)), device=accelerator.device)
     if cfg.train.gradient_checkpointing:
         llm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     feature_dim = cache.manifest["shapes"]["element_tokens.0"][-1]

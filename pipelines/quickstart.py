@@ -93,8 +93,9 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _bridge(out: Path, name: str, overrides: list[str]) -> dict:
-    """Train (resuming) and score one adapter of the quickstart; returns the evaluation summary."""
+def _bridge(out: Path, name: str, overrides: list[str], llms: dict) -> dict:
+    """Train (resuming) and score one adapter of the quickstart; returns the evaluation summary. ``llms`` keeps
+    the loaded LLM for the next adapter (one load for the whole quickstart)."""
     from bridge.config import load_config
     from bridge.run import evaluate_run
     from bridge.train import train
@@ -115,8 +116,13 @@ def _bridge(out: Path, name: str, overrides: list[str]) -> dict:
         trained = json.loads((run / "train.json").read_text(encoding="utf-8"))
         summary = json.loads((run / "eval" / "results.json").read_text(encoding="utf-8"))
     else:
-        trained = train(cfg)
-        summary = evaluate_run(run)
+        from bridge.llm import LLMConfig, load_llm
+
+        key = json.dumps(vars(cfg.llm), sort_keys=True)
+        if key not in llms:
+            llms[key] = load_llm(LLMConfig(**vars(cfg.llm)))
+        trained = train(cfg, llm=llms[key])
+        summary = evaluate_run(run, loaded=llms[key])
     return summary | {"train_seconds": trained["train_seconds"], "feature_seconds": trained["feature_seconds"]}
 
 
@@ -142,11 +148,11 @@ def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
     export(out / "encoder" / "supervised", out / "export" / "supervised_tiny")  # for sefar bridge compare
     qa = _gymqa(data, out / "encoder" / "sefar" / "split" / "labeled.txt", out / "gymqa", seed)
     encoders_seconds = time.perf_counter() - began
-    bridge = {}
+    bridge, llms = {}, {}
     for i, name in enumerate(("sefar", "frames")):
         print(f"[{5 + i}/6] adapter on SmolLM2 over {'SeFAR' if name == 'sefar' else 'frame-wise EfficientNet-Lite0'} "
               "features: train and score")
-        bridge[name] = _bridge(out, name, [f"seed={seed}", *(bridge_overrides or [])])
+        bridge[name] = _bridge(out, name, [f"seed={seed}", *(bridge_overrides or [])], llms)
     summary = {
         "rows": rows,
         "sefar_minus_supervised_top1": round(100 * (rows[1]["teacher"]["top1"] - rows[0]["teacher"]["top1"]), 2),
