@@ -47,3 +47,25 @@ def test_every_problem_is_reported():
     for needle in ("encoder.kind='clip'", "train.objective='essay'", "quantization='3bit'", "train.lr=-1",
                    "eval.methods=['vote']"):
         assert needle in text
+
+
+def test_compare_table_and_plot(tmp_path):
+    from bridge.evaluate import format_table
+    from pipelines.compare import plot_compare
+
+    result = {"methods": {"likelihood_mean": {"accuracy": 0.5, "circular": 0.25, "n": 200, "seconds": 61.0,
+                                              "pair_accuracy": 0.6, "direction_pairs": 40}}}
+    other = {"methods": {"likelihood_mean": {"accuracy": 0.4, "circular": None, "n": 200, "seconds": 50.0}}}
+    table = format_table([("sefar", result), ("frames", other)]).splitlines()
+    assert table[2] == "| sefar | likelihood_mean | 200 | 50.0 | 25.0 | 60.0 (40) | 61 |"
+    assert table[3] == "| frames | likelihood_mean | 200 | 40.0 | - | - | 50 |"
+    png = plot_compare({"sefar": result, "frames": other}, tmp_path / "compare.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_file_errors(tmp_path):
+    bad = tmp_path / "compare.yaml"
+    bad.write_text("base: x.yaml\nruns:\n  a: encoder.kind=frames\nextra: 1\n")
+    with pytest.raises(ConfigError) as err:
+        read_compare(bad)
+    assert "missing key 'out'" in str(err.value) and "runs must map" in str(err.value) and "unknown keys" in str(err.value)
