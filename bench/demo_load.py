@@ -149,25 +149,6 @@ class PeakRSS:
         self._thread.join()
 
 
-def write_untrained_adapter(folder: Path, encoder_export: str, llm: str | None) -> Path:
-    """An adapter export of the default shape (embedded MiniLM Q-Former, 32 queries) with untrained weights, for
-    ``encoder_export`` and ``llm`` (None: the embedded SmolLM2): per request it costs what a trained one costs."""
-    import torch
-
-    from bridge.adapter import AdapterConfig, QFormerAdapter
-    from bridge.export import write_adapter_export
-    from bridge.llm import EMBEDDED, LLMConfig, load_llm
-    from encoder.export import read_export_config
-
-    feature_dim = int(read_export_config(encoder_export)["architecture"]["embed_dim"])
-    llm_config = LLMConfig(path=llm or EMBEDDED)
-    width = load_llm(llm_config).width
-    torch.manual_seed(0)
-    adapter = QFormerAdapter(AdapterConfig(feature_dim=feature_dim, llm_width=width))
-    return write_adapter_export(folder, adapter, llm=llm_config.to_dict(), template=llm_config.template,
-                                features={"kind": "sefar", "use_cls": True}, prompt={}, source={"untrained": True})
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -228,11 +209,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from common.textio import write_text_atomic
     from demo.examples import ensure_examples
+    from demo.serve import untrained_adapter_export
 
     with tempfile.TemporaryDirectory(prefix="demo_load_") as tmp:
         clips = [path for _, path in ensure_examples(Path(tmp) / "examples")]
         if args.untrained_adapter:
-            args.bridge = str(write_untrained_adapter(Path(tmp) / "adapter", args.encoder, args.llm))
+            args.bridge = str(untrained_adapter_export(Path(tmp) / "adapter", args.encoder, args.llm))
         port = free_port()
         url = f"http://127.0.0.1:{port}/"
         server = start_server(args, port, Path(tmp) / "examples")

@@ -11,6 +11,7 @@ import argparse
 import os
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", default=DEFAULT_ENCODER_EXPORT, help="SeFAR encoder export folder")
     parser.add_argument("--bridge", default=DEFAULT_ADAPTER_EXPORT, help="adapter export folder")
     parser.add_argument("--llm", default=None, help="LLM folder or GGUF file (default: the adapter's)")
+    parser.add_argument("--untrained-adapter", action="store_true",
+                        help="instead of --bridge: an untrained adapter of the default shape (answers not about the clip)")
     parser.add_argument("--example", type=int, default=0, help="which bundled example clip (0-3)")
     parser.add_argument("--question", default=QUESTION)
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -79,17 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     from common.errors import ConfigError, DataError
     from demo.app import DemoConfig
     from demo.examples import ensure_examples
-    from demo.serve import Artifacts, load_backend, serve
+    from demo.serve import Artifacts, load_backend, serve, untrained_adapter_export
 
     try:
-        artifacts = Artifacts(Path(args.encoder), Path(args.bridge), args.llm)
-        config = DemoConfig(port=_free_port(), max_new_tokens=args.max_new_tokens)
-        app, url, _ = serve(load_backend(artifacts), config, block=False)
-        try:
-            clip = ensure_examples()[args.example][1]
-            print(take_screenshot(url, clip, args.question, Path(args.out)))
-        finally:
-            app.close()
+        with tempfile.TemporaryDirectory(prefix="demo_screenshot_") as tmp:
+            adapter = Path(args.bridge)
+            if args.untrained_adapter:
+                adapter = untrained_adapter_export(Path(tmp) / "adapter", args.encoder, args.llm)
+            artifacts = Artifacts(Path(args.encoder), adapter, args.llm)
+            config = DemoConfig(port=_free_port(), max_new_tokens=args.max_new_tokens)
+            app, url, _ = serve(load_backend(artifacts), config, block=False)
+            try:
+                clip = ensure_examples()[args.example][1]
+                print(take_screenshot(url, clip, args.question, Path(args.out)))
+            finally:
+                app.close()
     except (DataError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common.errors import DataError
 
-__all__ = ["Artifacts", "check_artifacts", "load_backend", "serve"]
+__all__ = ["Artifacts", "check_artifacts", "load_backend", "serve", "untrained_adapter_export"]
 
 QUICKSTART_HINT = "make it with `make quickstart`"
 
@@ -58,3 +58,27 @@ def serve(backend, config, examples_dir: str | os.PathLike | None = None, with_e
     app = build_app(backend, config, examples)
     _, url, share = launch(app, config, allowed_paths=[folder] if with_examples else [], block=block)
     return app, url, share
+
+
+def untrained_adapter_export(folder: str | os.PathLike, encoder_export: str | os.PathLike, llm: str | None = None) -> Path:
+    """An adapter export of the bridge's default shape (embedded MiniLM Q-Former, 32 queries) with untrained
+    projection weights, for ``encoder_export`` and ``llm`` (None: the embedded SmolLM2).
+
+    For timing and screenshots before an adapter has been trained: per request it costs exactly what a trained
+    adapter of that shape costs, but its query tokens mean nothing to the LLM, so answers are not about the clip.
+    Nothing here is trained.
+    """
+    import torch
+
+    from bridge.adapter import AdapterConfig, QFormerAdapter
+    from bridge.export import write_adapter_export
+    from bridge.llm import EMBEDDED, LLMConfig, load_llm
+    from encoder.export import read_export_config
+
+    feature_dim = int(read_export_config(encoder_export)["architecture"]["embed_dim"])
+    llm_config = LLMConfig(path=llm or EMBEDDED)
+    width = load_llm(llm_config).width
+    torch.manual_seed(0)
+    adapter = QFormerAdapter(AdapterConfig(feature_dim=feature_dim, llm_width=width))
+    return write_adapter_export(folder, adapter, llm=llm_config.to_dict(), template=llm_config.template,
+                                features={"kind": "sefar", "use_cls": True}, prompt={}, source={"untrained": True})

@@ -60,13 +60,18 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def tiny(tmp_path_factory) -> Artifacts:
     root = tmp_path_factory.mktemp("demo_e2e")
-    artifacts = Artifacts(tiny_encoder_export(root / "encoder"),
-                          tiny_adapter_export(root / "adapter", tiny_llama(root / "llm")))
+    llm = tiny_llama(root / "llm")
+    return Artifacts(tiny_encoder_export(root / "encoder"), tiny_adapter_export(root / "adapter", llm), str(llm))
+
+
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory):
+    examples = tmp_path_factory.mktemp("examples")
     config = DemoConfig(port=free_port(), max_new_tokens=12)
-    app, url, _ = serve(load_backend(artifacts), config, root / "examples", block=False)
-    yield url, sorted((root / "examples").glob("*.mp4"))
+    app, url, _ = serve(load_backend(tiny), config, examples, block=False)
+    yield url, sorted(examples.glob("*.mp4"))
     app.close()
 
 
@@ -126,3 +131,18 @@ def test_the_encoder_only_page_shows_the_views_and_refuses_chat(tmp_path):
     assert len(top5) == 5 and set(top5) <= {c.name for c in CLASSES} and 0 < sum(top5.values()) <= 1
     assert image.ndim == 3 and "η" in certainty
     assert "encoder only" in list(handlers.on_ask("what?", session))[-1][3]
+
+
+def test_an_untrained_adapter_of_the_default_shape_serves_the_llm(tiny, tmp_path):
+    from bridge.export import read_adapter_config
+    from demo.examples import ensure_examples
+    from demo.serve import untrained_adapter_export
+
+    folder = untrained_adapter_export(tmp_path / "adapter", tiny.encoder, tiny.llm)
+    config = read_adapter_config(folder)
+    assert config["source"] == {"untrained": True}
+    assert (config["adapter"]["feature_dim"], config["adapter"]["llm_width"]) == (EMBED_DIM, 64)
+    assert config["adapter"]["num_queries"] == 32 and config["llm"]["path"] == tiny.llm
+    chat = load_backend(Artifacts(tiny.encoder, folder))  # the LLM recorded in the export
+    clip = chat.encode(ensure_examples(tmp_path / "examples")[0][1])
+    assert "".join(chat.stream(clip, [], "what?", max_new_tokens=4))
