@@ -20,7 +20,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -29,7 +29,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from common.errors import ConfigError
 
-__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_VALUE_ITEMS", "load_structured", "number_problems", "read_yaml_mapping"]
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_VALUE_ITEMS", "field_problems", "load_structured", "number_problems",
+           "read_yaml_mapping"]
 
 MAX_FILE_BYTES = 1 << 20
 MAX_VALUE_ITEMS = 10_000
@@ -248,4 +249,50 @@ def number_problems(cfg: object, *, positive: Collection[str] = (), below_one: C
             problems.append(f"{shown}={value}: must be >= 0")
         elif key in below_one and value >= 1:
             problems.append(f"{shown}={value}: must be < 1")
+    return problems
+
+
+def _type_problem(tp: object, value: object) -> str | None:
+    """Why ``value`` (parsed JSON) is not of the annotated type ``tp``, or ``None``."""
+    optional = _unwrap_optional(tp)
+    if optional is not tp:
+        return None if value is None else _type_problem(optional, value)
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return "must be a list"
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        if origin is tuple and Ellipsis not in typing.get_args(tp) and len(value) != len(args):
+            return f"must be a list of {len(args)} items"
+        return next((f"item {i} {p}" for i, item in enumerate(value)
+                     if args and (p := _type_problem(args[min(i, len(args) - 1)], item))), None)
+    if tp is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if tp is int:
+        return None if type(value) is int else "must be an integer"
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "must be a finite number"
+    if tp is str:
+        return None if isinstance(value, str) else "must be a string"
+    return None
+
+
+def field_problems(schema: type, values: Mapping, *, limits: Mapping[str, float] | None = None) -> list[str]:
+    """Problems of ``values`` (read from a JSON file) meant for the dataclass ``schema``, before it is built: each
+    field present must have its annotated type (``int`` an integer, not true/false; ``float`` a finite number;
+    ``Optional[X]`` null or X; ``tuple[X, ...]`` a list of X), and a number named in ``limits`` must lie in
+    ``(0, limit]``, so that a damaged file cannot make the reader allocate without bound."""
+    problems = []
+    hints = _field_types(schema)
+    for f in dataclasses.fields(schema):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        problem = _type_problem(hints[f.name], value)
+        if problem is None and limits and f.name in limits and value is not None:
+            if not 0 < value <= limits[f.name]:
+                problem = f"must be in (0, {limits[f.name]:g}]"
+        if problem is not None:
+            problems.append(f"{f.name}={_shown(value)}: {problem}")
     return problems

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from common.configfile import field_problems
 from encoder.augment import normalize, resize_short_side, spatial_crops
 from common.errors import ConfigError, DataError
 from common.finegym import Category
@@ -330,13 +331,52 @@ def read_export_config(path: str | os.PathLike) -> dict:
     config = _read_json(config_path)
     if config.get("format") != FORMAT:
         raise DataError(config_path, f"not a SeFAR encoder export (format={config.get('format')!r})")
+    if type(config.get("format_version", 0)) is not int:
+        raise DataError(config_path, f"format_version {config['format_version']!r} is not an integer")
     if config.get("format_version", 0) > FORMAT_VERSION:
         reason = f"format_version {config['format_version']} is newer than this code ({FORMAT_VERSION})"
         raise DataError(config_path, reason)
     missing = [k for k in ("architecture", "preprocess", "class_names") if k not in config]
     if missing:
         raise DataError(config_path, f"missing keys {missing}")
+    problems = _config_problems(config)
+    if problems:
+        raise DataError(config_path, "; ".join(problems))
     return config
+
+
+# Sizes far above any real model (ViT-g: 40 blocks of 1,408), so that a damaged config.json cannot make loading
+# allocate without bound before the weights are compared with it.
+_ARCHITECTURE_LIMITS = {"num_classes": 100_000, "img_size": 4096, "patch_size": 1024, "in_chans": 64,
+                        "embed_dim": 16_384, "depth": 1024, "num_heads": 1024, "mlp_ratio": 64, "fusion_dim": 65_536}
+_PREPROCESS_LIMITS = {"num_frames": 4096, "img_size": 4096, "short_side": 16_384}
+
+
+def _config_problems(config: dict) -> list[str]:
+    """Type and size problems of the parts of an export's ``config.json`` that loading builds objects from."""
+    problems = []
+    for key, schema, limits in (("architecture", TimeSformerConfig, _ARCHITECTURE_LIMITS),
+                                ("preprocess", PreprocessConfig, _PREPROCESS_LIMITS)):
+        part = config[key]
+        if not isinstance(part, dict):
+            problems.append(f"{key} must be an object")
+        else:
+            problems += [f"{key}.{p}" for p in field_problems(schema, part, limits=limits)]
+    names = config["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        problems.append("class_names must be a list of strings")
+    categories = config.get("categories")
+    if categories is not None:
+        if not isinstance(categories, list) or not all(isinstance(c, dict) for c in categories):
+            problems.append("categories must be null or a list of objects")
+        else:
+            expected = {f.name for f in fields(Category)}
+            for i, c in enumerate(categories):
+                if set(c) != expected:
+                    problems.append(f"categories[{i}] must have exactly the keys {', '.join(sorted(expected))}")
+                else:
+                    problems += [f"categories[{i}].{p}" for p in field_problems(Category, c)]
+    return problems
 
 
 def _load_state(weights: Path, model: TimeSformer) -> None:

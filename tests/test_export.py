@@ -239,3 +239,29 @@ def test_cli_train_forwards_config_overrides_and_resume(monkeypatch):
         (("-", []), {"resume": True, "allow_config_change": False}),
         (("-", []), {"resume": True, "allow_config_change": True}),
     ]
+
+
+@pytest.mark.parametrize("keys, value, reason", [
+    (("architecture", "depth"), 10**6, "architecture.depth=1000000: must be in (0, 1024]"),
+    (("architecture", "embed_dim"), 1e30, "architecture.embed_dim=1e+30: must be an integer"),
+    (("architecture", "patch_size"), 0, "architecture.patch_size=0: must be in (0, 1024]"),
+    (("architecture", "mlp_ratio"), float("inf"), "architecture.mlp_ratio=inf: must be a finite number"),
+    (("preprocess", "mean"), [0.5], "preprocess.mean=[0.5]: must be a list of 3 items"),
+    (("format_version",), "x", "format_version 'x' is not an integer"),
+    (("class_names",), 3, "class_names must be a list of strings"),
+    (("categories",), [{"label": 0}], "categories[0] must have exactly the keys"),
+])
+def test_damaged_export_config_is_one_error_before_any_allocation(exported, tmp_path, keys, value, reason):
+    import re
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(exported, damaged)
+    config = json.loads((damaged / "config.json").read_text())
+    node = config
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+    (damaged / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match=re.escape(reason)):
+        load(damaged)
