@@ -75,6 +75,18 @@ def test_a_folder_of_lists_does_not_read_its_categories_file_as_a_list(tmp_path)
     assert [lr.name for lr in report.lists] == ["train.txt"] and report.ok
 
 
+def test_a_layout_with_no_list_is_a_problem_and_problems_are_listed_once(tmp_path):
+    (tmp_path / "ucf").mkdir()
+    (tmp_path / "ucf" / "classInd.txt").write_text("1 A\n")  # no trainlist01.txt
+    report = check_dataset(tmp_path / "ucf")
+    assert report.problems() == [f"{tmp_path / 'ucf'}: found no list to check in this ucf101 layout"]
+    (tmp_path / "hmdb").mkdir()
+    (tmp_path / "hmdb" / "a_test_split1.txt").write_text("x.avi 7\n")
+    report = check_dataset(tmp_path / "hmdb")
+    assert len(report.lists) == 2 and report.problems() == [
+        f"{tmp_path / 'hmdb' / 'a_test_split1.txt'}:1: expected '<video>.avi <0|1|2>', got 'x.avi 7'"]
+
+
 def test_old_mac_line_endings_are_lines(tmp_path):
     lst = tmp_path / "mac.txt"
     lst.write_bytes(b"a.mp4 1\rb.mp4 2\r")

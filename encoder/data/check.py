@@ -103,7 +103,8 @@ class CheckReport:
     seconds: float = 0.0  # time spent checking videos
 
     def problems(self) -> list[str]:
-        return self.issues + [p for lr in self.lists for p in lr.problems()]
+        """Every problem once (the train and test lists of an HMDB51 split read the same file)."""
+        return list(dict.fromkeys(self.issues + [p for lr in self.lists for p in lr.problems()]))
 
     @property
     def ok(self) -> bool:
@@ -305,6 +306,8 @@ def check_dataset(
     began = time.perf_counter()
     for source in _sources(path, kind, root, report.issues):
         report.lists.append(_check_list(source, videos, progress))
+    if not report.lists and not report.issues:  # e.g. a UCF101 folder with classInd.txt but no split lists
+        report.issues.append(f"{path}: found no list to check in this {kind} layout")
     report.seconds = time.perf_counter() - began
     return report
 
