@@ -6,7 +6,8 @@ pointed at /dev/null, so nothing a library prints can corrupt a reply). Requests
 * ``{"kind": "cli", "argv": [...]}``: ``sefar`` with these arguments;
 * ``{"kind": "config", "path": str | null, "overrides": [...], "keys": [...]}``: :func:`encoder.config.load_config`,
   replying with the loaded values of ``keys``;
-* ``{"kind": "decode", "path": str}``: :func:`encoder.data.video.read_frames` of every frame.
+* ``{"kind": "decode", "path": str}``: :func:`encoder.data.video.read_frames` of every frame;
+* ``{"kind": "export", "path": str}``: :func:`encoder.export.load`, replying with the loaded architecture.
 
 Reply: ``{"code", "stdout", "stderr", "fd_stderr", "crash", "value"}``; ``crash`` is the last line of any exception
 that escaped (a traceback the user would see), including ``MemoryError`` when the memory limit is hit.
@@ -55,6 +56,16 @@ def _handle(request: dict) -> tuple[int | None, object]:
                 node = getattr(node, part)
             values[key] = list(node) if isinstance(node, tuple) else node
         return 0, values
+    if kind == "export":
+        from common.errors import DataError
+        from encoder.export import load
+
+        try:
+            encoder = load(request["path"])
+        except DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2, None
+        return 0, {"architecture": encoder.model.cfg.to_dict(), "class_names": list(encoder.class_names)}
     if kind == "decode":
         from common.errors import VideoReadError
         from encoder.data.video import read_frames
@@ -99,6 +110,7 @@ def main() -> None:
     os.dup2(devnull, 1)
     import encoder.config  # noqa: F401  (warm up: the imports every request kind needs)
     import encoder.data.check  # noqa: F401
+    import encoder.export  # noqa: F401
     import gymqa.score  # noqa: F401
     import sefar.cli
 

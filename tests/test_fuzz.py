@@ -1,5 +1,5 @@
-"""Fuzz suite: random and mutated input through the list reader, ``data check``, the video reader, ``gymqa score``
-and config loading, with Hypothesis (derandomized: the same inputs on every run, so CI is reproducible).
+"""Fuzz suite: random and mutated input through the list reader, ``data check``, the video reader, ``gymqa score``,
+config loading and export loading, with Hypothesis (derandomized: the same inputs on every run, so CI is reproducible).
 
 Property for every input: a clean exit with one ``error:`` line (or a ``data check`` report naming the problem),
 or a correct result: never a traceback, never more than a bounded amount of memory, never a silent wrong success.
@@ -7,7 +7,7 @@ Each input runs in a worker process (tests/fuzz_worker.py) whose address space i
 ``MemoryError`` crash instead of the kernel killing the machine's largest process; a hang is a crash too.
 "Correct result" is checked against what the input is known to be: an OK list has every content line as a sample
 and no label outside its categories file, an OK video decodes whole, a score equals the one computed here, a
-loaded config holds exactly the values given. The counts are printed in pytest's summary ("fuzz" section).
+loaded config holds exactly the values given, a loaded export is the model its config.json describes. The counts are printed in pytest's summary ("fuzz" section).
 """
 
 from __future__ import annotations
@@ -458,3 +458,68 @@ def test_fuzz_videos_through_reader_and_data_check(worker, workdir, originals, f
     assert decoded["code"] == 0, f"{context}: data check passed it but reading fails: {decoded['stderr']}"
     if m["kind"] in ("cut", "rename"):
         assert decoded["value"] == FRAMES, f"{context}: data check passed it but {decoded['value']} frames decode"
+
+
+# ------------------------------------------------------------------------------------------ export config.json
+
+
+@pytest.fixture(scope="module")
+def export_config(workdir) -> tuple[Path, dict]:
+    """A tiny export folder and its ``config.json``."""
+    from common.finegym import Category
+    from encoder.export import PreprocessConfig, build_export_config, save_export
+    from encoder.timesformer import create_model
+
+    model = create_model("tiny", 3, img_size=32)
+    categories = [Category(i, 10 + i, 21, "FX", f"element {i}") for i in range(3)]
+    config = build_export_config(model.cfg, PreprocessConfig(8, 32, (0.5,) * 3, (0.5,) * 3),
+                                 [c.full_name for c in categories], categories)
+    return save_export(workdir / "export", model, config), config
+
+
+def _json_leaves(value: object, path: tuple = ()) -> list[tuple]:
+    if isinstance(value, dict):
+        return [path] + [p for k, v in value.items() for p in _json_leaves(v, (*path, k))]
+    if isinstance(value, list) and value:
+        return [path] + [p for i, v in enumerate(value) for p in _json_leaves(v, (*path, i))]
+    return [path]
+
+
+JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 70), st.integers(-10**30, 10**30),
+                        st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
+                        st.lists(st.integers(-2, 4), max_size=4), st.dictionaries(st.text(max_size=3), st.integers(),
+                                                                                   max_size=2))
+
+
+@settings(FUZZ, max_examples=60)
+@given(st.data())
+def test_fuzz_export_config_through_loading(worker, workdir, export_config, fuzz_counts, data):
+    folder, config = export_config
+    paths = [p for p in _json_leaves(config) if p]
+    changed = json.loads(json.dumps(config))
+    edits = data.draw(st.lists(st.tuples(st.sampled_from(paths), st.one_of(JSON_VALUES, st.just("<delete>"))),
+                               min_size=1, max_size=3))
+    applied = []
+    for path, value in edits:
+        node = changed
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            if value == "<delete>":
+                node.pop(path[-1])
+            else:
+                node[path[-1]] = value
+            applied.append((path, value))
+        except (KeyError, IndexError, TypeError):  # an earlier edit replaced the parent
+            continue
+    damaged = workdir / "damaged_export"
+    damaged.mkdir(exist_ok=True)
+    (damaged / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    (damaged / "config.json").write_text(json.dumps(changed))
+    reply = worker.ask({"kind": "export", "path": str(damaged)})
+    outcome = _clean(reply, f"export config edits {applied}")
+    _tally(fuzz_counts, "export config.json -> loading", reply, outcome)
+    if outcome == "results":  # loaded: the model is the one config.json describes
+        arch = changed["architecture"]
+        assert all(reply["value"]["architecture"][k] == v for k, v in arch.items()), (applied, reply["value"])
+        assert reply["value"]["class_names"] == changed["class_names"]
