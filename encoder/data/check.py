@@ -48,7 +48,8 @@ class ListReport:
     """What was found for one list.
 
     ``class_counts`` maps a label to its number of clips; ``classes[label]`` names it. ``missing`` holds paths
-    that do not exist; ``unreadable`` one line per clip that exists but cannot be opened (``"<path>: <reason>"``).
+    that do not exist; ``unreadable`` one line per clip that exists but is not whole (``"<path>: <reason>"``);
+    ``collisions`` one line per entry that shares a clip id or a file with an earlier one.
     """
 
     name: str
@@ -57,7 +58,7 @@ class ListReport:
     class_counts: dict[int, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
-    collisions: list[str] = field(default_factory=list)  # entries that share a clip id or a file
+    collisions: list[str] = field(default_factory=list)
     error: str | None = None
 
     def problems(self) -> list[str]:
