@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import OmegaConf
-
 from common.configfile import load_structured, number_problems
 from common.errors import ConfigError
 
