@@ -70,13 +70,16 @@ def encoder_source(cfg: BridgeConfig) -> str | FrameEncoderConfig:
 def feature_cache(cfg: BridgeConfig, split: str, root: str | os.PathLike, num_workers: int = 0) -> FeatureCache:
     """The features of the ``split`` ("train" | "test") questions' clips, extracted first where missing.
 
-    The cache covers exactly the clips the questions name (a sub-list of the split's clip list written beside
-    it); extraction resumes shard by shard after an interruption.
+    The cache covers exactly the clips the questions name (for "test", those of the first ``eval.max_questions``
+    questions; a sub-list of the split's clip list written beside it); extraction resumes shard by shard.
     """
     questions = cfg.data.train_questions if split == "train" else cfg.data.test_questions
     source_list = cfg.data.train_list if split == "train" else cfg.data.test_list
     folder = Path(root) / split
-    ids = {q.clip_id for q in read_questions_jsonl(questions) if q.type in cfg.data.types}
+    chosen = [q for q in read_questions_jsonl(questions) if q.type in cfg.data.types and q.rotation == 0]
+    if split == "test" and cfg.eval.max_questions is not None:
+        chosen = chosen[: cfg.eval.max_questions]  # only the clips that will be scored
+    ids = {q.clip_id for q in chosen}
     sublist = write_clip_sublist(source_list, ids, folder.with_name(f"{split}_clips.txt"))
     manifest = folder / "manifest.json"
     if not manifest.is_file() or not FeatureCache(folder).manifest.get("complete"):
