@@ -183,4 +183,4 @@ def test_cli_synth_writes_syngym_and_prints_its_summary(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(out), "--seed", "7", "--size", "tiny", "--workers", "1"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["seed"], manifest["size"]) == (7, "tiny")
-    assert "SynGym v1 (tiny, seed 7)" in capsys.readouterr().out
+    assert f"SynGym v{manifest['version']} (tiny, seed 7)" in capsys.readouterr().out
