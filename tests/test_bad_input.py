@@ -156,6 +156,34 @@ def test_data_check_names_cut_videos(tmp_path, name, fraction, capsys):
     assert "ERROR" not in err and "Traceback" not in err  # decord's own log lines stay out of the output
 
 
+@pytest.mark.parametrize("name", ["long_audio.mkv", "long_audio.mp4"])
+def test_a_whole_video_with_a_longer_audio_track_is_whole(tmp_path, name):
+    import av
+    import numpy as np
+
+    path = tmp_path / name
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("aac", rate=44100)
+        audio.layout = "stereo"
+        for i in range(25):  # 1 s of video
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 8, np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        for i in range(75):  # 3 s of audio
+            samples = av.AudioFrame.from_ndarray(np.zeros((2, 1764), np.float32), format="fltp", layout="stereo")
+            samples.sample_rate, samples.pts = 44100, i * 1764
+            for packet in audio.encode(samples):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+    check = verify_video(path, deep=True)
+    assert check.info.num_frames == check.decoded_frames == 25 and abs(check.declared_frames - 25) <= 1
+
+
 def test_deep_check_decodes_every_frame_and_says_how_long(tmp_path, capsys):
     write_video(tmp_path / "a.mp4", n=9)
     (tmp_path / "list.txt").write_text("a.mp4 0\n")

@@ -192,11 +192,26 @@ def _declared_frames(path: Path) -> int | None:
             if stream.frames > 0:
                 return int(stream.frames)
             rate = stream.average_rate or stream.guessed_rate
-            if container.duration and rate:
-                return int(round(container.duration / 1_000_000 * float(rate)))
+            seconds = _stream_seconds(stream)
+            if seconds is None and container.duration and len(container.streams) == 1:
+                seconds = container.duration / 1_000_000  # the container's is the longest stream's (audio too)
+            if seconds and rate:
+                return int(round(seconds * float(rate)))
     except Exception:  # unreadable headers are reported by the reader itself
         return None
     return None
+
+
+def _stream_seconds(stream) -> float | None:
+    """A video stream's own duration: its header field, or Matroska's per-track ``DURATION`` tag."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION", "")
+    try:
+        h, m, sec = tag.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return None
 
 
 def _check_gif_trailer(path: Path) -> None:
