@@ -25,7 +25,6 @@ __all__ = ["EncoderSection", "FramesSection", "DataSection", "AdapterSection", "
 
 OBJECTIVES = ("name", "letter")
 METHODS = ("likelihood", "generate", "letter")
-NAME_QUESTION = "What gymnastics move is this athlete performing?"
 
 
 @dataclass
@@ -85,8 +84,7 @@ class LLMSection:
 
 @dataclass
 class TrainSection:
-    objective: str = "name"  # name: answer the element's name (no options); letter: the option letter
-    question: str = NAME_QUESTION  # the question of the name objective
+    objective: str = "name"  # name: the question's stem (no options) -> the right option's text; letter: the letter
     steps: int = 300
     batch_size: int = 8
     lr: float = 1e-4

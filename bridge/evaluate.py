@@ -5,8 +5,8 @@
 Methods (one predictions file each, ``OUT/predictions_<method>.jsonl``; :func:`gymqa.score.score` scores them,
 an unparseable or empty answer counting as wrong):
 
-* ``likelihood`` (two files: ``likelihood_sum`` and ``likelihood_mean``): the prompt is the video and the name
-  question without options; each option's text (+ end of turn) is scored as the answer, the prompt computed once
+* ``likelihood`` (two files: ``likelihood_sum`` and ``likelihood_mean``): the prompt is the video and the
+  question's stem without options; each option's text (+ end of turn) is scored as the answer, the prompt computed once
   and the options batched over its KV cache (:meth:`bridge.model.VideoLLM.option_loglikelihoods`). Scores do not
   depend on the options' order, so the rotations of CircularEval reuse them.
 * ``generate``: the prompt lists the lettered options; the greedy answer is parsed by :func:`gymqa.parse_answer`.
@@ -48,16 +48,16 @@ def _queries(model: VideoLLM, cache: FeatureCache, clip: str, use_cls: bool) -> 
         return model.adapter(visual.to(model.device))[0]  # (Q, W)
 
 
-def _likelihood(model, cache, questions, name_question, use_cls, pairs) -> tuple[dict, dict, dict]:
+def _likelihood(model, cache, questions, use_cls, pairs) -> tuple[dict, dict, dict]:
     """Per question id: sum / mean option scores (rotations by option text); the direction-pair outcomes."""
     sums, means, pair_wins = {}, {}, {}
-    prompt = model.template.render(name_question)
     for q in tqdm(questions, desc="likelihood", unit="q"):
+        prompt = model.template.render(q.question)
         options = list(q.options)
         sibling = pairs.get(q.answer_text)
         if sibling is not None and sibling not in options:
             options.append(sibling)
-        continuations = [model.template.with_answer(name_question, o)[1] for o in options]
+        continuations = [model.template.with_answer(q.question, o)[1] for o in options]
         s, m = model.option_loglikelihoods(_queries(model, cache, q.clip_id, use_cls), prompt, continuations)
         sums[q.id], means[q.id] = dict(zip(options, s)), dict(zip(options, m))
         if sibling is not None:
@@ -86,7 +86,7 @@ def _write_predictions(path: Path, rows: list[dict]) -> None:
 
 def evaluate(model: VideoLLM, cache: FeatureCache, questions_path: str | os.PathLike, out: str | os.PathLike, *,
              methods: Sequence[str] = ("likelihood",), types: Sequence[str] = ("element",),
-             name_question: str = "What gymnastics move is this athlete performing?", use_cls: bool = True,
+             use_cls: bool = True,
              circular: bool = True, max_questions: int | None = None, max_new_tokens: int = 24,
              direction_pairs: dict[str, str] | None = None) -> dict:
     """Answer the questions with each method, write predictions and reports into ``out``; returns the summary."""
@@ -98,7 +98,7 @@ def evaluate(model: VideoLLM, cache: FeatureCache, questions_path: str | os.Path
     summary = {"questions": len(originals), "skipped": qs.skipped, "methods": {}}
     if "likelihood" in methods:
         began = time.perf_counter()
-        sums, means, wins = _likelihood(model, cache, originals, name_question, use_cls, direction_pairs or {})
+        sums, means, wins = _likelihood(model, cache, originals, use_cls, direction_pairs or {})
         seconds = time.perf_counter() - began
         for name, scores in (("likelihood_sum", sums), ("likelihood_mean", means)):
             rows = [{"id": q.id, "loglikelihoods": [scores[q.base_id][o] for o in q.options]} for q in everything]

@@ -30,7 +30,7 @@ def evaluate_run(run: str | os.PathLike, methods=None, max_questions=None, circu
     model, _ = load_video_llm(run / "adapter", llm, loaded=loaded)
     pairs = direction_pair_names(cfg.data.direction_pairs) if cfg.data.direction_pairs else None
     return evaluate(model, cache, cfg.data.test_questions, out or run / "eval",
-                    methods=methods or cfg.eval.methods, types=cfg.data.types, name_question=cfg.train.question,
+                    methods=methods or cfg.eval.methods, types=cfg.data.types,
                     use_cls=cfg.adapter.use_cls, circular=cfg.eval.circular if circular is None else circular,
                     max_questions=cfg.eval.max_questions if max_questions is None else max_questions,
                     max_new_tokens=cfg.eval.max_new_tokens, direction_pairs=pairs)
@@ -48,8 +48,6 @@ def evaluate_source(source: str | os.PathLike, *, questions=None, features=None,
             raise ConfigError(f"{source} is an adapter export: pass --questions JSONL and --features CACHE_DIR")
         model, config = load_video_llm(source, llm)
         summary = evaluate(model, FeatureCache(features), questions, out or source / "eval", methods=methods,
-                           name_question=config.get("prompt", {}).get("question") or
-                           "What gymnastics move is this athlete performing?",
                            use_cls=config.get("features", {}).get("use_cls", True), circular=circular,
                            max_questions=max_questions)
     else:

@@ -5,8 +5,8 @@
 validate the config -> cache the encoder's features of the questions' clips (resumable) -> load the frozen LLM ->
 build the adapter (Q-Former from BERT) -> an explicit loop over ``train.steps`` steps -> export.
 
-* Objective ``name`` (default): the prompt is the video and ``train.question`` (no options); the target is the
-  correct option's text (the element's name). ``letter``: the prompt lists the lettered options, the target is
+* Objective ``name`` (default): the prompt is the video and the question's stem (no options); the target is the
+  correct option's text (for element questions, the element's name). ``letter``: the prompt lists the lettered options, the target is
   the letter. Only the answer tokens (and the end of turn) count in the loss.
 * Resuming: ``RUN/checkpoints/last.safetensors`` holds the adapter, the AdamW state and the step, written
   atomically every ``train.save_every`` steps. Each step's batch and dropout draws come from generators seeded
@@ -58,21 +58,21 @@ def _examples(cfg: BridgeConfig, model: VideoLLM, questions) -> list[tuple[str, 
     out = []
     for q in questions:
         if cfg.train.objective == "name":
-            prompt, target = model.template.with_answer(cfg.train.question, q.answer_text)
+            prompt, target = model.template.with_answer(q.question, q.answer_text)
         else:
             prompt, target = model.template.with_answer(letter_prompt_question(q), q.answer_letter)
         out.append((q.clip_id, prompt, target))
     return out
 
 
-def run_metadata(cfg: BridgeConfig, model: VideoLLM, layout: list[list[int]]) -> dict:
+def run_metadata(cfg: BridgeConfig, model: VideoLLM, layout: list[list[int]], question: str) -> dict:
     """What an export records besides the weights (see :mod:`bridge.export`)."""
     llm = LLMConfig(**vars(cfg.llm))
     source = cfg.encoder.export if cfg.encoder.kind == "sefar" else f"frames:{cfg.encoder.frames.model}"
     return {"llm": llm.to_dict(), "template": model.template.name,
             "features": {"kind": cfg.encoder.kind, "source": source, "layout": layout,
                          "use_cls": cfg.adapter.use_cls},
-            "prompt": {"question": cfg.train.question, "objective": cfg.train.objective}}
+            "prompt": {"question": question, "objective": cfg.train.objective}}
 
 
 def _build_adapter(cfg: BridgeConfig, feature_dim: int, llm) -> QFormerAdapter:
@@ -171,7 +171,7 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
     model = VideoLLM(adapter, llm)
     examples = _examples(cfg, model, qs.questions)
     write_text_atomic(run / "prompt.txt", examples[0][1] + examples[0][2])
-    meta = run_metadata(cfg, model, cache.layout)
+    meta = run_metadata(cfg, model, cache.layout, qs.questions[0].question)
 
     step, losses = 0, []
     if resume and (run / CHECKPOINT).is_file():
