@@ -1,5 +1,5 @@
-"""Interrupt safety: ``kill -9`` at random points of ``data synth``, ``data prepare``, ``encoder train`` and the
-feature cache; the rerun completes and gives the same result as an uninterrupted run (the same files, byte for
+"""Interrupt safety: ``kill -9`` at random points of ``data synth``, ``data prepare``, ``encoder train`` and
+``bridge features``; the rerun completes and gives the same result as an uninterrupted run (the same files, byte for
 byte, safetensors by content; for training also the same losses), and at every kill each file a reader can see is
 whole (temporaries are hidden ``.name.tmp`` files or ``*.tmp``, removed by the rerun).
 
@@ -202,15 +202,8 @@ def test_kill_9_during_encoder_train(tmp_path, toy_run):
 
 
 def _features_args(export: Path, list_path: Path, videos: Path, out: Path) -> list[str]:
-    """The feature-cache command: ``sefar bridge features`` where it exists, else its library entry point."""
-    probe = subprocess.run(_sefar("bridge", "features", "--help"), cwd=ROOT, env=_env(), capture_output=True)
-    if probe.returncode == 0:
-        return _sefar("bridge", "features", str(export), str(list_path), str(out), "--videos-root", str(videos),
-                      "--batch-size", "2", "--shard-size", "2", "--workers", "0", "--dtype", "float32")
-    call = (f"from bridge.features import extract_features; extract_features({str(export)!r}, {str(list_path)!r}, "
-            f"{str(out)!r}, videos_root={str(videos)!r}, batch_size=2, shard_size=2, dtype='float32', "
-            "num_workers=0)")
-    return [sys.executable, "-c", call]
+    return _sefar("bridge", "features", str(export), str(list_path), str(out), "--videos-root", str(videos),
+                  "--batch-size", "2", "--shard-size", "2", "--workers", "0", "--dtype", "float32")
 
 
 @pytest.mark.slow
