@@ -32,6 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+# Run as a script, Python puts bench/ first on sys.path, where bench/bridge.py would shadow the bridge package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
 MAX_CLIENTS = 32
 MAX_REQUESTS = 100
 QUESTION = "Which element does the gymnast perform?"
