@@ -188,7 +188,8 @@ def start_server(args: argparse.Namespace, port: int, examples_dir: Path) -> sub
 def format_table(row: dict) -> str:
     keys = ["clients", "requests", "concurrency", "answered", "errors", "not_run", "p50_s", "p95_s", "max_s",
             "requests_per_s", "peak_rss_mb", "ready_s"]
-    return "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n| " + " | ".join(str(row[k]) for k in keys) + " |"
+    header = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
+    return header + "\n| " + " | ".join(str(row[k]) for k in keys) + " |"
 
 
 def main(argv: list[str] | None = None) -> int:

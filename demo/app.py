@@ -258,7 +258,8 @@ def _choice_tab(config: DemoConfig) -> tuple:
         question = gr.Textbox(label="Question", elem_id="mc-question",
                               placeholder="Which element does the gymnast perform?")
         options = gr.Textbox(label="Options, one per line", lines=4, elem_id="mc-options",
-                             placeholder="salto forward tucked\nsalto backward tucked\ngiant circle forward to handstand")
+                             placeholder="salto forward tucked\nsalto backward tucked\n"
+                                         "giant circle forward to handstand")
         choose = gr.Button("Choose", variant="primary", elem_id="mc-choose", interactive=config.chat)
         result = gr.Markdown(elem_id="mc-result")
     return question, options, choose, result

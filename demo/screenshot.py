@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bridge", default=DEFAULT_ADAPTER_EXPORT, help="adapter export folder")
     parser.add_argument("--llm", default=None, help="LLM folder or GGUF file (default: the adapter's)")
     parser.add_argument("--untrained-adapter", action="store_true",
-                        help="instead of --bridge: an untrained adapter of the default shape (answers not about the clip)")
+                        help="instead of --bridge: an untrained adapter of the default shape "
+                             "(answers not about the clip)")
     parser.add_argument("--example", type=int, default=0, help="which bundled example clip (0-3)")
     parser.add_argument("--question", default=QUESTION)
     parser.add_argument("--max-new-tokens", type=int, default=48)

@@ -60,7 +60,9 @@ def serve(backend, config, examples_dir: str | os.PathLike | None = None, with_e
     return app, url, share
 
 
-def untrained_adapter_export(folder: str | os.PathLike, encoder_export: str | os.PathLike, llm: str | None = None) -> Path:
+def untrained_adapter_export(
+    folder: str | os.PathLike, encoder_export: str | os.PathLike, llm: str | None = None
+) -> Path:
     """An adapter export of the bridge's default shape (embedded MiniLM Q-Former, 32 queries) with untrained
     projection weights, for ``encoder_export`` and ``llm`` (None: the embedded SmolLM2).
 

@@ -245,7 +245,8 @@ def test_sefar_demo_says_how_to_make_missing_exports(tmp_path, capsys):
 
     assert main(["demo", "--encoder", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: {tmp_path / 'none'}: no encoder export here; make it with `make quickstart` or pass --encoder EXPORT"
+    hint = "no encoder export here; make it with `make quickstart` or pass --encoder EXPORT"
+    assert err == f"error: {tmp_path / 'none'}: {hint}"
     (tmp_path / "enc").mkdir()
     (tmp_path / "enc" / "config.json").write_text("{}")
     assert main(["demo", "--encoder", str(tmp_path / "enc"), "--bridge", str(tmp_path / "adapter")]) == 2
