@@ -17,18 +17,23 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, this file's folder comes first on sys.path and this module would shadow the bridge package.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from bridge.adapter import AdapterConfig, QFormerAdapter, visual_tokens
-from bridge.chat import clip_features
-from bridge.llm import LLMConfig, load_llm
-from bridge.model import VideoLLM
-from encoder.data.sampling import segment_frame_indices
-from encoder.data.video import read_frames
-from encoder.export import load
+import torch  # noqa: E402
+
+from bridge.adapter import AdapterConfig, QFormerAdapter, visual_tokens  # noqa: E402
+from bridge.chat import clip_features  # noqa: E402
+from bridge.llm import LLMConfig, load_llm  # noqa: E402
+from bridge.model import VideoLLM  # noqa: E402
+from encoder.data.sampling import segment_frame_indices  # noqa: E402
+from encoder.data.video import read_frames  # noqa: E402
+from encoder.export import load  # noqa: E402
 
 OPTIONS = ["salto backward tucked", "2 turn in tuck stand on one leg, free leg optional",
            "giant circle forward with 1 turn to handstand", "salto forward stretched with 1 twist"]
