@@ -15,7 +15,7 @@ An export folder holds two files:
      "which": "teacher",   # the run's model these weights are: the EMA teacher or the student
      "source": {"run": "<run folder name>", "which": "teacher"}}
 
-Evaluation preprocessing (:func:`eval_views`, shared with :mod:`encoder.evaluate` and :mod:`encoder.features`):
+Evaluation preprocessing (:func:`eval_views`, shared with :mod:`encoder.evaluate` and :mod:`bridge.features`):
 take K = ``num_frames`` frames, one at the centre of each of K equal segments; resize the short side to
 ``short_side`` if set (the read-time resize of training), then to ``img_size``; crop ``img_size`` squares with
 :func:`encoder.augment.spatial_crops`; scale to [0, 1] and normalise with ``mean``/``std``.
