@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from bridge.adapter import AdapterConfig, QFormerAdapter
 from common.errors import DataError
-from common.textio import write_text_atomic
+from common.textio import read_json_object, write_text_atomic
 from encoder.export import save_safetensors
 
 __all__ = ["FORMAT", "CONFIG_FILE", "WEIGHTS_FILE", "write_adapter_export", "read_adapter_config",
@@ -56,12 +56,7 @@ def is_adapter_export(path: str | os.PathLike) -> bool:
 def read_adapter_config(folder: str | os.PathLike) -> dict:
     """The export's ``config.json``, checked for its format."""
     path = Path(folder) / CONFIG_FILE
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(path, "missing: not an adapter export (make one with `sefar bridge export RUN OUT`)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(path, f"invalid JSON: {getattr(err, 'msg', err)}", getattr(err, "lineno", None)) from None
+    config = read_json_object(path, "missing: not an adapter export (make one with `sefar bridge export RUN OUT`)")
     if config.get("format") != FORMAT:
         raise DataError(path, f"not an adapter export (format={config.get('format')!r})")
     return config

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from bridge.frames import FrameEncoder, FrameEncoderConfig
 from common.errors import ConfigError, DataError, VideoReadError
-from common.textio import write_text_atomic
+from common.textio import read_json_object, write_text_atomic
 from encoder.data.cliplist import ClipList, clip_id, read_clip_list
 from encoder.data.dataset import ClipDataset
 from encoder.data.splits import Sample
@@ -107,12 +107,7 @@ def feature_shapes(encoder: FrozenEncoder | FrameEncoder) -> dict[str, list[int]
 
 
 def _read_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(path, "missing: not a feature cache written by extract_features") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(path, f"invalid JSON: {getattr(err, 'msg', err)}", getattr(err, "lineno", None)) from None
+    manifest = read_json_object(path, "missing: not a feature cache written by extract_features")
     if manifest.get("format") != FORMAT:
         raise DataError(path, f"not a feature cache manifest (format={manifest.get('format')!r})")
     return manifest

@@ -40,7 +40,7 @@ from encoder.augment import normalize, resize_short_side, spatial_crops
 from common.errors import ConfigError, DataError
 from common.finegym import Category
 from encoder.data.sampling import ElementLayout, segment_frame_indices
-from common.textio import write_text_atomic
+from common.textio import read_json_object, write_text_atomic
 from encoder.data.video import resize_short_side as resize_frames_short_side
 from encoder.timesformer import TimeSformer, TimeSformerConfig
 
@@ -288,7 +288,7 @@ def run_categories(run_dir: str | os.PathLike) -> list[Category] | None:
     from common.finegym import read_categories
 
     classes_path = Path(run_dir) / "classes.json"
-    info = _read_json(classes_path)
+    info = read_json_object(classes_path)
     rel = info.get("categories")
     if rel is None:
         return None
@@ -309,26 +309,13 @@ def is_export(path: str | os.PathLike) -> bool:
     return (path / CONFIG_FILE).is_file() and not (path / "config.yaml").is_file()
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(path, "missing") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        line = getattr(err, "lineno", None)
-        raise DataError(path, f"invalid JSON: {getattr(err, 'msg', err)}", line) from None
-    if not isinstance(data, dict):
-        raise DataError(path, "expected a JSON object")
-    return data
-
-
 def read_export_config(path: str | os.PathLike) -> dict:
     """Read and check an export's ``config.json``; errors name the file."""
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(folder, "no such export folder")
     config_path = folder / CONFIG_FILE
-    config = _read_json(config_path)
+    config = read_json_object(config_path)
     if config.get("format") != FORMAT:
         raise DataError(config_path, f"not a SeFAR encoder export (format={config.get('format')!r})")
     if type(config.get("format_version", 0)) is not int:
