@@ -7,7 +7,8 @@
     index, scores = chat.choose(clip, "What gymnastics move is this athlete performing?", options)
 
 ``sefar bridge ask EXPORT VIDEO "question"`` and the demo use this module. With ``adapter_export=None`` only
-:meth:`VideoChat.encode` works (the encoder-only page).
+:meth:`VideoChat.encode` works (the encoder-only page). An adapter with the instruction option (InstructBLIP) gets
+the question being asked as its instruction.
 """
 
 from __future__ import annotations
@@ -122,18 +123,19 @@ class VideoChat:
             raise ConfigError("encoder-only: no adapter export was loaded, so there is no chat")
         return self.model
 
-    def _queries(self, clip: ClipContext) -> torch.Tensor:
+    def _queries(self, clip: ClipContext, question: str = "") -> torch.Tensor:
+        """The clip's query embeddings ``(Q, W)``; ``question``: the adapter's instruction, if it takes one."""
         model = self._need_chat()
         visual = visual_tokens([clip.features], clip.layout, self.use_cls)
         with torch.no_grad():
-            return model.adapter(visual.to(model.device))[0]  # (Q, W)
+            return model.queries(visual, model.instructions_for([question]))[0]  # (Q, W)
 
     def stream(self, clip: ClipContext, history: list[dict], question: str,
                max_new_tokens: int = 128) -> Iterator[str]:
         """Yield the answer's text pieces as they are generated (greedy decoding)."""
         model = self._need_chat()
         prompt = model.template.render(question, history)
-        yield from model.stream(self._queries(clip), prompt, max_new_tokens)
+        yield from model.stream(self._queries(clip, question), prompt, max_new_tokens)
 
     def choose(self, clip: ClipContext, question: str, options: list[str]) -> tuple[int, list[float]]:
         """The option with the highest length-normalised log-likelihood as the answer, and every option's score."""
@@ -142,5 +144,5 @@ class VideoChat:
             raise ValueError("choose needs at least one option")
         prompt = model.template.render(question)
         continuations = [model.template.with_answer(question, o)[1] for o in options]
-        _, means = model.option_loglikelihoods(self._queries(clip), prompt, continuations)
+        _, means = model.option_loglikelihoods(self._queries(clip, question), prompt, continuations)
         return int(np.argmax(means)), means

@@ -6,7 +6,8 @@ config is saved as ``RUN/config.yaml``. Sections:
 * ``encoder``: the frozen visual encoder whose features are cached: ``kind: sefar`` (``export``: a SeFAR export
   folder) or ``kind: frames`` (``frames``: a timm image model applied per frame, :class:`FrameEncoderConfig`);
 * ``data``: Gym-QA question files and the clip lists (+ videos) the questions' clips come from;
-* ``adapter``: :class:`bridge.adapter.AdapterConfig` (``feature_dim`` and ``llm_width`` are filled at build time);
+* ``adapter``: :class:`bridge.adapter.AdapterConfig` (``feature_dim`` and ``llm_width`` are filled at build time;
+  ``instruction: true`` feeds the question's text into the Q-Former as InstructBLIP does);
 * ``llm``: :class:`bridge.llm.LLMConfig`;
 * ``train``: the recipe (objective, steps, batch, optimiser); ``eval``: scoring methods and limits.
 """
@@ -69,6 +70,8 @@ class AdapterSection:
     max_frames: int = 64
     use_cls: bool = True
     output_norm: bool = True
+    instruction: bool = False  # InstructBLIP: the question's text also enters the Q-Former
+    max_instruction_tokens: int = 64  # BERT tokens of that text at most (the end is kept)
     lavis_checkpoint: Optional[str] = None  # a LAVIS / Video-LLaMA checkpoint to start from (key-mapped)
 
 
@@ -121,7 +124,7 @@ class BridgeConfig:
 POSITIVE_KEYS = frozenset({
     "train.steps", "train.batch_size", "train.lr", "train.save_every", "train.log_every", "adapter.num_queries",
     "adapter.cross_attention_frequency", "adapter.max_elements", "adapter.max_frames", "encoder.frames.img_size",
-    "encoder.frames.num_frames", "eval.max_new_tokens", "encoder.frames.std",
+    "encoder.frames.num_frames", "eval.max_new_tokens", "encoder.frames.std", "adapter.max_instruction_tokens",
 })
 
 

@@ -12,6 +12,9 @@ an unparseable or empty answer counting as wrong):
 * ``generate``: the prompt lists the lettered options; the greedy answer is parsed by :func:`gymqa.parse_answer`.
 * ``letter``: the same prompt; the log-probabilities of the option letters as the next token, in one pass.
 
+An adapter with the instruction option (InstructBLIP) also gets the question asked: the stem for ``likelihood``,
+the lettered question for ``generate`` and ``letter``.
+
 With ``circular`` every question's rotations are answered too (CircularEval). The report adds SynGym's
 direction-pair check when ``direction_pairs`` is given: for test clips of a forward/backward pair, how often the
 true name scores above its time-reversed sibling's (chance 50%).
@@ -42,10 +45,11 @@ __all__ = ["METHOD_FILES", "evaluate", "format_table"]
 METHOD_FILES = {"likelihood": ("likelihood_sum", "likelihood_mean"), "generate": ("generate",), "letter": ("letter",)}
 
 
-def _queries(model: VideoLLM, cache: FeatureCache, clip: str, use_cls: bool) -> torch.Tensor:
+def _queries(model: VideoLLM, cache: FeatureCache, clip: str, use_cls: bool, question: str) -> torch.Tensor:
+    """One clip's query embeddings ``(Q, W)``; ``question``: the text asked (the adapter's instruction, if any)."""
     visual = visual_tokens([cache[clip]], cache.layout, use_cls)
     with torch.no_grad():
-        return model.adapter(visual.to(model.device))[0]  # (Q, W)
+        return model.queries(visual, model.instructions_for([question]))[0]  # (Q, W)
 
 
 def _likelihood(model, cache, questions, use_cls, pairs) -> tuple[dict, dict, dict]:
@@ -58,7 +62,8 @@ def _likelihood(model, cache, questions, use_cls, pairs) -> tuple[dict, dict, di
         if sibling is not None and sibling not in options:
             options.append(sibling)
         continuations = [model.template.with_answer(q.question, o)[1] for o in options]
-        s, m = model.option_loglikelihoods(_queries(model, cache, q.clip_id, use_cls), prompt, continuations)
+        queries = _queries(model, cache, q.clip_id, use_cls, q.question)
+        s, m = model.option_loglikelihoods(queries, prompt, continuations)
         sums[q.id], means[q.id] = dict(zip(options, s)), dict(zip(options, m))
         if sibling is not None:
             pair_wins[q.id] = means[q.id][q.answer_text] > means[q.id][sibling]
@@ -73,7 +78,7 @@ def _letter_ids(model: VideoLLM, question: str, count: int) -> list[int]:
 def _answer(model, cache, q: Question, method: str, use_cls: bool, max_new_tokens: int) -> object:
     text = letter_prompt_question(q)
     prompt = model.template.render(text)
-    queries = _queries(model, cache, q.clip_id, use_cls)
+    queries = _queries(model, cache, q.clip_id, use_cls, text)
     if method == "generate":
         return model.generate(queries, prompt, max_new_tokens)
     logprobs = model.next_token_logprobs(queries, prompt)

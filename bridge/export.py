@@ -12,37 +12,58 @@
      "source": {"run": "<run folder>", "step": 300}}
 
 ``adapter.safetensors`` holds the :class:`~bridge.adapter.QFormerAdapter` state dict (the only trained weights).
+An adapter with the instruction option (``"instruction": true`` in ``adapter``) also needs its Q-Former's BERT
+tokenizer: the export saves it in ``qformer_tokenizer/`` and :func:`load_adapter` restores it from there.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from bridge.adapter import AdapterConfig, QFormerAdapter
+from bridge.adapter import AdapterConfig, QFormerAdapter, load_qformer_tokenizer
 from common.errors import DataError
 from common.textio import read_json_object, write_text_atomic
 from encoder.export import save_safetensors
 
 __all__ = ["FORMAT", "CONFIG_FILE", "WEIGHTS_FILE", "write_adapter_export", "read_adapter_config",
-           "load_adapter", "load_video_llm", "is_adapter_export", "export_run"]
+           "TOKENIZER_DIR", "write_qformer_tokenizer", "load_adapter", "load_video_llm", "is_adapter_export",
+           "export_run"]
 
 FORMAT = "sefar-bridge-adapter"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "adapter.safetensors"
+TOKENIZER_DIR = "qformer_tokenizer"  # the instruction's BERT tokenizer (adapters with the instruction option)
+
+
+def write_qformer_tokenizer(folder: str | os.PathLike, adapter: QFormerAdapter) -> Path | None:
+    """Save the adapter's instruction tokenizer as ``folder/qformer_tokenizer`` (replaced whole); None without one."""
+    if adapter.tokenizer is None:
+        return None
+    target = Path(folder) / TOKENIZER_DIR
+    staging = target.with_name(f".{TOKENIZER_DIR}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    adapter.tokenizer.save_pretrained(os.fspath(staging))
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
 
 
 def write_adapter_export(out: str | os.PathLike, adapter: QFormerAdapter, *, llm: dict, template: str,
                          features: dict, prompt: dict, source: dict | None = None) -> Path:
-    """Write ``out/config.json`` and ``out/adapter.safetensors`` (each atomically; weights first)."""
+    """Write ``out/config.json`` and ``out/adapter.safetensors`` (each atomically; weights first), and
+    ``out/qformer_tokenizer/`` for an adapter with the instruction option."""
     out = Path(out)
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "adapter": adapter.cfg.to_dict(), "llm": llm,
               "template": template, "features": features, "prompt": prompt, "source": source or {}}
+    out.mkdir(parents=True, exist_ok=True)
+    write_qformer_tokenizer(out, adapter)
     save_safetensors(out / WEIGHTS_FILE, adapter.state_dict())
     write_text_atomic(out / CONFIG_FILE, json.dumps(config, indent=1) + "\n")
     return out
@@ -63,10 +84,18 @@ def read_adapter_config(folder: str | os.PathLike) -> dict:
 
 
 def load_adapter(folder: str | os.PathLike, device: str = "cpu") -> tuple[QFormerAdapter, dict]:
-    """``(adapter in eval mode, config)`` of an export; the state dict must match exactly."""
+    """``(adapter in eval mode, config)`` of an export; the state dict must match exactly. An instruction adapter
+    gets the export's own tokenizer (``qformer_tokenizer/``), not its BERT folder's."""
     folder = Path(folder)
     config = read_adapter_config(folder)
-    adapter = QFormerAdapter(AdapterConfig.from_dict(config["adapter"]))
+    cfg = AdapterConfig.from_dict(config["adapter"])
+    tokenizer = None
+    if cfg.instruction:
+        if not (folder / TOKENIZER_DIR).is_dir():
+            raise DataError(folder / TOKENIZER_DIR, "missing: an adapter with adapter.instruction=true needs its "
+                            "Q-Former tokenizer here (write the export again with `sefar bridge export RUN OUT`)")
+        tokenizer = load_qformer_tokenizer(folder / TOKENIZER_DIR)
+    adapter = QFormerAdapter(cfg, tokenizer=tokenizer)
     weights = folder / WEIGHTS_FILE
     try:
         state = load_file(os.fspath(weights))
@@ -116,7 +145,10 @@ def load_video_llm(folder: str | os.PathLike, llm: str | os.PathLike | None = No
 
 
 def export_run(run: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write the export of a training run's last checkpoint (``RUN/checkpoints/last.safetensors``) to ``out``."""
+    """Write the export of a training run's last checkpoint (``RUN/checkpoints/last.safetensors``) to ``out``.
+
+    An instruction adapter's tokenizer comes from ``RUN/checkpoints/qformer_tokenizer`` (written by training), or
+    else from the BERT folder its config names."""
     from safetensors import safe_open
 
     path = Path(run) / "checkpoints" / "last.safetensors"
@@ -126,7 +158,10 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike) -> Path:
             state = {k.removeprefix("adapter."): f.get_tensor(k) for k in f.keys() if k.startswith("adapter.")}
     except (SafetensorError, OSError) as err:
         raise DataError(path, f"no readable checkpoint ({' '.join(str(err).split())})") from None
-    adapter = QFormerAdapter(AdapterConfig.from_dict(json.loads(metadata["adapter_config"])))
+    cfg = AdapterConfig.from_dict(json.loads(metadata["adapter_config"]))
+    saved = path.parent / TOKENIZER_DIR
+    tokenizer = load_qformer_tokenizer(saved) if cfg.instruction and saved.is_dir() else None
+    adapter = QFormerAdapter(cfg, tokenizer=tokenizer)
     adapter.load_state_dict(state)
     meta = json.loads(metadata["meta"])
     return write_adapter_export(out, adapter, **meta, source={"run": Path(run).name, "step": int(metadata["step"])})

@@ -8,6 +8,10 @@ embeddings, followed (in training) by the answer::
 
 Only the answer tokens count in the loss (:func:`answer_loss`, one value per sample, computed here because the
 models' built-in loss ignores ``reduction="none"``).
+
+An adapter with the instruction option (InstructBLIP, see :mod:`bridge.adapter`) also takes each sample's
+question text: :meth:`VideoLLM.loss` and :meth:`VideoLLM.queries` pass ``instructions`` on to it;
+:meth:`VideoLLM.instructions_for` gives ``None`` for an adapter without the option, so callers need not check.
 """
 
 from __future__ import annotations
@@ -63,6 +67,19 @@ class VideoLLM(nn.Module):
     def device(self) -> torch.device:
         return self.llm.device
 
+    @property
+    def uses_instruction(self) -> bool:
+        """Whether the adapter takes the question text (``adapter.instruction``); the adapter may be wrapped."""
+        return bool(getattr(self.adapter, "module", self.adapter).cfg.instruction)
+
+    def instructions_for(self, texts: Sequence[str]) -> list[str] | None:
+        """``texts`` as the adapter's instructions, or None for an adapter without the instruction option."""
+        return list(texts) if self.uses_instruction else None
+
+    def queries(self, visual: VisualTokens, instructions: Sequence[str] | None = None) -> Tensor:
+        """The adapter's query embeddings ``(B, Q, W)`` of a batch (on the LLM's device)."""
+        return self.adapter(visual.to(self.device), instructions)
+
     # --------------------------------------------------------------------------------------------- inputs
 
     def _ids(self, text: str, special: bool = False) -> list[int]:
@@ -109,17 +126,20 @@ class VideoLLM(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- loss
 
-    def loss(self, visual: VisualTokens, prompts: Sequence[str], continuations: Sequence[str]) -> Tensor:
+    def loss(self, visual: VisualTokens, prompts: Sequence[str], continuations: Sequence[str],
+             instructions: Sequence[str] | None = None) -> Tensor:
         """Per-sample answer-token loss ``(B,)`` (gradient flows into the adapter only).
+
+        ``instructions``: each sample's question text for an adapter with the instruction option (else None).
 
         The text before the video placeholder is the same for every sample (system message, chat markup): it
         runs once, without gradient, and its KV cache is shared by the batch. Logits are computed only where an
         answer token is predicted. Equal to :meth:`loss_reference` up to float rounding, and much cheaper.
         """
-        queries = self.adapter(visual.to(self.device))
+        queries = self.queries(visual, instructions)
         heads = {tuple(self._split_prompt(p)[0]) for p in prompts}
         if len(heads) != 1 or not next(iter(heads)):
-            return self.loss_reference(visual, prompts, continuations, queries)
+            return self.loss_reference(visual, prompts, continuations, queries=queries)
         head = list(next(iter(heads)))
         with torch.no_grad():
             cache = self.llm_model(inputs_embeds=self._embed(head)[None], use_cache=True).cache
@@ -138,10 +158,13 @@ class VideoLLM(nn.Module):
         return per_sample / torch.bincount(rows, minlength=n).clamp(min=1)
 
     def loss_reference(self, visual: VisualTokens, prompts: Sequence[str], continuations: Sequence[str],
-                       queries: Tensor | None = None) -> Tensor:
-        """:meth:`loss` the plain way: the whole sequence through the LLM, full logits, :func:`answer_loss`."""
+                       instructions: Sequence[str] | None = None, *, queries: Tensor | None = None) -> Tensor:
+        """:meth:`loss` the plain way: the whole sequence through the LLM, full logits, :func:`answer_loss`.
+
+        ``queries``: the adapter's output when already computed (then ``visual`` and ``instructions`` are unused).
+        """
         if queries is None:
-            queries = self.adapter(visual.to(self.device))
+            queries = self.queries(visual, instructions)
         batch = self.build_batch(queries, prompts, continuations)
         logits = self.llm_model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).logits
         return answer_loss(logits, batch.labels)

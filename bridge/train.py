@@ -8,6 +8,9 @@ build the adapter (Q-Former from BERT) -> an explicit loop over ``train.steps`` 
 * Objective ``name`` (default): the prompt is the video and the question's stem (no options); the target is the
   correct option's text (for element questions, the element's name). ``letter``: the prompt lists the lettered options, the target is
   the letter. Only the answer tokens (and the end of turn) count in the loss.
+* ``adapter.instruction: true`` (InstructBLIP): the question's text also enters the Q-Former, the stem for ``name``,
+  the lettered question for ``letter`` (the text the LLM prompt asks); its BERT tokenizer is saved in
+  ``RUN/checkpoints/qformer_tokenizer`` and in the export.
 * Resuming: ``RUN/checkpoints/last.safetensors`` holds the adapter, the AdamW state and the step, written
   atomically every ``train.save_every`` steps. Each step's batch and dropout draws come from generators seeded
   by ``(seed, step)``, so a run killed and resumed logs the same losses as one that never stopped.
@@ -31,7 +34,7 @@ from tqdm.auto import tqdm
 
 from bridge.adapter import AdapterConfig, QFormerAdapter, load_lavis_checkpoint, visual_tokens
 from bridge.config import BridgeConfig, load_config
-from bridge.export import write_adapter_export
+from bridge.export import write_adapter_export, write_qformer_tokenizer
 from bridge.llm import LLMConfig, load_llm
 from bridge.model import VideoLLM
 from bridge.qa import feature_cache, letter_prompt_question, read_question_set
@@ -53,15 +56,17 @@ def _lr_at(step: int, cfg: BridgeConfig) -> float:
     return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _examples(cfg: BridgeConfig, model: VideoLLM, questions) -> list[tuple[str, str, str]]:
-    """``(clip id, prompt, continuation)`` of every training question for the objective."""
+def _examples(cfg: BridgeConfig, model: VideoLLM, questions) -> list[tuple[str, str, str, str]]:
+    """``(clip id, prompt, continuation, question text)`` of every training question for the objective; the
+    question text is what the prompt asks (the Q-Former's instruction when the adapter has that option)."""
     out = []
     for q in questions:
         if cfg.train.objective == "name":
-            prompt, target = model.template.with_answer(q.question, q.answer_text)
+            text, target = q.question, q.answer_text
         else:
-            prompt, target = model.template.with_answer(letter_prompt_question(q), q.answer_letter)
-        out.append((q.clip_id, prompt, target))
+            text, target = letter_prompt_question(q), q.answer_letter
+        prompt, target = model.template.with_answer(text, target)
+        out.append((q.clip_id, prompt, target, text))
     return out
 
 
@@ -81,6 +86,7 @@ def _build_adapter(cfg: BridgeConfig, feature_dim: int, llm) -> QFormerAdapter:
         feature_dim=feature_dim, llm_width=llm.width, qformer=a.qformer, num_layers=a.num_layers,
         num_queries=a.num_queries, cross_attention_frequency=a.cross_attention_frequency,
         max_elements=a.max_elements, max_frames=a.max_frames, use_cls=a.use_cls, output_norm=a.output_norm,
+        instruction=a.instruction, max_instruction_tokens=a.max_instruction_tokens,
     )
     std = float(llm.model.get_input_embeddings().weight.float().std())
     adapter, report = QFormerAdapter.from_pretrained_bert(adapter_cfg, embedding_std=std)
@@ -169,6 +175,7 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
     adapter = _build_adapter(cfg, feature_dim, llm).to(accelerator.device)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     model = VideoLLM(adapter, llm)
+    write_qformer_tokenizer(run / "checkpoints", adapter)  # instruction adapters: `sefar bridge export` needs it
     examples = _examples(cfg, model, qs.questions)
     write_text_atomic(run / "prompt.txt", examples[0][1] + examples[0][2])
     meta = run_metadata(cfg, model, cache.layout, qs.questions[0].question)
@@ -187,9 +194,10 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
                 group["lr"] = _lr_at(step, cfg)
             torch.manual_seed(cfg.seed * 7_919 + step)  # Q-Former dropout draws of this step
             batch = [examples[i] for i in _batch_indices(cfg, step, len(examples))]
-            visual = visual_tokens([features[cid] for cid, _, _ in batch], cache.layout, cfg.adapter.use_cls)
+            visual = visual_tokens([features[b[0]] for b in batch], cache.layout, cfg.adapter.use_cls)
+            instructions = model.instructions_for([b[3] for b in batch])
             with accelerator.autocast():
-                loss = model.loss(visual, [p for _, p, _ in batch], [t for _, _, t in batch]).mean()
+                loss = model.loss(visual, [b[1] for b in batch], [b[2] for b in batch], instructions).mean()
             accelerator.backward(loss)
             if cfg.train.clip_grad:
                 accelerator.clip_grad_norm_(adapter_p.parameters(), cfg.train.clip_grad)

@@ -45,13 +45,15 @@ def tiny_llama(folder: Path, seed: int = 0, width: int = 64) -> Path:
     return folder
 
 
-def tiny_adapter_config(feature_dim: int = 16, llm_width: int = 64, num_queries: int = 4):
-    """An :class:`bridge.adapter.AdapterConfig` for a random 2-layer Q-Former of width 32."""
+def tiny_adapter_config(feature_dim: int = 16, llm_width: int = 64, num_queries: int = 4, instruction: bool = False,
+                        num_layers: int = 2):
+    """An :class:`bridge.adapter.AdapterConfig` for a random 2-layer Q-Former of width 32 (``instruction``: with
+    the InstructBLIP option, tokenized by the embedded BERT's tokenizer, at most 16 instruction tokens)."""
     from bridge.adapter import AdapterConfig
 
-    return AdapterConfig(feature_dim=feature_dim, llm_width=llm_width, qformer="random", num_layers=2,
+    return AdapterConfig(feature_dim=feature_dim, llm_width=llm_width, qformer="random", num_layers=num_layers,
                          num_queries=num_queries, hidden_size=32, num_attention_heads=4, intermediate_size=64,
-                         max_frames=8)
+                         max_frames=8, instruction=instruction, max_instruction_tokens=16)
 
 
 def fake_features(num_frames_per_element=(2, 2, 4), patches: int = 4, dim: int = 16, seed: int = 0) -> dict:

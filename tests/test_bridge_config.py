@@ -49,6 +49,19 @@ def test_every_problem_is_reported():
         assert needle in text
 
 
+def test_adapter_instruction_option():
+    base = ["encoder.kind=frames"]
+    assert not load_config(None, base).adapter.instruction  # off unless asked for
+    cfg = load_config(None, [*base, "adapter.instruction=true", "adapter.max_instruction_tokens=32"])
+    assert cfg.adapter.instruction is True and cfg.adapter.max_instruction_tokens == 32
+    with pytest.raises(ConfigError, match="adapter.max_instruction_tokens=0"):
+        load_config(None, [*base, "adapter.max_instruction_tokens=0"])
+    with pytest.raises(ConfigError, match="instructions"):
+        load_config(None, [*base, "adapter.instructions=true"])  # unknown keys are still rejected
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "bridge" / "gymqa99_vicuna7b.yaml"
+    assert "# instruction: true" in shipped.read_text() and not load_config(shipped).adapter.instruction
+
+
 def test_compare_table_and_plot(tmp_path):
     from bridge.evaluate import format_table
     from pipelines.compare import plot_compare

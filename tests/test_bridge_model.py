@@ -1,4 +1,5 @@
-"""VideoLLM on a tiny random LLaMA: placeholder splicing, answer-only labels, gradients, KV-cache scoring."""
+"""VideoLLM on a tiny random LLaMA: placeholder splicing, answer-only labels, gradients, KV-cache scoring, and the
+adapter's instruction option through the loss."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from bridge.model import IGNORE, VideoLLM
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    llm = load_llm(LLMConfig(path=str(tiny_llama(tmp_path_factory.mktemp("llama")))))
+def llm(tmp_path_factory):
+    return load_llm(LLMConfig(path=str(tiny_llama(tmp_path_factory.mktemp("llama")))))
+
+
+@pytest.fixture(scope="module")
+def model(llm):
     torch.manual_seed(0)
     return VideoLLM(QFormerAdapter(tiny_adapter_config(num_queries=4)), llm).eval()  # no Q-Former dropout
 
@@ -73,3 +78,42 @@ def test_kv_cache_option_scores_equal_brute_force(model):
     brute_sums, brute_means = model.option_loglikelihoods_bruteforce(queries, prompt, continuations)
     assert sums == pytest.approx(brute_sums, abs=1e-4) and means == pytest.approx(brute_means, abs=1e-5)
     assert len(set(round(s, 3) for s in sums)) == 4
+
+
+def test_training_steps_with_instructions(llm):
+    torch.manual_seed(0)
+    model = VideoLLM(QFormerAdapter(tiny_adapter_config(num_queries=4, instruction=True)), llm)
+    assert model.uses_instruction and model.instructions_for(["what move"]) == ["what move"]
+    visual = visual_tokens([fake_features(seed=0), fake_features(seed=1)], LAYOUT_224)
+    questions = ["what move", "is the salto backward tucked or piked"]
+    pairs = [model.template.with_answer(q, a) for q, a in zip(questions, ("salto backward tucked", "giant circle"))]
+    prompts, answers = [p for p, _ in pairs], [a for _, a in pairs]
+    with pytest.raises(ValueError, match="pass the instructions"):
+        model.loss(visual, prompts, answers)
+    model.eval()  # without dropout the fast loss equals the plain one, instructions included
+    fast = model.loss(visual, prompts, answers, questions)
+    assert torch.allclose(fast, model.loss_reference(visual, prompts, answers, questions), atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(model.queries(visual, questions), model.queries(visual, questions[::-1]), atol=1e-3)
+    model.train()
+    words = model.adapter.text_embeddings.word_embeddings.weight
+    optimizer = torch.optim.AdamW(model.adapter.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(2):
+        loss = model.loss(visual, prompts, answers, questions).mean()
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        ids = sorted({i for row in model.adapter.tokenizer(questions)["input_ids"] for i in row})
+        assert words.grad[ids].abs().sum(1).gt(0).all()  # every instruction token's embedding learns
+        unused = torch.ones(words.shape[0], dtype=torch.bool)
+        unused[ids] = False
+        assert words.grad[unused].abs().sum() == 0
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[0] != losses[1]
+    assert all(p.grad is None for p in model.llm_model.parameters())
+
+
+def test_adapter_without_the_option_gets_no_instructions(model):
+    assert not model.uses_instruction and model.instructions_for(["what move"]) is None

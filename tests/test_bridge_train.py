@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from bridge_fixtures import tiny_llama
 from test_export import CLASS_NAMES, LABELS, exported, fake_run  # noqa: F401 (fixtures)
 
+from bridge.adapter import QFormerAdapter
 from bridge.config import load_config
-from bridge.export import export_run, read_adapter_config
+from bridge.export import TOKENIZER_DIR, export_run, read_adapter_config
 from bridge.run import evaluate_run
 from bridge.train import train
 from gymqa.question import Question, write_questions
@@ -102,3 +104,28 @@ def test_cli_eval_export_and_ask(setup, exported, fake_run, capsys):
     assert capsys.readouterr().out.strip()  # some streamed text
     assert main(["bridge", "ask", str(root / "cli_export"), str(root / "nope.mp4"), "what move"]) == 2
     assert "error: " in capsys.readouterr().err
+
+
+def test_instruction_adapter_trains_exports_and_scores(setup, monkeypatch):
+    root, overrides = setup
+    seen = []  # the instructions the adapter gets, call by call
+    forward = QFormerAdapter.forward
+    monkeypatch.setattr(QFormerAdapter, "forward", lambda self, visual, instructions=None: (
+        seen.append(instructions), forward(self, visual, instructions))[1])
+    run = root / "instruct"
+    summary = train(load_config(None, [*overrides, f"out={run}", "adapter.instruction=true", "train.steps=2",
+                                       "train.objective=letter"]))
+    assert summary["step"] == 2 and all(map(math.isfinite, summary["losses"]))
+    assert len(seen) == 2 and all(len(batch) == 2 for batch in seen)
+    assert all(text.startswith("What gymnastics move") and "? A." in text for batch in seen for text in batch)
+    assert read_adapter_config(run / "adapter")["adapter"]["instruction"] is True
+    assert (run / "adapter" / TOKENIZER_DIR).is_dir()
+    again = export_run(run, root / "instruct_export")  # the tokenizer comes from RUN/checkpoints
+    assert (again / TOKENIZER_DIR / "tokenizer.json").is_file()
+    assert (again / "adapter.safetensors").read_bytes() == (run / "adapter" / "adapter.safetensors").read_bytes()
+    seen.clear()
+    result = evaluate_run(run, methods=["likelihood", "letter"], max_questions=2, circular=False)
+    assert result["questions"] == 2 and set(result["methods"]) == {"likelihood_sum", "likelihood_mean", "letter"}
+    stems = [batch[0] for batch in seen[:2]]  # likelihood: the stem; letter: the lettered question
+    assert stems == ["What gymnastics move is this athlete performing?"] * 2
+    assert all("? A." in batch[0] for batch in seen[2:]) and len(seen) == 4
