@@ -314,3 +314,19 @@ def test_first_losses_are_pinned(toy, tmp_path, mode):
     assert [row[0] for row in got] == [1, 2, 3]
     for row, pinned in zip(got, PINNED[mode], strict=True):
         assert row == pytest.approx(pinned, rel=1e-4, abs=1e-6)
+
+
+def test_sefar_equals_supervised_only_during_the_supervised_epochs(toy, tmp_path):
+    """While ξ = 0 SeFAR runs no teacher and no unlabeled forward: same labeled batches, same losses, same weights.
+
+    (The pinned SeFAR losses above differ from the supervised ones from step 1 because that run has no supervised
+    epochs: its unlabeled terms and their augmentations start at once.)"""
+    from encoder.train import train
+
+    got = {}
+    for mode in ("supervised", "sefar"):
+        run = tmp_path / mode
+        train(load_config(None, tiny_overrides(toy, run, f"ssl.mode={mode}", "ssl.supervised_epochs=1", "max_steps=3")))
+        got[mode] = losses(run)
+    assert [row[:3] for row in got["sefar"]] == [row[:3] for row in got["supervised"]]
+    assert all(row[3] == 0.0 and row[4] == 0.0 for row in got["sefar"])
