@@ -1,0 +1,34 @@
+"""bench/bridge.py can measure an untrained paper-scale encoder: its export round-trips through encoder.export.load."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _bench():
+    path = Path(__file__).resolve().parents[1] / "bench" / "bridge.py"
+    spec = importlib.util.spec_from_file_location("bridge_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    saved = list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved  # the script reorders sys.path for itself
+    return module
+
+
+def test_untrained_export_loads_as_an_encoder(tmp_path):
+    from encoder.export import load
+
+    bench = _bench()
+    out = bench.untrained_export("tiny", tmp_path / "export")
+    encoder = load(out)
+    pp = encoder.preprocess_config
+    assert (pp.num_frames, pp.img_size) == (8, 64)
+    assert encoder.layout.sizes == (2, 2, 2, 2)
+    frames = torch.randint(0, 256, (8, 64, 64, 3), dtype=torch.uint8).numpy()
+    with torch.no_grad():
+        tokens = encoder.features(encoder.preprocess(frames))
+    assert tokens["element_cls"].shape == (1, 4, 96)
