@@ -196,13 +196,17 @@ def _bert_folder(cfg: AdapterConfig) -> Path:
     return embedded_bert_path() if cfg.qformer in (EMBEDDED_BERT, "random") else Path(cfg.qformer)
 
 
-def load_qformer_tokenizer(folder: str | os.PathLike):
-    """The BERT tokenizer saved in ``folder`` (a BERT folder or an export's ``qformer_tokenizer/``), offline."""
+def load_qformer_tokenizer(
+    folder: str | os.PathLike,
+    missing: str = "missing: the Q-Former's BERT tokenizer folder (adapter.instruction=true needs it)",
+):
+    """The BERT tokenizer saved in ``folder`` (a BERT folder or an export's ``qformer_tokenizer/``), offline; a
+    missing folder is one :class:`DataError` with ``missing`` as the reason."""
     from transformers import AutoTokenizer
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(folder, "missing: the Q-Former's BERT tokenizer folder (adapter.instruction=true needs it)")
+        raise DataError(folder, missing)
     try:
         return AutoTokenizer.from_pretrained(os.fspath(folder), local_files_only=True)
     except (OSError, ValueError) as err:

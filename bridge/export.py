@@ -91,10 +91,9 @@ def load_adapter(folder: str | os.PathLike, device: str = "cpu") -> tuple[QForme
     cfg = AdapterConfig.from_dict(config["adapter"])
     tokenizer = None
     if cfg.instruction:
-        if not (folder / TOKENIZER_DIR).is_dir():
-            raise DataError(folder / TOKENIZER_DIR, "missing: an adapter with adapter.instruction=true needs its "
-                            "Q-Former tokenizer here (write the export again with `sefar bridge export RUN OUT`)")
-        tokenizer = load_qformer_tokenizer(folder / TOKENIZER_DIR)
+        tokenizer = load_qformer_tokenizer(folder / TOKENIZER_DIR, "missing: an adapter with adapter.instruction=true "
+                                           "needs its Q-Former tokenizer here (write the export again with "
+                                           "`sefar bridge export RUN OUT`)")
     adapter = QFormerAdapter(cfg, tokenizer=tokenizer)
     weights = folder / WEIGHTS_FILE
     try:
