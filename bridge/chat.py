@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bridge.adapter import visual_tokens
 from bridge.export import load_video_llm, read_adapter_config
 from bridge.model import VideoLLM
 from common.errors import ConfigError
@@ -125,10 +124,7 @@ class VideoChat:
 
     def _queries(self, clip: ClipContext, question: str = "") -> torch.Tensor:
         """The clip's query embeddings ``(Q, W)``; ``question``: the adapter's instruction, if it takes one."""
-        model = self._need_chat()
-        visual = visual_tokens([clip.features], clip.layout, self.use_cls)
-        with torch.no_grad():
-            return model.queries(visual, model.instructions_for([question]))[0]  # (Q, W)
+        return self._need_chat().clip_queries(clip.features, clip.layout, self.use_cls, question)
 
     def stream(self, clip: ClipContext, history: list[dict], question: str,
                max_new_tokens: int = 128) -> Iterator[str]:

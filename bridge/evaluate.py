@@ -28,10 +28,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
-from bridge.adapter import visual_tokens
 from bridge.features import FeatureCache
 from bridge.model import VideoLLM
 from bridge.qa import letter_prompt_question, read_question_set
@@ -45,13 +43,6 @@ __all__ = ["METHOD_FILES", "evaluate", "format_table"]
 METHOD_FILES = {"likelihood": ("likelihood_sum", "likelihood_mean"), "generate": ("generate",), "letter": ("letter",)}
 
 
-def _queries(model: VideoLLM, cache: FeatureCache, clip: str, use_cls: bool, question: str) -> torch.Tensor:
-    """One clip's query embeddings ``(Q, W)``; ``question``: the text asked (the adapter's instruction, if any)."""
-    visual = visual_tokens([cache[clip]], cache.layout, use_cls)
-    with torch.no_grad():
-        return model.queries(visual, model.instructions_for([question]))[0]  # (Q, W)
-
-
 def _likelihood(model, cache, questions, use_cls, pairs) -> tuple[dict, dict, dict]:
     """Per question id: sum / mean option scores (rotations by option text); the direction-pair outcomes."""
     sums, means, pair_wins = {}, {}, {}
@@ -62,7 +53,7 @@ def _likelihood(model, cache, questions, use_cls, pairs) -> tuple[dict, dict, di
         if sibling is not None and sibling not in options:
             options.append(sibling)
         continuations = [model.template.with_answer(q.question, o)[1] for o in options]
-        queries = _queries(model, cache, q.clip_id, use_cls, q.question)
+        queries = model.clip_queries(cache[q.clip_id], cache.layout, use_cls, q.question)
         s, m = model.option_loglikelihoods(queries, prompt, continuations)
         sums[q.id], means[q.id] = dict(zip(options, s)), dict(zip(options, m))
         if sibling is not None:
@@ -78,7 +69,7 @@ def _letter_ids(model: VideoLLM, question: str, count: int) -> list[int]:
 def _answer(model, cache, q: Question, method: str, use_cls: bool, max_new_tokens: int) -> object:
     text = letter_prompt_question(q)
     prompt = model.template.render(text)
-    queries = _queries(model, cache, q.clip_id, use_cls, text)
+    queries = model.clip_queries(cache[q.clip_id], cache.layout, use_cls, text)
     if method == "generate":
         return model.generate(queries, prompt, max_new_tokens)
     logprobs = model.next_token_logprobs(queries, prompt)

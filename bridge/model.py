@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bridge.adapter import QFormerAdapter, VisualTokens
+from bridge.adapter import QFormerAdapter, VisualTokens, visual_tokens
 from bridge.llm import VIDEO_PLACEHOLDER, LoadedLLM
 
 __all__ = ["IGNORE", "Batch", "VideoLLM", "answer_loss"]
@@ -79,6 +79,14 @@ class VideoLLM(nn.Module):
     def queries(self, visual: VisualTokens, instructions: Sequence[str] | None = None) -> Tensor:
         """The adapter's query embeddings ``(B, Q, W)`` of a batch (on the LLM's device)."""
         return self.adapter(visual.to(self.device), instructions)
+
+    @torch.no_grad()
+    def clip_queries(self, features: dict[str, Tensor], layout: list[list[int]], use_cls: bool,
+                     question: str) -> Tensor:
+        """One clip's query embeddings ``(Q, W)`` from its cached features; ``question``: the text asked (the
+        adapter's instruction, if it takes one)."""
+        visual = visual_tokens([features], layout, use_cls)
+        return self.queries(visual, self.instructions_for([question]))[0]
 
     # --------------------------------------------------------------------------------------------- inputs
 
