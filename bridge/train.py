@@ -25,6 +25,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from omegaconf import OmegaConf
@@ -56,9 +57,18 @@ def _lr_at(step: int, cfg: BridgeConfig) -> float:
     return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _examples(cfg: BridgeConfig, model: VideoLLM, questions) -> list[tuple[str, str, str, str]]:
-    """``(clip id, prompt, continuation, question text)`` of every training question for the objective; the
-    question text is what the prompt asks (the Q-Former's instruction when the adapter has that option)."""
+class Example(NamedTuple):
+    """One training question for the objective: ``text`` is what the prompt asks (the Q-Former's instruction when
+    the adapter has that option)."""
+
+    clip_id: str
+    prompt: str
+    target: str
+    text: str
+
+
+def _examples(cfg: BridgeConfig, model: VideoLLM, questions) -> list[Example]:
+    """The :class:`Example` of every training question."""
     out = []
     for q in questions:
         if cfg.train.objective == "name":
@@ -66,7 +76,7 @@ def _examples(cfg: BridgeConfig, model: VideoLLM, questions) -> list[tuple[str, 
         else:
             text, target = letter_prompt_question(q), q.answer_letter
         prompt, target = model.template.with_answer(text, target)
-        out.append((q.clip_id, prompt, target, text))
+        out.append(Example(q.clip_id, prompt, target, text))
     return out
 
 
@@ -177,7 +187,7 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
     model = VideoLLM(adapter, llm)
     write_qformer_tokenizer(run / "checkpoints", adapter)  # instruction adapters: `sefar bridge export` needs it
     examples = _examples(cfg, model, qs.questions)
-    write_text_atomic(run / "prompt.txt", examples[0][1] + examples[0][2])
+    write_text_atomic(run / "prompt.txt", examples[0].prompt + examples[0].target)
     meta = run_metadata(cfg, model, cache.layout, qs.questions[0].question)
 
     step, losses = 0, []
@@ -194,10 +204,10 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
                 group["lr"] = _lr_at(step, cfg)
             torch.manual_seed(cfg.seed * 7_919 + step)  # Q-Former dropout draws of this step
             batch = [examples[i] for i in _batch_indices(cfg, step, len(examples))]
-            visual = visual_tokens([features[b[0]] for b in batch], cache.layout, cfg.adapter.use_cls)
-            instructions = model.instructions_for([b[3] for b in batch])
+            visual = visual_tokens([features[e.clip_id] for e in batch], cache.layout, cfg.adapter.use_cls)
+            instructions = model.instructions_for([e.text for e in batch])
             with accelerator.autocast():
-                loss = model.loss(visual, [b[1] for b in batch], [b[2] for b in batch], instructions).mean()
+                loss = model.loss(visual, [e.prompt for e in batch], [e.target for e in batch], instructions).mean()
             accelerator.backward(loss)
             if cfg.train.clip_grad:
                 accelerator.clip_grad_norm_(adapter_p.parameters(), cfg.train.clip_grad)

@@ -317,7 +317,7 @@ def test_first_losses_are_pinned(toy, tmp_path, mode):
 
 
 def test_sefar_equals_supervised_only_during_the_supervised_epochs(toy, tmp_path):
-    """While ξ = 0 SeFAR runs no teacher and no unlabeled forward: same labeled batches, same losses, same weights.
+    """While ξ = 0 SeFAR runs no teacher and no unlabeled forward: it logs the supervised-only run's losses.
 
     (The pinned SeFAR losses above differ from the supervised ones from step 1 because that run has no supervised
     epochs: its unlabeled terms and their augmentations start at once.)"""
