@@ -19,7 +19,7 @@ from common.configfile import read_yaml_mapping
 from common.errors import ConfigError
 from common.textio import write_text_atomic
 
-__all__ = ["read_compare", "run_compare", "plot_compare"]
+__all__ = ["read_compare", "run_compare", "plot_compare", "plotted_method"]
 
 
 def read_compare(path: str | os.PathLike) -> tuple[str, str, dict[str, list[str]]]:
@@ -61,23 +61,36 @@ def run_compare(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     return results
 
 
+def plotted_method(results: dict) -> str:
+    """The scoring method a comparison is plotted with: ``likelihood_mean`` (the one the README reports) when
+    every run has it, else the first method every run has."""
+    common = [m for m in next(iter(results.values()))["methods"] if all(m in r["methods"] for r in results.values())]
+    if not common:
+        raise ValueError("the runs share no scoring method")
+    return "likelihood_mean" if "likelihood_mean" in common else common[0]
+
+
 def plot_compare(results: dict, path: str | os.PathLike) -> Path:
-    """Bar chart: accuracy and CircularEval of each run's first scoring method."""
+    """Bar chart: accuracy and CircularEval of each run under :func:`plotted_method`, values on the bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(results)
-    firsts = [next(iter(results[n]["methods"].values())) for n in names]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.2))
+    method = plotted_method(results)
+    scores = [results[n]["methods"][method] for n in names]
+    fig, ax = plt.subplots(figsize=(2.6 + 1.4 * len(names), 3.2))
     xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], [100 * f["accuracy"] for f in firsts], width=0.4, label="accuracy")
-    ax.bar([x + 0.2 for x in xs], [100 * (f["circular"] or 0) for f in firsts], width=0.4, label="CircularEval")
+    for offset, key, label in ((-0.2, "accuracy", "accuracy"), (0.2, "circular", "CircularEval")):
+        values = [100 * (s.get(key) or 0) for s in scores]
+        bars = ax.bar([x + offset for x in xs], values, width=0.4, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks(list(xs), names, rotation=15)
+    ax.set_ylim(0, 100)
     ax.set_ylabel("%")
-    ax.set_title("Gym-QA by visual encoder")
-    ax.legend()
+    ax.set_title(f"Gym-QA by visual encoder ({method})")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the bars, never over them
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")

@@ -76,6 +76,19 @@ def test_compare_table_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_compare_plots_the_reported_method():
+    """The plot shows likelihood_mean (what the README reports) even when likelihood_sum comes first; otherwise
+    the first method all runs share."""
+    from pipelines.compare import plotted_method
+
+    both = {"methods": {"likelihood_sum": {"accuracy": 0.3}, "likelihood_mean": {"accuracy": 0.4}}}
+    assert plotted_method({"a": both, "b": both}) == "likelihood_mean"
+    gen = {"methods": {"generate": {"accuracy": 0.2}, "letter": {"accuracy": 0.1}}}
+    assert plotted_method({"a": gen, "b": {"methods": {"letter": {}, "generate": {}}}}) == "generate"
+    with pytest.raises(ValueError, match="no scoring method"):
+        plotted_method({"a": gen, "b": both})
+
+
 def test_compare_file_errors(tmp_path):
     bad = tmp_path / "compare.yaml"
     bad.write_text("base: x.yaml\nruns:\n  a: encoder.kind=frames\nextra: 1\n")
