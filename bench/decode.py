@@ -1,7 +1,7 @@
 """Clips per second when reading the 8 dual-level frames of each clip: our reader vs the reference's approach.
 
-    python bench/decode.py                      # makes 24 H.264 clips of 640x360, 90-150 frames, in a temp dir
-    python bench/decode.py --videos DIR         # or times the mp4 files of DIR
+    python -m bench.decode                      # makes 24 H.264 clips of 640x360, 90-150 frames, in a temp dir
+    python -m bench.decode --videos DIR         # or times the mp4 files of DIR
 
 The reference code opens each clip with OpenCV, seeks once per frame (``CAP_PROP_POS_FRAMES``) and resizes the
 short side to 480. Ours (:func:`encoder.data.video.read_frames`) seeks with decord to the wanted frames in one
@@ -16,14 +16,13 @@ reported beside it. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from common.results import Table, provenance, write_result
 from encoder.data.sampling import segment_frame_indices
 from encoder.data.video import read_frames
 
@@ -100,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results/decode.json"))
     args = parser.parse_args(argv)
+    started = provenance()
 
     import cv2
 
@@ -133,16 +133,18 @@ def main(argv: list[str] | None = None) -> dict:
         "clips": len(paths),
         "frames_per_clip": args.frames,
         "source": str(args.videos) if args.videos else f"generated {args.size} H.264, 90-150 frames",
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "rows": rows,
     }
-    width = max(len(r["reader"]) for r in rows)
-    print(f"{'reader':<{width}}  clips/CPU-s  speed-up  clips/s (wall)  speed-up (wall)")
+    table = Table("", ["reader", "clips/CPU-s", "speed-up", "clips/s (wall)", "speed-up (wall)"])
     for r in rows:
-        print(f"{r['reader']:<{width}}  {r['clips_per_cpu_s']:11.2f}  {r['speedup']:7.2f}x  {r['clips_per_s']:14.2f}  "
-              f"{r['wall_speedup']:14.2f}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+        table.add(r["reader"], f"{r['clips_per_cpu_s']:.2f}", f"{r['speedup']:.2f}x", f"{r['clips_per_s']:.2f}",
+                  f"{r['wall_speedup']:.2f}x")
+    table.notes = (f"{result['clips']} clips ({result['source']}), {args.frames} frames each, best of "
+                   f"{args.repeats} passes; both readers decode on one thread, so clips per CPU-second is the "
+                   "measure other jobs on the machine do not distort. The two short-side-480 readers give the same "
+                   "output shape (checked).")
+    write_result(args.out, "Decoding the dual-level frames: ours vs the reference's reader", [table], result,
+                 started=started)
     return result
 
 

@@ -1,8 +1,8 @@
 """Load on the demo: N concurrent ``gradio_client`` clients, M ``/ask`` requests each, on loopback only.
 
-    python bench/demo_load.py --clients 4 --requests 5 --concurrency 1     # quickstart exports
-    python bench/demo_load.py --encoder EXPORT --bridge ADAPTER [--llm PATH] --out bench/results/demo_load.json
-    python bench/demo_load.py --untrained-adapter       # no adapter export yet: one of the default shape
+    python -m bench.demo_load --setups 1:1 4:1 4:2 --requests 3     # quickstart exports
+    python -m bench.demo_load --encoder EXPORT --bridge ADAPTER [--llm PATH] --out bench/results/demo_load.json
+    python -m bench.demo_load --untrained-adapter       # no adapter export yet: one of the default shape
 
 Starts ``sefar demo`` as a child process bound to 127.0.0.1 on a free port, waits until the page answers, then
 runs the clients, each with its own ``gradio_client.Client``, asking about the bundled SynGym example clips in
@@ -15,9 +15,6 @@ and writes JSON (atomically).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import socket
 import subprocess
 import sys
@@ -32,9 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-# Run as a script, Python puts bench/ first on sys.path, where bench/bridge.py would shadow the bridge package.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
 
 MAX_CLIENTS = 32
 MAX_REQUESTS = 100
@@ -175,21 +169,45 @@ def wait_ready(url: str, server: subprocess.Popen, timeout: float) -> float:
     raise SystemExit(f"error: the demo did not answer at {url} within {timeout:.0f} s")
 
 
-def start_server(args: argparse.Namespace, port: int, examples_dir: Path) -> subprocess.Popen:
+def start_server(args: argparse.Namespace, port: int, examples_dir: Path, concurrency: int) -> subprocess.Popen:
     command = [sys.executable, "-m", "sefar", "demo", "--host", "127.0.0.1", "--port", str(port),
-               "--encoder", args.encoder, "--bridge", args.bridge, "--concurrency", str(args.concurrency),
-               "--queue-size", str(max(32, args.clients)), "--max-new-tokens", str(args.max_new_tokens),
+               "--encoder", args.encoder, "--bridge", args.bridge, "--concurrency", str(concurrency),
+               "--queue-size", "32", "--max-new-tokens", str(args.max_new_tokens),
                "--examples-dir", str(examples_dir)]
     if args.llm:
         command += ["--llm", args.llm]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL)
 
 
-def format_table(row: dict) -> str:
-    keys = ["clients", "requests", "concurrency", "answered", "errors", "not_run", "p50_s", "p95_s", "max_s",
-            "requests_per_s", "peak_rss_mb", "ready_s"]
-    header = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
-    return header + "\n| " + " | ".join(str(row[k]) for k in keys) + " |"
+COLUMNS = ["clients", "requests", "concurrency", "answered", "errors", "not_run", "p50_s", "p95_s", "max_s",
+           "requests_per_s", "peak_rss_mb", "ready_s"]
+
+
+def parse_setup(text: str) -> tuple[int, int]:
+    """``"4:2"`` -> 4 clients against a server with model concurrency 2."""
+    try:
+        clients, concurrency = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise SystemExit(f"error: --setups {text!r}: write CLIENTS:CONCURRENCY, e.g. 4:2") from None
+    if concurrency < 1:
+        raise SystemExit(f"error: --setups {text!r}: concurrency must be at least 1")
+    return clients, concurrency
+
+
+def run_setup(args, clients: int, concurrency: int, clips: list[Path], examples: Path) -> dict:
+    """One server start and one load run; the row of the table."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    server = start_server(args, port, examples, concurrency)
+    try:
+        with PeakRSS(server.pid) as rss:
+            ready = wait_ready(url, server, args.ready_timeout)
+            result = run_load(url, clips, clients, args.requests, args.question, args.time_limit)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {"clients": clients, "requests": args.requests, "concurrency": concurrency, **result.summary(),
+            "peak_rss_mb": round(rss.peak / 2**20, 1), "ready_s": round(ready, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,44 +219,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llm", default=None)
     parser.add_argument("--untrained-adapter", action="store_true",
                         help="instead of --bridge: an untrained adapter of the default shape (same cost per request)")
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=5, help="requests per client")
-    parser.add_argument("--concurrency", type=int, default=1, help="the server's model concurrency limit")
+    parser.add_argument("--setups", nargs="+", default=["1:1", "4:1", "4:2"], metavar="CLIENTS:CONCURRENCY",
+                        help="one server run each: that many clients against that model concurrency limit")
+    parser.add_argument("--requests", type=int, default=3, help="requests per client")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--question", default=QUESTION)
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds after which no request starts")
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for the server")
     parser.add_argument("--out", type=Path, default=Path("bench/results/demo_load.json"))
     args = parser.parse_args(argv)
-    check_bounds(args.clients, args.requests)
+    setups = [parse_setup(s) for s in args.setups]
+    for clients, _ in setups:
+        check_bounds(clients, args.requests)
 
-    from common.textio import write_text_atomic
+    from common.results import Table, provenance, write_result
     from demo.examples import ensure_examples
     from demo.serve import untrained_adapter_export
 
+    started = provenance()
+    rows = []
     with tempfile.TemporaryDirectory(prefix="demo_load_") as tmp:
         clips = [path for _, path in ensure_examples(Path(tmp) / "examples")]
         if args.untrained_adapter:
             args.bridge = str(untrained_adapter_export(Path(tmp) / "adapter", args.encoder, args.llm))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}/"
-        server = start_server(args, port, Path(tmp) / "examples")
-        try:
-            with PeakRSS(server.pid) as rss:
-                ready = wait_ready(url, server, args.ready_timeout)
-                result = run_load(url, clips, args.clients, args.requests, args.question, args.time_limit)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-    row = {"clients": args.clients, "requests": args.requests, "concurrency": args.concurrency,
-           **result.summary(), "peak_rss_mb": round(rss.peak / 2**20, 1), "ready_s": round(ready, 1)}
-    print(format_table(row))
+        for clients, concurrency in setups:
+            rows.append(run_setup(args, clients, concurrency, clips, Path(tmp) / "examples"))
+            print({k: rows[-1][k] for k in COLUMNS}, flush=True)
     if args.untrained_adapter:
         args.bridge = "untrained (default shape)"
-    report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}, "result": row}
-    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
-    return 1 if result.errors else 0
+    table = Table("", COLUMNS, [[r[k] for k in COLUMNS] for r in rows])
+    table.notes = (f"`sefar demo` in a child process on 127.0.0.1; each request is one `gradio_client` `/ask` call "
+                   f"(upload an example clip, encode it, answer with at most {args.max_new_tokens} new tokens). "
+                   f"Encoder {args.encoder}, adapter {args.bridge}. Peak RSS is the server's, children included; "
+                   "ready_s is the time from start to the first page served.")
+    report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "rows": rows}
+    write_result(args.out, "Demo under load", [table], report, started=started)
+    return 1 if any(r["errors"] for r in rows) else 0
 
 
 if __name__ == "__main__":

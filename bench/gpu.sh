@@ -8,6 +8,6 @@ OUT="${OUT:-bench/results}"
 mkdir -p "$OUT"
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))"
 for model in vit_small vit_base; do
-  python3 bench/train_step.py --model "$model" --img-size 224 --batch 8 --bf16 --iters 5 --warmup 2 \
+  python3 -m bench.train_step --model "$model" --img-size 224 --batch 8 --bf16 --iters 5 --warmup 2 \
     --out "$OUT/train_step_${model}_224_bf16.json"
 done

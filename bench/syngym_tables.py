@@ -1,7 +1,7 @@
 """SynGym tables at 10% labels, mean ± std over seeds: the paper's comparisons reproduced on the embedded set.
 
-    python bench/syngym_tables.py --data outputs/quickstart/syngym --level set --seeds 0 1 2 \
-        --out bench/results/syngym_tables_set ssl.unlabeled_ratio=1
+    python -m bench.syngym_tables --data outputs/quickstart/syngym --level set --seeds 0 1 2 \
+        --runs outputs/bench/syngym_tables_set ssl.unlabeled_ratio=1
 
 Rows (each a SeFAR config variant, all with the same labeled clips per seed, steps and labeled batch):
 
@@ -23,7 +23,8 @@ to fit 27 runs into an hour on 2 cores).
 Reported: val top-1 of the EMA teacher and of the student, and for the teacher top-1 on the clips of SynGym's forward/backward direction-pair classes,
 and pair accuracy (the clip's class scored above its time-reversed sibling's; at set level only the FX saltos,
 the one pair whose two classes fall into different sets). Runs are resumable and reused: a run whose
-``final/results.json`` exists is not trained again. Prints Markdown tables and writes JSON.
+``final/results.json`` exists is not trained again (runs under ``--runs``). Prints Markdown tables and
+writes a result file (``--out``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+from common.results import Table, provenance, write_result
 
 ROWS: dict[str, list[str]] = {
     "supervised-only": ["ssl.mode=supervised"],
@@ -111,6 +114,7 @@ def prepare_level(data: Path, level: str, out: Path) -> dict:
     info = {"pairs": [tuple(p) for p in manifest["direction_pairs"]],
             "elements": [label for _, label in read_element_list(data / "val_element.txt")]}
     info["mapping"] = Hierarchy(read_categories(data / "categories.txt")).level_labels(level)[0]
+    info["classes"] = len(set(info["mapping"].values()))
     if level == "element":
         return {**info, "root": data, "overrides": []}
     root = out / f"lists_{level}"
@@ -136,40 +140,48 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--level", choices=["element", "set"], default="element",
                         help="classify the 33 element classes, or the 6 sets (FineGym's set level)")
     parser.add_argument("--rows", nargs="*", default=list(ROWS), help="subset of row names")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/syngym_tables"))
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="folder of the training runs (default: outputs/bench/syngym_tables_LEVEL)")
+    parser.add_argument("--out", type=Path, default=None, help="result file (default: "
+                        "bench/results/syngym_tables_LEVEL.json)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. a shorter budget)")
     args = parser.parse_args(argv)
 
-    level = prepare_level(args.data, args.level, args.out)
+    started = provenance()
+    args.runs = args.runs or Path("outputs/bench") / f"syngym_tables_{args.level}"
+    args.out = args.out or Path("bench/results") / f"syngym_tables_{args.level}.json"
+    level = prepare_level(args.data, args.level, args.runs)
     results: dict[str, list[dict]] = {}
     for name in args.rows:
         for seed in args.seeds:
-            out = args.out / "runs" / f"{slug(name)}_seed{seed}"
+            out = args.runs / f"{slug(name)}_seed{seed}"
             r = run_one(args.config, args.data, out, ROWS[name] + args.overrides, seed, level)
             results.setdefault(name, []).append({"seed": seed, **r})
             print(f"{name} seed {seed}: top-1 {100 * r['top1']:.1f}", flush=True)
 
-    lines = []
+    tables = []
     for title, names in TABLES.items():
         names = [n for n in names if n in results]
         if not names:
             continue
-        lines += [f"\n**{title}** (SynGym val, {args.level} level, 10% labels, seeds {args.seeds})\n",
-                  "| method | steps | top-1 (teacher) | top-1 (student) | top-1 on direction pairs | pair accuracy |",
-                  "|---|---|---|---|---|---|"]
+        table = Table(title, ["method", "steps", "top-1 (teacher)", "top-1 (student)", "top-1 on direction pairs",
+                              "pair accuracy", "train s"])
         for n in names:
             rs = results[n]
             label = RENAME_IN_TAB4.get(n, n) if title.startswith("strong") else n
             steps = "/".join(sorted({str(r["step"]) for r in rs}))
-            lines.append(f"| {label} | {steps} | {mean_std([r['top1'] for r in rs])} | "
-                         f"{mean_std([r['student_top1'] for r in rs])} | "
-                         f"{mean_std([r['pair_top1'] for r in rs])} | {mean_std([r['pair_accuracy'] for r in rs])} |")
-    table = "\n".join(lines)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tables.md").write_text(table + "\n")
+            seconds = [r["train_seconds"] for r in rs]
+            table.add(label, steps, mean_std([r["top1"] for r in rs]), mean_std([r["student_top1"] for r in rs]),
+                      mean_std([r["pair_top1"] for r in rs]), mean_std([r["pair_accuracy"] for r in rs]),
+                      f"{min(seconds):.0f}-{max(seconds):.0f}" if len(seconds) > 1 else f"{seconds[0]:.0f}")
+        table.notes = (f"SynGym val, {args.level} level ({level['classes']} classes), 10% labels, mean ± std over "
+                       f"seeds {', '.join(map(str, args.seeds))} (split seed = seed); "
+                       f"{args.config.as_posix()}" + (f" with {' '.join(args.overrides)}" if args.overrides else "")
+                       + ". Pair accuracy: the clip's class scored above its time-reversed sibling's (chance 50%).")
+        tables.append(table)
     summary = {"level": args.level, "seeds": args.seeds, "overrides": args.overrides, "results": results}
-    (args.out / "tables.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_result(args.out, f"SynGym semi-supervised tables ({args.level} level, 10% labels)", tables, summary,
+                 started=started)
     return summary
 
 

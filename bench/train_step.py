@@ -1,7 +1,7 @@
 """Throughput of one SeFAR training step: our structure against the reference's, in one run.
 
-    python bench/train_step.py                                   # tiny config on CPU
-    python bench/train_step.py --model vit_base --img-size 224 --batch 8 --bf16   # on a GPU
+    python -m bench.train_step                                   # tiny config on CPU
+    python -m bench.train_step --model vit_base --img-size 224 --batch 8 --bf16   # on a GPU
 
 One step = B labeled + 3B unlabeled clips of K = 8 frames: teacher pseudo-labels with U = 10 stochastic passes,
 student forward/backward on labeled + strong + tube-mixed clips, SGD step, EMA update.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.results import Table, provenance, write_result
 from encoder.config import SSLConfig
 from encoder.ssl import ema_update, mse_to_probs, pseudo_labels, soft_cross_entropy
 from encoder.timesformer import TimeSformer, create_model
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("bench/results/train_step.json"))
     args = parser.parse_args(argv)
 
+    started = provenance()
     device = torch.device(args.device)
     torch.manual_seed(0)
     student = create_model(args.model, args.classes, img_size=args.img_size).to(device)
@@ -189,14 +190,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"{torch.get_num_threads()} threads",
         "rows": rows, **speedups,
     }
-    print(f"{args.model} {args.img_size}px x{k} frames, B={b}+{3 * b}, U={args.passes}, on {result['device']}")
-    print(f"{'structure':<10} {'teacher ms':>10} {'step ms':>9} {'clips/s':>8}")
+    table = Table("", ["structure", "teacher ms", "step ms", "clips/s", "MFU"])
     for r in rows:
-        print(f"{r['structure']:<10} {r['teacher_ms']:>10.1f} {r['step_ms']:>9.1f} {r['clips_per_s']:>8.2f}")
-    print(f"speed-up: teacher {speedups['teacher_speedup']}x, whole step {speedups['step_speedup']}x"
-          + (f", MFU {ours['mfu']:.1%}" if "mfu" in ours else ""))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+        table.add(r["structure"], f"{r['teacher_ms']:.1f}", f"{r['step_ms']:.1f}", f"{r['clips_per_s']:.2f}",
+                  f"{r['mfu']:.1%}" if "mfu" in r else "-")
+    table.notes = (f"{args.model} {args.img_size}px x {k} frames, {b} labeled + {3 * b} unlabeled clips, U = "
+                   f"{args.passes} teacher passes{', bf16' if args.bf16 else ''}, on {result['device']}. Speed-up of "
+                   f"ours: teacher side {speedups['teacher_speedup']}x, whole step {speedups['step_speedup']}x.")
+    write_result(args.out, f"SSL training step: ours vs the reference's structure ({args.model}, {device.type})",
+                 [table], result, started=started)
     return result
 
 

@@ -33,12 +33,14 @@ from tqdm.auto import tqdm
 from bridge.features import FeatureCache
 from bridge.model import VideoLLM
 from bridge.qa import letter_prompt_question, read_question_set
+from common.results import Table
+from common.results import format_table as format_markdown
 from common.textio import write_text_atomic
 from gymqa.question import LETTERS, Question
 from gymqa.rotate import rotate
 from gymqa.score import ScoreReport, read_predictions, score
 
-__all__ = ["METHOD_FILES", "evaluate", "format_table"]
+__all__ = ["METHOD_FILES", "evaluate", "format_table", "results_table"]
 
 METHOD_FILES = {"likelihood": ("likelihood_sum", "likelihood_mean"), "generate": ("generate",), "letter": ("letter",)}
 
@@ -121,14 +123,18 @@ def _score(out: Path, name: str, questions: list[Question], rows: list[dict], se
             "by_type": {k: t.accuracy for k, t in report.by_type.items()}}
 
 
-def format_table(rows: Sequence[tuple[str, dict]]) -> str:
-    """One Markdown table: a row per (label, method summary)."""
-    lines = ["| model | method | questions | accuracy | CircularEval | direction pairs (true vs reversed) | s |",
-             "|---|---|---|---|---|---|---|"]
+def results_table(rows: Sequence[tuple[str, dict]], title: str = "") -> Table:
+    """A row per (label, method) of each evaluation summary."""
+    table = Table(title, ["model", "method", "questions", "accuracy", "CircularEval",
+                          "direction pairs (true vs reversed)", "s"])
     for label, summary in rows:
         for method, r in summary["methods"].items():
             circ = "-" if r["circular"] is None else f"{100 * r['circular']:.1f}"
             pair = "-" if r.get("pair_accuracy") is None else f"{100 * r['pair_accuracy']:.1f} ({r['direction_pairs']})"
-            lines.append(f"| {label} | {method} | {r['n']} | {100 * r['accuracy']:.1f} | {circ} | {pair} | "
-                         f"{r['seconds']:.0f} |")
-    return "\n".join(lines)
+            table.add(label, method, r["n"], f"{100 * r['accuracy']:.1f}", circ, pair, f"{r['seconds']:.0f}")
+    return table
+
+
+def format_table(rows: Sequence[tuple[str, dict]]) -> str:
+    """One Markdown table: a row per (label, method summary)."""
+    return format_markdown(results_table(rows))

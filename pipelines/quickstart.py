@@ -12,9 +12,11 @@ quickstart resumes where it stopped:
     OUT/bridge/sefar/             adapter on the SeFAR export's features (configs/bridge/syngym_smollm2.yaml);
                                   its export in OUT/bridge/sefar/adapter, scores in OUT/bridge/sefar/eval
     OUT/bridge/frames/            the same recipe on frame-wise EfficientNet-Lite0 features (..._frames.yaml)
-    OUT/quickstart.json           both comparison tables below, as JSON
+    OUT/quickstart.json           both comparison tables below, as a result file (``common.results``):
+                                  ``python -m bench.report --add OUT/quickstart.json`` publishes it
 
-Paths are made absolute first, so the lists written by one stage resolve in the next wherever they run.
+Paths are made absolute first, so the lists written by one stage resolve in the next wherever they run; what the
+quickstart prints and writes names them relative to the working directory.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import time
 from pathlib import Path
 
-from common.textio import write_text_atomic
+from common.results import Table, provenance, write_result
 from encoder.config import load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "encoder" / "syngym_tiny.yaml"
@@ -34,6 +36,14 @@ BRIDGE_CONFIGS = {
 }
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the working directory where it lies below it (what a user typed), else as it is."""
+    try:
+        return str(path.relative_to(Path.cwd())) or "."
+    except ValueError:
+        return str(path)
+
+
 def _synth(out: Path, seed: int, size: str) -> dict:
     from encoder.data.syngym import VERSION, format_summary, synthesize
 
@@ -41,11 +51,11 @@ def _synth(out: Path, seed: int, size: str) -> dict:
     if manifest.is_file():
         info = json.loads(manifest.read_text(encoding="utf-8"))
         if (info.get("seed"), info.get("size"), info.get("version")) == (seed, size, VERSION):
-            print(f"[1/6] SynGym already in {out} (seed {seed}, {size})")
+            print(f"[1/6] SynGym already in {shown(out)} (seed {seed}, {size})")
             return info
-    print(f"[1/6] generating SynGym ({size}, seed {seed}) into {out}")
+    print(f"[1/6] generating SynGym ({size}, seed {seed}) into {shown(out)}")
     summary = synthesize(out, seed=seed, size=size)
-    print(format_summary(summary))
+    print(format_summary(summary | {"out": shown(out)}))
     return summary
 
 
@@ -75,22 +85,18 @@ def _gymqa(data: Path, labeled: Path, out: Path, seed: int) -> dict:
         config=BuildConfig(seed=seed),
         name="gymqa-syngym",
     )
-    return {"folder": str(out), "train": len(qa.train), "test": len(qa.test)}
+    return {"folder": shown(out), "train": len(qa.train), "test": len(qa.test)}
 
 
-def format_table(rows: list[dict]) -> str:
+def encoder_table(rows: list[dict]) -> Table:
     """Both models of each run: the student and its EMA teacher (top-5 and mean class accuracy: the teacher's)."""
-    lines = [
-        "| model | labeled clips | steps | top-1 student | top-1 teacher | top-5 | mean class acc | train s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    table = Table("Encoders (SynGym val, element level)", ["model", "labeled clips", "steps", "top-1 student",
+                  "top-1 teacher", "top-5", "mean class acc", "train s"])
     for r in rows:
-        lines.append(
-            f"| {r['mode']} | {r['labeled']} | {r['step']} | {100 * r['student']['top1']:.1f} | "
-            f"{100 * r['teacher']['top1']:.1f} | {100 * r['teacher']['top5']:.1f} | "
-            f"{100 * r['teacher']['mean_class_accuracy']:.1f} | {r['train_seconds']:.0f} |"
-        )
-    return "\n".join(lines)
+        table.add(r["mode"], r["labeled"], r["step"], f"{100 * r['student']['top1']:.1f}",
+                  f"{100 * r['teacher']['top1']:.1f}", f"{100 * r['teacher']['top5']:.1f}",
+                  f"{100 * r['teacher']['mean_class_accuracy']:.1f}", f"{r['train_seconds']:.0f}")
+    return table
 
 
 def _bridge(out: Path, name: str, overrides: list[str], llms: dict) -> dict:
@@ -130,9 +136,11 @@ def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
                    config: str | os.PathLike = DEFAULT_CONFIG, overrides: list[str] | None = None,
                    bridge_overrides: list[str] | None = None) -> dict:
     """Run every stage into ``out``; returns (and writes) the summary."""
-    from bridge.evaluate import format_table as bridge_table
     from encoder.export import export
 
+    from bridge.evaluate import results_table
+
+    started = provenance()
     out = Path(out).resolve()
     began = time.perf_counter()
     data = out / "syngym"
@@ -153,22 +161,26 @@ def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
         print(f"[{5 + i}/6] adapter on SmolLM2 over {'SeFAR' if name == 'sefar' else 'frame-wise EfficientNet-Lite0'} "
               "features: train and score")
         bridge[name] = _bridge(out, name, [f"seed={seed}", *(bridge_overrides or [])], llms)
+    wall = time.perf_counter() - began
+    delta = round(100 * (rows[1]["teacher"]["top1"] - rows[0]["teacher"]["top1"]), 2)
     summary = {
         "rows": rows,
-        "sefar_minus_supervised_top1": round(100 * (rows[1]["teacher"]["top1"] - rows[0]["teacher"]["top1"]), 2),
-        "export": str(out / "export" / "sefar_tiny"),
+        "sefar_minus_supervised_top1": delta,
+        "export": shown(out / "export" / "sefar_tiny"),
         "gymqa": qa,
         "bridge": bridge,
         "encoders_seconds": round(encoders_seconds, 1),
-        "wall_seconds": round(time.perf_counter() - began, 1),
+        "wall_seconds": round(wall, 1),
     }
-    write_text_atomic(out / "quickstart.json", json.dumps(summary, indent=2, default=str) + "\n")
+    labels = {"sefar": "SeFAR features", "frames": "frame-wise EfficientNet-Lite0"}
+    text = (f"SynGym {size}, seed {seed}: {rows[0]['labeled']} labeled clips (10%), 33 element classes (chance 3.0%). "
+            f"SeFAR - supervised-only: {delta:+.1f} top-1 points (teachers). Gym-QA on SynGym: {qa['train']} train / "
+            f"{qa['test']} test questions. Whole job {wall / 60:.1f} min of wall clock, of which generation, both "
+            f"encoders, exports and Gym-QA {encoders_seconds / 60:.1f} min.")
     print()
-    print(format_table(rows))
-    print(f"SeFAR - supervised: {summary['sefar_minus_supervised_top1']:+.1f} top-1 points (teacher, SynGym val, "
-          f"{rows[0]['labeled']} labeled clips)")
-    print()
-    print(bridge_table([("SeFAR features", bridge["sefar"]), ("frame-wise EfficientNet-Lite0", bridge["frames"])]))
-    print(f"Gym-QA on SynGym: {qa['train']} train / {qa['test']} test questions, 4 options (chance 25%); "
-          f"total {summary['wall_seconds']:.0f} s")
+    write_result(out / "quickstart.json", "Quickstart: the main job on SynGym (10% labels)",
+                 [encoder_table(rows), results_table([(labels[k], v) for k, v in bridge.items()],
+                                                   "Q-Former adapters into SmolLM2 (Gym-QA on SynGym, 4 options, chance 25%)")], summary,
+                 summary=text, started=started)
+    print(text)
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -40,3 +41,5 @@ def pytest_terminal_summary(terminalreporter, config) -> None:
     total = {k: sum(c[k] for c in counts.values()) for k in ("tried", "errors", "results", "crashes")}
     terminalreporter.write_line(f"all: {total['tried']} inputs, {total['errors']} clear errors, "
                                 f"{total['results']} correct results, {total['crashes']} crashes")
+    if os.environ.get("SEFAR_FUZZ_COUNTS"):  # python -m bench.fuzz records them as a result file
+        Path(os.environ["SEFAR_FUZZ_COUNTS"]).write_text(json.dumps(counts, indent=1), encoding="utf-8")

@@ -1,22 +1,12 @@
-"""bench/bridge.py can measure an untrained paper-scale encoder: its export round-trips through encoder.export.load."""
-
-import importlib.util
-import sys
-from pathlib import Path
+"""bench/bridge_speed.py can measure an untrained paper-scale encoder: its export round-trips through encoder.export.load."""
 
 import torch
 
 
 def _bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "bridge.py"
-    spec = importlib.util.spec_from_file_location("bridge_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    saved = list(sys.path)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved  # the script reorders sys.path for itself
-    return module
+    from bench import bridge_speed
+
+    return bridge_speed
 
 
 def test_untrained_export_loads_as_an_encoder(tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 
 import pytest
@@ -179,17 +178,9 @@ def test_the_ask_api_answers_gradio_client(server, examples, tmp_path):
 
 
 def test_the_load_bench_counts_answers_and_errors(server, examples):
-    import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "demo_load.py"
-    spec = importlib.util.spec_from_file_location("demo_load", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["demo_load"] = bench  # dataclasses look their module up while the file runs
-    try:
-        spec.loader.exec_module(bench)
-    finally:
-        del sys.modules["demo_load"]
+    from bench import demo_load as bench
     url, _ = server
     clips = [examples[0][1], examples[1][1], Path(__file__)]  # each client meets the non-video once
     result = bench.run_load(url, clips, clients=2, requests=3, question="ok?")

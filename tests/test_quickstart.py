@@ -4,22 +4,27 @@ The adapters run on a tiny random LLaMA here (the embedded SmolLM2 is exercised 
 slow end-to-end bridge test), so this test checks the wiring of every stage, not accuracy.
 """
 
-import json
 
 import pytest
 from bridge_fixtures import tiny_llama
 from safetensors.torch import load_file
 
-from pipelines.quickstart import format_table, run_quickstart
+from common.results import format_table, read_result
+from pipelines.quickstart import encoder_table, run_quickstart
 
 
 @pytest.mark.slow
-def test_quickstart_runs_every_stage_and_resumes(tmp_path, capsys):
+def test_quickstart_runs_every_stage_and_resumes(tmp_path, capsys, monkeypatch):
     overrides = ["max_steps=2", "data.num_workers=0", "optim.batch_size=4", "optim.micro_batch_size=4",
                  "ssl.passes=2", "ssl.supervised_epochs=0", "log_every=1"]
     bridge = [f"llm.path={tiny_llama(tmp_path / 'llama')}", "adapter.num_layers=1", "adapter.num_queries=4",
               "train.steps=2", "train.batch_size=2", "train.save_every=1", "eval.max_questions=4"]
-    summary = run_quickstart(tmp_path, seed=0, size="tiny", overrides=overrides, bridge_overrides=bridge)
+    monkeypatch.chdir(tmp_path)  # what it prints and records is relative to the working directory
+    summary = run_quickstart(".", seed=0, size="tiny", overrides=overrides, bridge_overrides=bridge)
+    printed = capsys.readouterr().out
+    assert "into syngym" in printed, printed
+    assert str(tmp_path) not in printed, [line for line in printed.splitlines() if str(tmp_path) in line]
+    assert summary["export"] == "export/sefar_tiny" and summary["gymqa"]["folder"] == "gymqa"
     modes = [r["mode"] for r in summary["rows"]]
     assert modes == ["supervised", "sefar"]
     for row in summary["rows"]:
@@ -31,13 +36,14 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, capsys):
             assert row[which]["top1"] == pytest.approx(accuracy)
     assert (tmp_path / "export" / "sefar_tiny" / "model.safetensors").is_file()
     assert summary["gymqa"]["train"] == 33 and summary["gymqa"]["test"] == 33
-    assert json.loads((tmp_path / "quickstart.json").read_text())["rows"] == summary["rows"]
+    record = read_result(tmp_path / "quickstart.json")  # a result file, with what made it
+    assert record["data"]["rows"] == summary["rows"] and record["provenance"]["commit"]
+    assert [t["title"].split()[0] for t in record["tables"]] == ["Encoders", "Q-Former"]
     for name in ("sefar", "frames"):
         scored = summary["bridge"][name]
         assert scored["questions"] == 4 and set(scored["methods"]) == {"likelihood_sum", "likelihood_mean"}
         assert (tmp_path / "bridge" / name / "adapter" / "adapter.safetensors").is_file()
         assert (tmp_path / "bridge" / name / "eval" / "predictions_likelihood_mean.jsonl").is_file()
-    printed = capsys.readouterr().out
     assert "| supervised | 33 | 2 |" in printed and "| SeFAR features | likelihood_mean | 4 |" in printed
     assert "| frame-wise EfficientNet-Lite0 | likelihood_mean | 4 |" in printed
 
@@ -51,4 +57,4 @@ def test_format_table():
     rows = [{"mode": "sefar", "labeled": 10, "step": 5, "train_seconds": 12.3,
              "student": {"top1": 0.25, "top5": 0.8, "mean_class_accuracy": 0.2},
              "teacher": {"top1": 0.5, "top5": 0.9, "mean_class_accuracy": 0.4}}]
-    assert format_table(rows).splitlines()[-1] == "| sefar | 10 | 5 | 25.0 | 50.0 | 90.0 | 40.0 | 12 |"
+    assert format_table(encoder_table(rows)).splitlines()[-1] == "| sefar | 10 | 5 | 25.0 | 50.0 | 90.0 | 40.0 | 12 |"

@@ -349,14 +349,10 @@ def test_broadcast_trims_into_its_element_clips(tiny, tmp_path):
 # ------------------------------------------------------------------------------------ difficulty bench
 
 def _bench(name: str = "syngym_difficulty"):
-    """A script of ``bench/`` loaded as a module."""
-    import importlib.util
+    """A module of the ``bench`` package."""
+    import importlib
 
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"bench.{name}")
 
 
 def test_bench_direction_pair_accuracy_compares_only_the_reversed_sibling():
@@ -382,7 +378,7 @@ def test_bench_runs_end_to_end_on_tiny(tiny, tmp_path):
     out, _ = tiny
     report = tmp_path / "difficulty.json"
     assert _bench().main(["--data", str(out), "--steps", "2", "--batch", "4", "--out", str(report)]) == 0
-    results = json.loads(report.read_text())["results"]
+    results = json.loads(report.read_text())["data"]["results"]
     assert list(results) == ["single_frame", "temporal", "temporal_10pct"]
     assert [r["frames"] for r in results.values()] == [1, 8, 8]
     assert results["temporal_10pct"]["train_clips"] == len(CLASSES)  # at least one clip per class

@@ -1,6 +1,6 @@
 """Gym-QA speed: build every FineGym QA set, read questions, score 100,000 predictions.
 
-    python bench/gymqa.py [--data DIR] [--out bench/results/gymqa.json] [--repeats 3]
+    python -m bench.gymqa_speed [--data DIR] [--out bench/results/gymqa.json] [--repeats 3]
 
 Needs the real FineGym lists and the SeFAR labeled splits (``../shared/data`` beside the checkout by default);
 without them it says so and exits 0. Prints a Markdown table and writes the numbers (best of ``--repeats``) as JSON.
@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# This file is named like the package it measures: keep its own folder off the path so `gymqa` is the package.
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-from gymqa.build import BuildConfig, build_finegym  # noqa: E402
-from gymqa.io import write_json  # noqa: E402
-from gymqa.question import LETTERS, TYPES, Question, write_questions  # noqa: E402
-from gymqa.rotate import rotate  # noqa: E402
-from gymqa.score import read_predictions, score, score_files  # noqa: E402
-from gymqa.stats import read_questions  # noqa: E402
+from common.results import Table, provenance, write_result
+from gymqa.build import BuildConfig, build_finegym
+from gymqa.question import LETTERS, TYPES, Question, write_questions
+from gymqa.rotate import rotate
+from gymqa.score import read_predictions, score, score_files
+from gymqa.stats import read_questions
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 N_PREDICTIONS = 100_000
@@ -109,17 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "finegym").is_dir() or not (args.data / "sefar-gymqa").is_dir():
         print(f"skipped: the FineGym lists and SeFAR splits are not in {args.data} (need finegym/ and sefar-gymqa/)")
         return 0
+    started = provenance()
     rows = run(args.data, args.repeats)
-    print("| task | items | wall s | CPU s | target |\n| --- | ---: | ---: | ---: | ---: |")
+    table = Table("", ["task", "items", "wall s", "CPU s", "target"])
     for row in rows:
         target = f"<= {row['target_seconds']:.0f} s" if "target_seconds" in row else "-"
-        print(f"| {row['task']} | {row['items']} | {row['seconds']:.3f} | {row['cpu_seconds']:.3f} | {target} |")
-    machine = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-               "load_average": [round(x, 2) for x in os.getloadavg()],
-               "reference_loop_seconds": round(reference_loop(), 3)}
-    write_json(args.out, {"machine": machine, "repeats": args.repeats, "results": rows})
-    print(f"wrote {args.out} (load average {machine['load_average']}, "
-          f"reference loop {machine['reference_loop_seconds']} s)")
+        table.add(row["task"], row["items"], f"{row['seconds']:.3f}", f"{row['cpu_seconds']:.3f}", target)
+    loop = round(reference_loop(), 3)
+    table.notes = (f"Best of {args.repeats} runs. A fixed pure-Python loop (sum of 10**7 squares) took {loop} CPU-s "
+                   "on this machine at the time, to compare machines and loads.")
+    write_result(args.out, "Gym-QA: build and score speed (real FineGym lists)", [table],
+                 {"repeats": args.repeats, "reference_loop_seconds": loop, "results": rows}, started=started)
     return 0 if all(r["seconds"] <= r.get("target_seconds", float("inf")) for r in rows) else 1
 
 

@@ -1,7 +1,7 @@
 """Bridge speed: training from the feature cache vs the encoder in the loop, KV-cache option scoring, LLM tokens/s.
 
-    python bench/bridge.py --export outputs/quickstart/export/sefar_tiny --videos outputs/quickstart/syngym/videos
-    python bench/bridge.py --arch vit_small --videos outputs/quickstart/syngym/videos   # a paper-scale encoder
+    python -m bench.bridge_speed --export outputs/quickstart/export/sefar_tiny --videos outputs/quickstart/syngym/videos
+    python -m bench.bridge_speed --arch vit_small --videos outputs/quickstart/syngym/videos   # a paper-scale encoder
 
 ``--arch NAME`` replaces the export by an untrained encoder of that architecture (``vit_small``, ``vit_base``: 224 px,
 8 frames, combo 2-2-2-2; random weights, nothing downloaded), written as an export to a temporary folder: the speed
@@ -20,26 +20,20 @@ ratios, measured back to back in one run.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder comes first on sys.path and this module would shadow the bridge package.
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+import torch
 
-import torch  # noqa: E402
-
-from bridge.adapter import AdapterConfig, QFormerAdapter, visual_tokens  # noqa: E402
-from bridge.chat import clip_features  # noqa: E402
-from bridge.llm import LLMConfig, load_llm  # noqa: E402
-from bridge.model import VideoLLM  # noqa: E402
-from encoder.data.sampling import segment_frame_indices  # noqa: E402
-from encoder.data.video import read_frames  # noqa: E402
-from encoder.export import PreprocessConfig, build_export_config, load, save_export  # noqa: E402
-from encoder.timesformer import create_model  # noqa: E402
+from bridge.adapter import AdapterConfig, QFormerAdapter, visual_tokens
+from bridge.chat import clip_features
+from bridge.llm import LLMConfig, load_llm
+from bridge.model import VideoLLM
+from common.results import Table, provenance, write_result
+from encoder.data.sampling import segment_frame_indices
+from encoder.data.video import read_frames
+from encoder.export import PreprocessConfig, build_export_config, load, save_export
+from encoder.timesformer import create_model
 
 OPTIONS = ["salto backward tucked", "2 turn in tuck stand on one leg, free leg optional",
            "giant circle forward with 1 turn to handstand", "salto forward stretched with 1 twist"]
@@ -83,8 +77,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default="bench/results/bridge.json")
+    parser.add_argument("--out", default="bench/results/bridge_speed.json")
     args = parser.parse_args()
+    started = provenance()
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -135,9 +130,8 @@ def main() -> None:
         ("training step (batch %d)" % args.batch, "encoder every step", with_encoder, "feature cache", from_cache),
         ("4-option scoring", "full forward per option", brute, "shared-prefix KV cache", kv),
     ]
-    result = {
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "llm": llm.source, "batch": args.batch,
+    data = {
+        "threads": torch.get_num_threads(), "llm": llm.source, "batch": args.batch,
         "encoder": f"untrained {args.arch}" if args.arch else args.export,
         "encoder_input": f"{encoder.preprocess_config.num_frames}x{encoder.preprocess_config.img_size}px",
         "train_step_s": {"encoder_every_step": round(with_encoder, 3), "feature_cache": round(from_cache, 3),
@@ -146,15 +140,14 @@ def main() -> None:
                              "speedup": round(brute / kv, 2)},
         "generate_tokens_per_s": round(new_tokens / gen, 1),
     }
-    print(f"encoder: {result['encoder']} ({result['encoder_input']}); LLM: {llm.source}")
-    print("| measurement | baseline | s | ours | s | speed-up |")
-    print("|---|---|---|---|---|---|")
+    table = Table("", ["measurement", "baseline", "s", "ours", "s", "speed-up"])
     for name, base, base_s, ours, ours_s in rows:
-        print(f"| {name} | {base} | {base_s:.3f} | {ours} | {ours_s:.3f} | {base_s / ours_s:.2f}x |")
-    print(f"greedy generation: {result['generate_tokens_per_s']} tokens/s ({llm.source})")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        table.add(name, base, f"{base_s:.3f}", ours, f"{ours_s:.3f}", f"{base_s / ours_s:.2f}x")
+    table.notes = (f"Encoder: {data['encoder']} ({data['encoder_input']}); LLM: {llm.source}, "
+                   f"{torch.get_num_threads()} threads; best of {args.repeats}. Greedy generation: "
+                   f"{data['generate_tokens_per_s']} tokens/s.")
+    write_result(args.out, "Bridge speed: feature cache, KV-cache option scoring, generation", [table], data,
+                 started=started)
 
 
 if __name__ == "__main__":
