@@ -14,7 +14,8 @@ and its metadata lists the clips written (``clips``) and the unreadable ones ski
 A shard file is complete by construction, so the shard files are the source of truth: a second run skips every
 shard already on disk. ``OUT/manifest.json`` records the encoder (path and content hash), the list (path, hash),
 dtype, shard size, the shapes, ``layout`` (each element's frame indices), ``clips`` (clip id -> shard), ``done_shards``, ``skipped`` and ``complete``; it is
-rewritten atomically after each shard. Resuming with another export, list, dtype or shard size is refused.
+rewritten atomically after each shard. Resuming with another export, list, dtype or shard size is refused; a
+resume that names no shard size keeps the cache's own (new caches get :data:`SHARD_SIZE`).
 
 Clip ids (:func:`clip_id`): the list's path with its extension removed, reduced to the file name for absolute
 paths (``/root/video/<id>.mp4`` -> ``<id>``, ``Class/v_x.avi`` -> ``Class/v_x``, a FineGym id stays itself),
@@ -61,6 +62,7 @@ _logger = logging.getLogger(__name__)
 FORMAT = "sefar-features"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+SHARD_SIZE = 256  # clips per shard of a new cache (a cache being resumed keeps its own)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -245,17 +247,20 @@ def _new_manifest(source, list_path: Path, encoder, ids: list[str], shard_size: 
 
 def _extract(state, export_dir, list_path, out_dir, videos_root, batch_size, shard_size, dtype, num_workers) -> dict:
     """:func:`extract_features` for one process of ``state`` (an accelerate ``PartialState`` or alike)."""
+    list_path, out = Path(list_path), Path(out_dir)
+    manifest_path = out / MANIFEST_FILE
+    existing = _read_manifest(manifest_path) if manifest_path.is_file() else None
+    if shard_size is None:  # resume with the cache's own shard size, whoever began it
+        shard_size = existing["shard_size"] if existing is not None else SHARD_SIZE
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
     if shard_size < 1 or batch_size < 1:
         raise ConfigError(f"shard_size={shard_size}, batch_size={batch_size}: both must be >= 1")
-    list_path, out = Path(list_path), Path(out_dir)
     encoder = load_visual_encoder(export_dir, device=state.device)
     ids, samples = read_clip_list(list_path, videos_root)
     fresh = _new_manifest(export_dir, list_path, encoder, ids, shard_size, dtype)
-    manifest_path = out / MANIFEST_FILE
-    if manifest_path.is_file():
-        _check_resumable(_read_manifest(manifest_path), fresh, manifest_path)  # every rank: all raise alike
+    if existing is not None:
+        _check_resumable(existing, fresh, manifest_path)  # every rank: all raise alike
     elif state.is_main_process:
         write_text_atomic(manifest_path, json.dumps(fresh, indent=1) + "\n")
     state.wait_for_everyone()
@@ -286,7 +291,7 @@ def extract_features(
     out_dir: str | os.PathLike,
     videos_root: str | os.PathLike | None = None,
     batch_size: int = 8,
-    shard_size: int = 256,
+    shard_size: int | None = None,
     *,
     dtype: str = "float16",
     num_workers: int = 2,
@@ -296,7 +301,9 @@ def extract_features(
 
     Resumable (finished shards are skipped) and split over the processes of ``accelerate launch`` (shard ``i``
     on rank ``i % world_size``, each on its own device). Unreadable clips are skipped and listed in the
-    manifest. ``dtype``: float16 | bfloat16 | float32 of the stored tensors. Returns the final manifest.
+    manifest. ``dtype``: float16 | bfloat16 | float32 of the stored tensors. ``shard_size``: clips per shard;
+    None keeps the size of the cache being resumed, :data:`SHARD_SIZE` for a new one (a resumed cache refuses any
+    other). Returns the final manifest.
     """
     from accelerate import PartialState
 
