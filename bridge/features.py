@@ -24,11 +24,10 @@ plus ``@<start>-<end>`` for trimmed entries.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from bridge.frames import FrameEncoder, FrameEncoderConfig
+from bridge.tensorio import DTYPES, sha256_files
 from common.errors import ConfigError, DataError, VideoReadError
 from common.textio import read_json_object, write_text_atomic
 from encoder.data.cliplist import ClipList, clip_id, read_clip_list
@@ -63,7 +63,6 @@ FORMAT = "sefar-features"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 SHARD_SIZE = 256  # clips per shard of a new cache (a cache being resumed keeps its own)
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 # -------------------------------------------------------------------------------------------------- manifest
@@ -71,15 +70,6 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
-
-
-def _sha256(paths: Iterable[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def load_visual_encoder(source: str | os.PathLike | FrameEncoderConfig, device="cpu") -> FrozenEncoder | FrameEncoder:
@@ -93,7 +83,7 @@ def _identity(source, encoder) -> dict:
     if isinstance(encoder, FrameEncoder):
         return encoder.identity()
     export_dir = Path(source)
-    return {"path": os.fspath(export_dir), "hash": _sha256([export_dir / CONFIG_FILE, export_dir / WEIGHTS_FILE])}
+    return {"path": os.fspath(export_dir), "hash": sha256_files([export_dir / CONFIG_FILE, export_dir / WEIGHTS_FILE])}
 
 
 def feature_shapes(encoder: FrozenEncoder | FrameEncoder) -> dict[str, list[int]]:
@@ -232,7 +222,7 @@ def _new_manifest(source, list_path: Path, encoder, ids: list[str], shard_size: 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "export": _identity(source, encoder),
-        "list": {"path": os.fspath(list_path), "hash": _sha256([list_path]), "num_clips": len(ids)},
+        "list": {"path": os.fspath(list_path), "hash": sha256_files([list_path]), "num_clips": len(ids)},
         "dtype": dtype,
         "shard_size": shard_size,
         "num_shards": num_shards,

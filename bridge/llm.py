@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bridge.tensorio import DTYPES
 from common.errors import ConfigError, DataError
 
 __all__ = [
@@ -42,7 +43,6 @@ VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZATIONS = ("8bit", "4bit")
 TEMPLATES = ("auto", "vicuna_v1.1", "chat")
 # GGUF architectures whose transformers model is a LLaMA-style decoder taking ``inputs_embeds``.
