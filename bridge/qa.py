@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.config import BridgeConfig
-from bridge.features import FeatureCache, extract_features
+from bridge.featurecache import FeatureCache
+from bridge.features import extract_features
 from bridge.frames import FrameEncoderConfig
 from common.errors import DataError
 from common.textio import write_text_atomic

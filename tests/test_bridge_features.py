@@ -1,4 +1,4 @@
-"""Feature cache: clip ids, shapes and values, resume, unreadable clips, rank split, reading."""
+"""Feature cache: clip ids, shapes and values, resume, unreadable clips, rank split, reading, one shard size."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from encoder.data.video import read_frames
 from encoder.export import load
 from gymqa.question import Question, write_questions
 from bridge.config import load_config
-from bridge.features import FeatureCache, clip_id, extract_features, load_features, read_clip_list
+from bridge.featurecache import FeatureCache, load_features
+from bridge.features import clip_id, extract_features, read_clip_list
 from bridge.qa import feature_cache, write_clip_sublist
 from sefar.cli import main
 
