@@ -32,10 +32,11 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 import torch  # noqa: E402
 
-from bridge.adapter import AdapterConfig, QFormerAdapter, visual_tokens  # noqa: E402
+from bridge.adapter import AdapterConfig, QFormerAdapter  # noqa: E402
 from bridge.chat import clip_features  # noqa: E402
 from bridge.llm import LLMConfig, load_llm  # noqa: E402
 from bridge.model import VideoLLM  # noqa: E402
+from bridge.tokens import visual_tokens  # noqa: E402
 from encoder.data.sampling import segment_frame_indices  # noqa: E402
 from encoder.data.video import read_frames  # noqa: E402
 from encoder.export import PreprocessConfig, build_export_config, load, save_export  # noqa: E402

@@ -26,7 +26,8 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from bridge.adapter import AdapterConfig, QFormerAdapter, load_qformer_tokenizer
+from bridge.adapter import AdapterConfig, QFormerAdapter
+from bridge.bert import load_qformer_tokenizer
 from common.errors import DataError
 from common.textio import read_json_object, write_text_atomic
 from encoder.export import save_safetensors

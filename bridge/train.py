@@ -33,12 +33,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from bridge.adapter import AdapterConfig, QFormerAdapter, load_lavis_checkpoint, visual_tokens
+from bridge.adapter import AdapterConfig, QFormerAdapter
 from bridge.config import BridgeConfig, load_config
 from bridge.export import write_adapter_export, write_qformer_tokenizer
+from bridge.keymap import load_lavis_checkpoint
 from bridge.llm import LLMConfig, load_llm
 from bridge.model import VideoLLM
 from bridge.qa import feature_cache, letter_prompt_question, read_question_set
+from bridge.tokens import visual_tokens
 from common.errors import DataError
 from common.textio import write_text_atomic
 from encoder.export import save_safetensors
