@@ -9,6 +9,8 @@
   load with a report (:func:`load_lavis_checkpoint`). With the instruction option an InstructBLIP checkpoint also
   brings its word/position embeddings and the text feed-forward.
 
+Both sources name the Q-Former's layers as BERT does; :data:`QFORMER_RENAMES` turns them into the names of
+transformers' ``Blip2QFormerModel``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 from bridge.tensorio import read_state_file
 from common.errors import DataError
 
-__all__ = ["LoadReport", "load_report", "map_bert_state_dict", "map_lavis_state_dict",
+__all__ = ["QFORMER_RENAMES", "LoadReport", "load_report", "map_bert_state_dict", "map_lavis_state_dict",
            "load_lavis_checkpoint"]
 
 
@@ -56,6 +58,22 @@ def load_report(module: nn.Module, state: dict[str, Tensor], allowed_missing: st
     return LoadReport(missing=missing, unexpected=unexpected + wrong)
 
 
+# BERT's names of the Q-Former's parts (``bert.`` prefix removed) -> ``Blip2QFormerModel``'s, in this order.
+QFORMER_RENAMES = (
+    ("embeddings.LayerNorm.", "layernorm."),
+    (".attention.self.", ".attention.attention."),
+    (".crossattention.self.", ".crossattention.attention."),
+)
+# BERT's feed-forward: in the Q-Former, the text path's (``intermediate``/``output``; the queries' end in ``_query``).
+_TEXT_FFN = re.compile(r"encoder\.layer\.\d+\.(?:intermediate|output)\.")
+
+
+def _qformer_name(name: str) -> str:
+    for old, new in QFORMER_RENAMES:
+        name = name.replace(old, new)
+    return name
+
+
 _BERT_IGNORED = re.compile(r"^(?:bert\.)?(?:embeddings\.(?:word_embeddings|position_embeddings|token_type_embeddings|"
                            r"position_ids)|pooler\.|cls\.)")
 _BERT_TEXT_EMBEDDINGS = ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight")
@@ -82,10 +100,9 @@ def map_bert_state_dict(state: dict[str, Tensor], num_layers: int,
         if _BERT_IGNORED.match(key) or (layer and int(layer.group(1)) >= num_layers):
             ignored.append(key)
             continue
-        if instruction and re.match(r"encoder\.layer\.\d+\.(?:intermediate|output)\.", name):
+        if instruction and _TEXT_FFN.match(name):
             mapped[name] = value  # the text feed-forward keeps BERT's names
-        name = name.replace("embeddings.LayerNorm.", "layernorm.")
-        name = name.replace(".attention.self.", ".attention.attention.")
+        name = _qformer_name(name)
         name = re.sub(r"\.intermediate\.", ".intermediate_query.", name)
         name = re.sub(r"(layer\.\d+)\.output\.", r"\1.output_query.", name)
         mapped[name] = value
@@ -125,7 +142,7 @@ def map_lavis_state_dict(state: dict[str, Tensor], use_qformer_text_input: bool 
         else:
             mapped[name] = value
     if not use_qformer_text_input:
-        text_ffn = [k for k in mapped if re.search(r"^qformer\.encoder\.layer\.\d+\.(?:intermediate|output)\.", k)]
+        text_ffn = [k for k in mapped if k.startswith("qformer.") and _TEXT_FFN.match(k.removeprefix("qformer."))]
         for k in text_ffn:
             del mapped[k]
         ignored += text_ffn
@@ -136,11 +153,7 @@ def _map_lavis_key(key: str) -> str | None:
     """One key's new name; ``""`` for known keys without a counterpart, None for unknown ones."""
     for prefix in ("video_Qformer.bert.", "Qformer.bert."):
         if key.startswith(prefix):
-            name = key.removeprefix(prefix)
-            name = name.replace("embeddings.LayerNorm.", "layernorm.")
-            name = name.replace(".attention.self.", ".attention.attention.")
-            name = name.replace(".crossattention.self.", ".crossattention.attention.")
-            return "qformer." + name
+            return "qformer." + _qformer_name(key.removeprefix(prefix))
     if key in ("query_tokens", "video_query_tokens"):
         return "query_tokens"
     if key.startswith("video_frame_position_embedding."):
