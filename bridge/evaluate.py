@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bridge.features import FeatureCache
+from bridge.featurecache import FeatureCache
 from bridge.model import VideoLLM
 from bridge.qa import letter_prompt_question, read_question_set
 from common.results import Table

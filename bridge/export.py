@@ -25,21 +25,24 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch import Tensor
 
-from bridge.adapter import AdapterConfig, QFormerAdapter, load_qformer_tokenizer
+from bridge.adapter import AdapterConfig, QFormerAdapter
+from bridge.bert import load_qformer_tokenizer
 from common.errors import DataError
 from common.textio import read_json_object, write_text_atomic
 from encoder.export import save_safetensors
 
 __all__ = ["FORMAT", "CONFIG_FILE", "WEIGHTS_FILE", "write_adapter_export", "read_adapter_config",
            "TOKENIZER_DIR", "write_qformer_tokenizer", "load_adapter", "load_video_llm", "is_adapter_export",
-           "export_run"]
+           "CHECKPOINT", "read_checkpoint", "export_run"]
 
 FORMAT = "sefar-bridge-adapter"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "adapter.safetensors"
 TOKENIZER_DIR = "qformer_tokenizer"  # the instruction's BERT tokenizer (adapters with the instruction option)
+CHECKPOINT = "checkpoints/last.safetensors"  # a training run's last state, inside the run folder (bridge.train)
 
 
 def write_qformer_tokenizer(folder: str | os.PathLike, adapter: QFormerAdapter) -> Path | None:
@@ -143,20 +146,29 @@ def load_video_llm(folder: str | os.PathLike, llm: str | os.PathLike | None = No
     return VideoLLM(adapter, loaded), config
 
 
+def read_checkpoint(path: str | os.PathLike,
+                    advice: str = "") -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, str]]:
+    """``(adapter state dict, optimizer tensors "optim.<i>.<name>", metadata)`` of a training run's checkpoint
+    (:data:`CHECKPOINT`; metadata ``step``, ``losses``, ``adapter_config``, ``meta``); an unreadable one is a
+    :class:`DataError` whose reason ends with ``advice``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    except (SafetensorError, OSError) as err:
+        raise DataError(path, f"unreadable checkpoint ({' '.join(str(err).split())}){advice}") from None
+    state = {k.removeprefix("adapter."): v for k, v in tensors.items() if k.startswith("adapter.")}
+    return state, {k: v for k, v in tensors.items() if not k.startswith("adapter.")}, metadata
+
+
 def export_run(run: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write the export of a training run's last checkpoint (``RUN/checkpoints/last.safetensors``) to ``out``.
 
     An instruction adapter's tokenizer comes from ``RUN/checkpoints/qformer_tokenizer`` (written by training), or
     else from the BERT folder its config names."""
-    from safetensors import safe_open
-
-    path = Path(run) / "checkpoints" / "last.safetensors"
-    try:
-        with safe_open(os.fspath(path), framework="pt") as f:
-            metadata = f.metadata()
-            state = {k.removeprefix("adapter."): f.get_tensor(k) for k in f.keys() if k.startswith("adapter.")}
-    except (SafetensorError, OSError) as err:
-        raise DataError(path, f"no readable checkpoint ({' '.join(str(err).split())})") from None
+    path = Path(run) / CHECKPOINT
+    state, _, metadata = read_checkpoint(path)
     cfg = AdapterConfig.from_dict(json.loads(metadata["adapter_config"]))
     saved = path.parent / TOKENIZER_DIR
     tokenizer = load_qformer_tokenizer(saved) if cfg.instruction and saved.is_dir() else None

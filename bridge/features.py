@@ -1,20 +1,15 @@
-"""A sharded, resumable cache of frozen-encoder features for the LLM bridge.
+"""Extraction of a sharded, resumable cache of frozen-encoder features for the LLM bridge.
 
     accelerate launch -m sefar bridge features ENCODER LIST OUT      (or plain ``sefar bridge features ...``)
 
 ENCODER is a SeFAR export folder or a frame-wise image encoder (:class:`bridge.frames.FrameEncoderConfig`).
 
 The clips of LIST, in list order, are cut into shards of ``shard_size`` clips. Shard ``i`` is handled by process
-``i % world_size`` and written atomically as ``OUT/shard_{i:05d}.safetensors``; its tensors are keyed
-``"<clip id>/<name>"`` with the names of the encoder's ``features()`` for one clip:
-
-* ``fused``: ``(F,)``, ``element_cls``: ``(E, D)``, ``element_tokens.<i>``: ``(L_i, N, D)`` for element i;
-
-and its metadata lists the clips written (``clips``) and the unreadable ones skipped (``skipped``, id -> reason).
-A shard file is complete by construction, so the shard files are the source of truth: a second run skips every
-shard already on disk. ``OUT/manifest.json`` records the encoder (path and content hash), the list (path, hash),
-dtype, shard size, the shapes, ``layout`` (each element's frame indices), ``clips`` (clip id -> shard), ``done_shards``, ``skipped`` and ``complete``; it is
-rewritten atomically after each shard. Resuming with another export, list, dtype or shard size is refused.
+``i % world_size`` and written atomically as ``OUT/shard_{i:05d}.safetensors`` (the format and its reader:
+:mod:`bridge.featurecache`). A shard file is complete by construction, so the shard files are the source of truth:
+a second run skips every shard already on disk. ``OUT/manifest.json`` is rewritten atomically after each shard.
+Resuming with another export, list, dtype or shard size is refused; a resume that names no shard size keeps the
+cache's own (new caches get :data:`SHARD_SIZE`).
 
 Clip ids (:func:`clip_id`): the list's path with its extension removed, reduced to the file name for absolute
 paths (``/root/video/<id>.mp4`` -> ``<id>``, ``Class/v_x.avi`` -> ``Class/v_x``, a FineGym id stays itself),
@@ -23,11 +18,10 @@ plus ``@<start>-<end>`` for trimmed entries.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -36,48 +30,24 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from bridge.featurecache import FORMAT, FORMAT_VERSION, MANIFEST_FILE, read_manifest, shard_name
 from bridge.frames import FrameEncoder, FrameEncoderConfig
+from bridge.tensorio import DTYPES, sha256_files
 from common.errors import ConfigError, DataError, VideoReadError
-from common.textio import read_json_object, write_text_atomic
+from common.textio import write_text_atomic
 from encoder.data.cliplist import ClipList, clip_id, read_clip_list
 from encoder.data.dataset import ClipDataset
 from encoder.data.splits import Sample
 from encoder.export import CONFIG_FILE, WEIGHTS_FILE, EvalTransform, FrozenEncoder, load, save_safetensors
 
-__all__ = [
-    "MANIFEST_FILE",
-    "ClipList",
-    "clip_id",
-    "read_clip_list",
-    "shard_name",
-    "extract_features",
-    "FeatureCache",
-    "load_features",
-    "load_visual_encoder",
-]
+__all__ = ["SHARD_SIZE", "ClipList", "clip_id", "read_clip_list", "extract_features", "load_visual_encoder"]
 
 _logger = logging.getLogger(__name__)
 
-FORMAT = "sefar-features"
-FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+SHARD_SIZE = 256  # clips per shard of a new cache (a cache being resumed keeps its own)
 
 
 # -------------------------------------------------------------------------------------------------- manifest
-
-
-def shard_name(index: int) -> str:
-    return f"shard_{index:05d}.safetensors"
-
-
-def _sha256(paths: Iterable[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def load_visual_encoder(source: str | os.PathLike | FrameEncoderConfig, device="cpu") -> FrozenEncoder | FrameEncoder:
@@ -91,7 +61,7 @@ def _identity(source, encoder) -> dict:
     if isinstance(encoder, FrameEncoder):
         return encoder.identity()
     export_dir = Path(source)
-    return {"path": os.fspath(export_dir), "hash": _sha256([export_dir / CONFIG_FILE, export_dir / WEIGHTS_FILE])}
+    return {"path": os.fspath(export_dir), "hash": sha256_files([export_dir / CONFIG_FILE, export_dir / WEIGHTS_FILE])}
 
 
 def feature_shapes(encoder: FrozenEncoder | FrameEncoder) -> dict[str, list[int]]:
@@ -104,13 +74,6 @@ def feature_shapes(encoder: FrozenEncoder | FrameEncoder) -> dict[str, list[int]
     for i, length in enumerate(encoder.layout.sizes):
         shapes[f"element_tokens.{i}"] = [length, n, cfg.embed_dim]
     return shapes
-
-
-def _read_manifest(path: Path) -> dict:
-    manifest = read_json_object(path, "missing: not a feature cache written by extract_features")
-    if manifest.get("format") != FORMAT:
-        raise DataError(path, f"not a feature cache manifest (format={manifest.get('format')!r})")
-    return manifest
 
 
 def _check_resumable(existing: dict, fresh: dict, path: Path) -> None:
@@ -160,7 +123,7 @@ def _shard_ids(manifest: dict) -> list[list[str]]:
 
 def _refresh_manifest(out: Path) -> dict:
     """Rebuild ``done_shards``/``skipped``/``complete`` from the shard files and rewrite the manifest."""
-    manifest = _read_manifest(out / MANIFEST_FILE)
+    manifest = read_manifest(out / MANIFEST_FILE)
     done, skipped = [], {}
     for index, ids in enumerate(_shard_ids(manifest)):
         contents = _shard_contents(out / shard_name(index))
@@ -230,7 +193,7 @@ def _new_manifest(source, list_path: Path, encoder, ids: list[str], shard_size: 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "export": _identity(source, encoder),
-        "list": {"path": os.fspath(list_path), "hash": _sha256([list_path]), "num_clips": len(ids)},
+        "list": {"path": os.fspath(list_path), "hash": sha256_files([list_path]), "num_clips": len(ids)},
         "dtype": dtype,
         "shard_size": shard_size,
         "num_shards": num_shards,
@@ -245,17 +208,20 @@ def _new_manifest(source, list_path: Path, encoder, ids: list[str], shard_size: 
 
 def _extract(state, export_dir, list_path, out_dir, videos_root, batch_size, shard_size, dtype, num_workers) -> dict:
     """:func:`extract_features` for one process of ``state`` (an accelerate ``PartialState`` or alike)."""
+    list_path, out = Path(list_path), Path(out_dir)
+    manifest_path = out / MANIFEST_FILE
+    existing = read_manifest(manifest_path) if manifest_path.is_file() else None
+    if shard_size is None:  # resume with the cache's own shard size, whoever began it
+        shard_size = existing["shard_size"] if existing is not None else SHARD_SIZE
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r}: use one of {', '.join(DTYPES)}")
     if shard_size < 1 or batch_size < 1:
         raise ConfigError(f"shard_size={shard_size}, batch_size={batch_size}: both must be >= 1")
-    list_path, out = Path(list_path), Path(out_dir)
     encoder = load_visual_encoder(export_dir, device=state.device)
     ids, samples = read_clip_list(list_path, videos_root)
     fresh = _new_manifest(export_dir, list_path, encoder, ids, shard_size, dtype)
-    manifest_path = out / MANIFEST_FILE
-    if manifest_path.is_file():
-        _check_resumable(_read_manifest(manifest_path), fresh, manifest_path)  # every rank: all raise alike
+    if existing is not None:
+        _check_resumable(existing, fresh, manifest_path)  # every rank: all raise alike
     elif state.is_main_process:
         write_text_atomic(manifest_path, json.dumps(fresh, indent=1) + "\n")
     state.wait_for_everyone()
@@ -277,7 +243,7 @@ def _extract(state, export_dir, list_path, out_dir, videos_root, batch_size, sha
     state.wait_for_everyone()
     manifest = _refresh_manifest(out) if state.is_main_process else None
     state.wait_for_everyone()
-    return manifest or _read_manifest(manifest_path)
+    return manifest or read_manifest(manifest_path)
 
 
 def extract_features(
@@ -286,7 +252,7 @@ def extract_features(
     out_dir: str | os.PathLike,
     videos_root: str | os.PathLike | None = None,
     batch_size: int = 8,
-    shard_size: int = 256,
+    shard_size: int | None = None,
     *,
     dtype: str = "float16",
     num_workers: int = 2,
@@ -296,7 +262,9 @@ def extract_features(
 
     Resumable (finished shards are skipped) and split over the processes of ``accelerate launch`` (shard ``i``
     on rank ``i % world_size``, each on its own device). Unreadable clips are skipped and listed in the
-    manifest. ``dtype``: float16 | bfloat16 | float32 of the stored tensors. Returns the final manifest.
+    manifest. ``dtype``: float16 | bfloat16 | float32 of the stored tensors. ``shard_size``: clips per shard;
+    None keeps the size of the cache being resumed, :data:`SHARD_SIZE` for a new one (a resumed cache refuses any
+    other). Returns the final manifest.
     """
     from accelerate import PartialState
 
@@ -304,56 +272,3 @@ def extract_features(
     return _extract(
         state, export_dir, list_path, out_dir, videos_root, batch_size, shard_size, dtype, num_workers
     )
-
-
-# --------------------------------------------------------------------------------------------------- reading
-
-
-class FeatureCache:
-    """Read access to a feature cache folder: ``cache[clip_id] -> {"fused": (F,), ...}``."""
-
-    def __init__(self, cache_dir: str | os.PathLike) -> None:
-        self.root = Path(cache_dir)
-        self.manifest = _read_manifest(self.root / MANIFEST_FILE)
-        self._done = set(self.manifest["done_shards"])
-        self._skipped = self.manifest["skipped"]
-
-    @property
-    def layout(self) -> list[list[int]]:
-        """Frame indices of each element of the cached ``element_tokens`` (fine elements, then context)."""
-        return self.manifest["layout"]
-
-    @property
-    def clip_ids(self) -> list[str]:
-        """Ids of the clips whose features are on disk, in list order."""
-        return [key for key in self.manifest["clips"] if key in self]
-
-    def __len__(self) -> int:
-        return len(self.clip_ids)
-
-    def __contains__(self, key: object) -> bool:
-        shard = self.manifest["clips"].get(key)
-        return shard is not None and shard in self._done and key not in self._skipped
-
-    def __getitem__(self, key: str) -> dict[str, Tensor]:
-        manifest_path = self.root / MANIFEST_FILE
-        if key not in self.manifest["clips"]:
-            raise DataError(manifest_path, f"clip {key!r} is not in the cached list")
-        if key in self._skipped:
-            raise DataError(manifest_path, f"clip {key!r} was skipped: {self._skipped[key]}")
-        shard = self.root / shard_name(self.manifest["clips"][key])
-        if self.manifest["clips"][key] not in self._done:
-            raise DataError(shard, f"not extracted yet (clip {key!r}); run the extraction again to finish it")
-        try:
-            with safe_open(os.fspath(shard), framework="pt") as f:
-                return {name: f.get_tensor(f"{key}/{name}") for name in self.manifest["shapes"]}
-        except (SafetensorError, OSError) as err:
-            raise DataError(shard, f"unreadable shard ({' '.join(str(err).split())})") from None
-
-
-def load_features(cache_dir: str | os.PathLike, clip_id: str) -> dict[str, Tensor]:
-    """The cached tensors of one clip: ``fused (F,)``, ``element_cls (E, D)``, ``element_tokens.<i> (L_i, N, D)``.
-
-    For many clips, keep one :class:`FeatureCache` instead (this reads the manifest on every call).
-    """
-    return FeatureCache(cache_dir)[clip_id]

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from bridge.tensorio import read_state_file, sha256_files
 from common.errors import ConfigError, DataError
 from encoder.export import PreprocessConfig
 
@@ -83,12 +83,7 @@ def _weights_path(cfg: FrameEncoderConfig) -> Path:
 
 
 def _read_state(path: Path, model: str) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(os.fspath(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_file(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if model == "tf_efficientnet_lite0" and any(k.startswith("_blocks.") for k in state):
@@ -133,11 +128,8 @@ class FrameEncoder(nn.Module):
 
     def identity(self) -> dict:
         """What the feature cache records to refuse mixing features of different encoders."""
-        digest = hashlib.sha256(json.dumps(self.cfg.to_dict(), sort_keys=True).encode())
-        with open(self.weights_path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return {"path": f"frames:{self.cfg.model}", "hash": digest.hexdigest()}
+        config = hashlib.sha256(json.dumps(self.cfg.to_dict(), sort_keys=True).encode())
+        return {"path": f"frames:{self.cfg.model}", "hash": sha256_files([self.weights_path], config)}
 
     def feature_shapes(self) -> dict[str, list[int]]:
         with torch.no_grad():

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bridge.tensorio import DTYPES
 from common.errors import ConfigError, DataError
 
 __all__ = [
@@ -42,7 +43,6 @@ VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZATIONS = ("8bit", "4bit")
 TEMPLATES = ("auto", "vicuna_v1.1", "chat")
 # GGUF architectures whose transformers model is a LLaMA-style decoder taking ``inputs_embeds``.
@@ -197,6 +197,18 @@ def load_llm(cfg: LLMConfig, device: str | torch.device = "cpu") -> LoadedLLM:
 # ---------------------------------------------------------------------------------------------------- prompts
 
 
+def _messages(question: str, history: Sequence[dict], video: bool) -> list[dict]:
+    """``history`` (copied) and then the question as chat messages, the video placeholder before the first user
+    message when ``video``; a message that is not a role user|assistant with a string content is a ValueError."""
+    messages = [dict(m) for m in history] + [{"role": "user", "content": question}]
+    for m in messages:
+        if m.get("role") not in ("user", "assistant") or not isinstance(m.get("content"), str):
+            raise ValueError(f"history messages need role user|assistant and a string content, got {m!r}")
+    if video:
+        messages[0]["content"] = f"{VIDEO_PLACEHOLDER}\n{messages[0]['content']}"
+    return messages
+
+
 class PromptTemplate:
     """Renders a conversation (with the video placeholder in its first user turn) as the LLM expects it.
 
@@ -230,12 +242,7 @@ class PromptTemplate:
         ``history``: earlier turns ``[{"role": "user"|"assistant", "content": str}, ...]`` (user first); the video
         placeholder goes before the first user message (the question when there is no history).
         """
-        messages = [dict(m) for m in history] + [{"role": "user", "content": question}]
-        for m in messages:
-            if m.get("role") not in ("user", "assistant") or not isinstance(m.get("content"), str):
-                raise ValueError(f"history messages need role user|assistant and a string content, got {m!r}")
-        if video:
-            messages[0]["content"] = f"{VIDEO_PLACEHOLDER}\n{messages[0]['content']}"
+        messages = _messages(question, history, video)
         if self.name == "vicuna_v1.1":
             return self._vicuna(messages)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -247,11 +254,8 @@ class PromptTemplate:
         prompt = self.render(question, history, video)
         if self.name == "vicuna_v1.1":
             return prompt, f" {answer}{self.tokenizer.eos_token}"
-        messages = [dict(m) for m in history] + [{"role": "user", "content": question}]
-        if video:
-            messages[0]["content"] = f"{VIDEO_PLACEHOLDER}\n{messages[0]['content']}"
-        full = self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}],
-                                                  tokenize=False)
+        messages = _messages(question, history, video) + [{"role": "assistant", "content": answer}]
+        full = self.tokenizer.apply_chat_template(messages, tokenize=False)
         if not full.startswith(prompt):
             raise ConfigError("the chat template renders an answered conversation that does not extend the prompt")
         return prompt, full[len(prompt):]

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bridge.adapter import QFormerAdapter, VisualTokens, visual_tokens
+from bridge.adapter import QFormerAdapter
 from bridge.llm import VIDEO_PLACEHOLDER, LoadedLLM
+from bridge.tokens import VisualTokens, visual_tokens
 
 __all__ = ["IGNORE", "Batch", "VideoLLM", "answer_loss"]
 

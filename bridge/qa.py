@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.config import BridgeConfig
-from bridge.features import FeatureCache, extract_features
+from bridge.featurecache import FeatureCache
+from bridge.features import extract_features
 from bridge.frames import FrameEncoderConfig
 from common.errors import DataError
 from common.textio import write_text_atomic
@@ -71,7 +72,8 @@ def feature_cache(cfg: BridgeConfig, split: str, root: str | os.PathLike, num_wo
     """The features of the ``split`` ("train" | "test") questions' clips, extracted first where missing.
 
     The cache covers exactly the clips the questions name (for "test", those of the first ``eval.max_questions``
-    questions; a sub-list of the split's clip list written beside it); extraction resumes shard by shard.
+    questions; a sub-list of the split's clip list written beside it); extraction resumes shard by shard, with the
+    cache's own shard size (a cache begun by ``sefar bridge features`` on that sub-list is resumed too).
     """
     questions = cfg.data.train_questions if split == "train" else cfg.data.test_questions
     source_list = cfg.data.train_list if split == "train" else cfg.data.test_list
@@ -84,7 +86,7 @@ def feature_cache(cfg: BridgeConfig, split: str, root: str | os.PathLike, num_wo
     manifest = folder / "manifest.json"
     if not manifest.is_file() or not FeatureCache(folder).manifest.get("complete"):
         videos = cfg.data.videos or Path(source_list).parent
-        extract_features(encoder_source(cfg), sublist, folder, videos, batch_size=8, shard_size=128,
+        extract_features(encoder_source(cfg), sublist, folder, videos, batch_size=8,
                          dtype=cfg.encoder.feature_dtype, num_workers=num_workers)
     return FeatureCache(folder)
 

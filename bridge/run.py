@@ -11,7 +11,7 @@ from pathlib import Path
 from bridge.config import load_config
 from bridge.evaluate import evaluate, format_table
 from bridge.export import is_adapter_export, load_video_llm
-from bridge.features import FeatureCache
+from bridge.featurecache import FeatureCache
 from bridge.qa import direction_pair_names, feature_cache
 from common.errors import ConfigError
 

@@ -22,30 +22,27 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from omegaconf import OmegaConf
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from bridge.adapter import AdapterConfig, QFormerAdapter, load_lavis_checkpoint, visual_tokens
+from bridge.adapter import AdapterConfig, QFormerAdapter
 from bridge.config import BridgeConfig, load_config
-from bridge.export import write_adapter_export, write_qformer_tokenizer
+from bridge.export import CHECKPOINT, read_checkpoint, write_adapter_export, write_qformer_tokenizer
+from bridge.keymap import load_lavis_checkpoint
 from bridge.llm import LLMConfig, load_llm
 from bridge.model import VideoLLM
 from bridge.qa import feature_cache, letter_prompt_question, read_question_set
+from bridge.tokens import visual_tokens
 from common.errors import DataError
 from common.textio import write_text_atomic
 from encoder.export import save_safetensors
 
-__all__ = ["CHECKPOINT", "train", "main_train", "run_metadata"]
-
-CHECKPOINT = "checkpoints/last.safetensors"
+__all__ = ["train", "main_train", "run_metadata"]
 
 
 def _lr_at(step: int, cfg: BridgeConfig) -> float:
@@ -127,15 +124,7 @@ def _save_checkpoint(run: Path, adapter: QFormerAdapter, optimizer: torch.optim.
 
 
 def _load_checkpoint(path: Path, adapter: QFormerAdapter, optimizer: torch.optim.Optimizer) -> tuple[int, list[float]]:
-    from safetensors import safe_open
-
-    try:
-        tensors = load_file(os.fspath(path))
-        with safe_open(os.fspath(path), framework="pt") as f:
-            metadata = f.metadata()
-    except (SafetensorError, OSError) as err:
-        raise DataError(path, f"unreadable checkpoint ({' '.join(str(err).split())}); delete it to start over") from None
-    state = {k.removeprefix("adapter."): v for k, v in tensors.items() if k.startswith("adapter.")}
+    state, tensors, metadata = read_checkpoint(path, "; delete it to start over")
     own = adapter.state_dict()
     if state.keys() != own.keys() or any(state[k].shape != own[k].shape for k in own):
         raise DataError(path, "checkpoint does not match the configured adapter; use a new run folder")

@@ -24,7 +24,8 @@ def add_parser(subparsers, name: str, help_: str) -> None:
     ft.add_argument("--weights", default="package", help="frame encoder weights file ('package': EfficientNet-Lite0)")
     ft.add_argument("--img-size", type=_positive_int, default=112, help="frame encoder input size")
     ft.add_argument("--batch-size", type=_positive_int, default=8)
-    ft.add_argument("--shard-size", type=_positive_int, default=256, help="clips per shard file")
+    ft.add_argument("--shard-size", type=_positive_int,
+                    help="clips per shard file (default: the cache's own when resuming it, else 256)")
     ft.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     ft.add_argument("--workers", type=int, default=2, help="data loader processes")
     ft.set_defaults(func=_features)

@@ -12,10 +12,12 @@ import torch
 from bridge_fixtures import LAYOUT_224, fake_features, tiny_adapter_config
 from safetensors.torch import load_file, save_file
 
-from bridge.adapter import (AdapterConfig, QFormerAdapter, embedded_bert_path, load_lavis_checkpoint,
-                            map_lavis_state_dict, visual_tokens)
+from bridge.adapter import AdapterConfig, QFormerAdapter
+from bridge.bert import embedded_bert_path
 from bridge.export import TOKENIZER_DIR, load_adapter, write_adapter_export
+from bridge.keymap import load_lavis_checkpoint, map_lavis_state_dict
 from bridge.model import IGNORE, answer_loss
+from bridge.tokens import visual_tokens
 from common.errors import ConfigError, DataError
 
 QUESTIONS = ["What gymnastics move is this athlete performing?",

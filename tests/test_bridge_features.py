@@ -1,4 +1,4 @@
-"""Feature cache: clip ids, shapes and values, resume, unreadable clips, rank split, reading."""
+"""Feature cache: clip ids, shapes and values, resume, unreadable clips, rank split, reading, one shard size."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_export import exported, fake_run  # noqa: F401 (fixtures)
+from test_export import LABELS, exported, fake_run  # noqa: F401 (fixtures)
 
 import bridge.features as features
 from common.errors import DataError, ListFormatError
 from encoder.data.splits import Sample
 from encoder.data.video import read_frames
 from encoder.export import load
-from bridge.features import FeatureCache, clip_id, extract_features, load_features, read_clip_list
+from gymqa.question import Question, write_questions
+from bridge.config import load_config
+from bridge.featurecache import FeatureCache, load_features
+from bridge.features import clip_id, extract_features, read_clip_list
+from bridge.qa import feature_cache, write_clip_sublist
 from sefar.cli import main
 
 
@@ -132,3 +136,47 @@ def test_cli_features(exported, fake_run, tmp_path, capsys):
                "--videos-root", str(_videos(fake_run)), "--batch-size", "3", "--workers", "0"])
     assert rc == 0 and "1/1 shards" in capsys.readouterr().out
     assert len(FeatureCache(tmp_path / "c")) == 5
+    with pytest.raises(SystemExit):
+        main(["bridge", "features", "--help"])
+    assert f"else {features.SHARD_SIZE})" in " ".join(capsys.readouterr().out.split())  # the help names the default
+
+
+def _mark_unfinished(cache_dir: Path) -> None:
+    """As if the run had stopped after writing its shards but before the manifest said so."""
+    path = cache_dir / "manifest.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"complete": False}))
+
+
+def test_cli_and_training_resume_each_others_cache(exported, fake_run, tmp_path, monkeypatch):
+    """A cache begun by `sefar bridge features` (its default shard size) is resumed by the training recipe's
+    feature_cache, and the other way round, without extracting anything again."""
+    data = _videos(fake_run).parent
+    questions = [Question(id=f"q{i}", clip_id=f"clip{i}", question="What move?", options=("a", "b"), answer=0,
+                          type="element", level="element", split="train") for i in range(len(LABELS))]
+    write_questions(tmp_path / "train.jsonl", questions)
+    cfg = load_config(None, ["encoder.kind=sefar", f"encoder.export={exported}",
+                             f"data.train_questions={tmp_path / 'train.jsonl'}", f"data.train_list={data / 'val.txt'}",
+                             f"data.videos={_videos(fake_run)}"])
+    ids = {q.clip_id for q in questions}
+    calls = []
+    real = features._extract_shard
+    monkeypatch.setattr(features, "_extract_shard", lambda enc, ids, *a: calls.append(list(ids)) or real(enc, ids, *a))
+
+    by_cli = tmp_path / "by_cli"  # the CLI on the sub-list feature_cache writes, then training takes over
+    sublist = write_clip_sublist(data / "val.txt", ids, by_cli / "train_clips.txt")
+    cli = ["bridge", "features", str(exported), str(sublist), str(by_cli / "train"), "--videos-root",
+           str(_videos(fake_run)), "--workers", "0"]
+    assert main(cli) == 0 and len(calls) == 1
+    written = json.loads((by_cli / "train" / "manifest.json").read_text())["shard_size"]
+    _mark_unfinished(by_cli / "train")
+    cache = feature_cache(cfg, "train", by_cli)
+    assert len(calls) == 1 and cache.manifest["complete"] and len(cache) == len(ids)
+    assert cache.manifest["shard_size"] == written
+
+    by_training = tmp_path / "by_training"  # training first, then the CLI with its defaults
+    feature_cache(cfg, "train", by_training)
+    assert len(calls) == 2
+    _mark_unfinished(by_training / "train")
+    cli[3:5] = [str(by_training / "train_clips.txt"), str(by_training / "train")]
+    assert main(cli) == 0 and len(calls) == 2
+    assert FeatureCache(by_training / "train").manifest["complete"]

@@ -7,9 +7,10 @@ import pytest
 import torch
 from bridge_fixtures import LAYOUT_224, fake_features, tiny_adapter_config, tiny_llama
 
-from bridge.adapter import QFormerAdapter, visual_tokens
+from bridge.adapter import QFormerAdapter
 from bridge.llm import LLMConfig, load_llm
 from bridge.model import IGNORE, VideoLLM
+from bridge.tokens import visual_tokens
 
 
 @pytest.fixture(scope="module")
