@@ -211,12 +211,15 @@ class DemoHandlers:
         return None
 
     def question_problem(self, question: str | None) -> str | None:
-        """Why a chat or API question is refused, or None (an empty one is not refused here)."""
+        """Why a chat or API question is refused, or None (an empty one, or any on the encoder-only page, whose
+        handlers refuse it, is not refused here: there is no tokenizer)."""
         question = (question or "").strip()
-        return self._text_problem(question, "the question") if question else None
+        return self._text_problem(question, "the question") if question and self.config.chat else None
 
     def choice_problem(self, question: str | None, options_text: str | None) -> str | None:
         """Why a multiple-choice question or its options are refused, or None."""
+        if not self.config.chat:
+            return None
         limit = self.config.max_options
         longest = limit * (self.config.max_question_tokens * CHARS_PER_TOKEN + 1)
         if len(options_text or "") > longest:  # before splitting a huge text into a huge list

@@ -341,6 +341,15 @@ def test_the_validators_refuse_long_text_before_the_queue(clip):
     assert handlers.validate_api(str(clip), "x" * 10_000)[1]["is_valid"] is False
     assert handlers.validate_api(str(clip), "what?") == (gr.validate(True, ""), gr.validate(True, ""))
 
+    class NoTokenizer(ScriptedChat):  # the encoder-only backend: its handlers say that chat is off
+        def count_tokens(self, text):
+            raise AssertionError("no tokenizer on the encoder-only page")
+
+    off = DemoHandlers(NoTokenizer(), DemoConfig(chat=False))
+    assert off.validate_api(str(clip), "what?")[1]["is_valid"] and off.validate_choose("q", "a\nb")[0]["is_valid"]
+    with pytest.raises(gr.Error, match="chat is off"):
+        off.api_ask(str(clip), "what?")
+
 
 def test_the_ask_api_refuses_long_questions_and_answers_the_next_one(clip):
     handlers = DemoHandlers(ScriptedChat(), DemoConfig(max_question_tokens=3))
