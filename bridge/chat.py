@@ -126,6 +126,10 @@ class VideoChat:
         """The clip's query embeddings ``(Q, W)``; ``question``: the adapter's instruction, if it takes one."""
         return self._need_chat().clip_queries(clip.features, clip.layout, self.use_cls, question)
 
+    def count_tokens(self, text: str) -> int:
+        """How many LLM tokens ``text`` takes (no special tokens added); the demo bounds questions with it."""
+        return len(self._need_chat().tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def stream(self, clip: ClipContext, history: list[dict], question: str,
                max_new_tokens: int = 128) -> Iterator[str]:
         """Yield the answer's text pieces as they are generated (greedy decoding)."""

@@ -8,6 +8,10 @@ from sefar.cli import int_at_least
 
 DEFAULT_ENCODER_EXPORT = "outputs/quickstart/export/sefar_tiny"  # bridge.chat's defaults, without importing torch
 DEFAULT_ADAPTER_EXPORT = "outputs/quickstart/bridge/sefar/adapter"
+# demo.upload's defaults, without importing it (and with it the video readers) for --help
+MAX_FRAME_PIXELS = 4096 * 2160
+MAX_FRAMES = 240 * 60
+MAX_PIXELS = 16_000_000_000
 
 
 def _positive_float(text: str) -> float:
@@ -18,6 +22,14 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{value:g} must be > 0")
     return value
+
+
+def _positive_int(text: str) -> int:
+    """A positive whole number, also written as a float such as ``1.6e10``."""
+    value = _positive_float(text)
+    if value != int(value) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(value)
 
 
 def add_parser(subparsers, name: str, help_: str) -> None:
@@ -33,6 +45,18 @@ def add_parser(subparsers, name: str, help_: str) -> None:
     p.add_argument("--quantization", default=None, choices=("8bit", "4bit"), help="load the LLM quantized")
     p.add_argument("--max-upload-mb", type=_positive_float, default=50.0, help="largest accepted upload (MB)")
     p.add_argument("--max-seconds", type=_positive_float, default=60.0, help="longest accepted clip (s)")
+    p.add_argument("--max-frame-pixels", type=_positive_int, default=MAX_FRAME_PIXELS,
+                   help="largest accepted frame (width x height, from the clip's metadata, checked before decoding)")
+    p.add_argument("--max-frames", type=_positive_int, default=MAX_FRAMES,
+                   help="most frames an accepted clip may have (checked before decoding)")
+    p.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
+                   help="largest decoded size of a clip: width x height x frames, e.g. 1.6e10 (checked before "
+                        "decoding)")
+    p.add_argument("--max-question-tokens", type=int_at_least(1), default=256,
+                   help="longest question, and longest multiple-choice option, in the LLM's tokens")
+    p.add_argument("--max-options", type=int_at_least(2), default=10, help="most multiple-choice options")
+    p.add_argument("--request-timeout-s", type=_positive_float, default=120.0,
+                   help="a request running longer is stopped with a message and its model slot freed (s)")
     p.add_argument("--concurrency", type=int_at_least(1), default=1, help="model calls running at once, all users")
     p.add_argument("--queue-size", type=int_at_least(1), default=32, help="waiting requests before refusing more")
     p.add_argument("--max-new-tokens", type=int_at_least(1), default=128, help="longest answer (tokens)")
@@ -62,9 +86,11 @@ def _run(args: argparse.Namespace) -> int:
     from demo.serve import load_backend, serve
     from demo.upload import UploadLimits
 
-    config = DemoConfig(host=args.host, port=args.port, limits=UploadLimits(args.max_upload_mb, args.max_seconds),
-                        concurrency=args.concurrency, queue_size=args.queue_size,
-                        max_new_tokens=args.max_new_tokens, max_sessions=args.max_sessions,
-                        chat=not args.encoder_only)
+    limits = UploadLimits(args.max_upload_mb, args.max_seconds, max_frame_pixels=args.max_frame_pixels,
+                          max_frames=args.max_frames, max_pixels=args.max_pixels)
+    config = DemoConfig(host=args.host, port=args.port, limits=limits, concurrency=args.concurrency,
+                        queue_size=args.queue_size, max_new_tokens=args.max_new_tokens, max_sessions=args.max_sessions,
+                        chat=not args.encoder_only, max_question_tokens=args.max_question_tokens,
+                        max_options=args.max_options, request_timeout_s=args.request_timeout_s)
     serve(load_backend(artifacts), config, args.examples_dir, with_examples=not args.no_examples)
     return 0

@@ -1,8 +1,8 @@
 """A scripted chat backend for the demo's page tests: real frames and layout, scripted model outputs.
 
-It follows the ``bridge.chat.VideoChat`` contract (``encode`` / ``stream`` / ``choose``) so the page logic,
-per-session state and error paths are tested without loading models; the end-to-end browser test uses the
-real bridge on tiny artifacts.
+It follows the ``bridge.chat.VideoChat`` contract (``encode`` / ``count_tokens`` / ``stream`` / ``choose``) so the
+page logic, per-session state and error paths are tested without loading models; the end-to-end browser test
+uses the real bridge on tiny artifacts.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from encoder.data.video import read_frames
 
 TOP5 = [("salto forward tucked", 0.41), ("salto backward tucked", 0.22), ("salto forward piked", 0.15),
         ("double salto forward tucked", 0.08), ("salto forward stretched", 0.05)]
+VIDEO_PLACEHOLDER = "<video>"
 CERTAINTY = {"mu": 0.41, "sigma": 0.07, "tau1": 0.36, "tau2": 0.61, "eta": 0.22, "passes": 10}
 
 
@@ -46,9 +47,15 @@ class ScriptedChat:
         layout = [list(e) for e in self.layout.elements]
         return ScriptedClip(frames, layout, list(TOP5), dict(CERTAINTY), name=Path(video).name)
 
+    def count_tokens(self, text: str) -> int:
+        """One token per word (the real tokenizer gives more; the limits are checked the same way)."""
+        return len(text.split())
+
     def stream(self, clip: ScriptedClip, history: list[dict], question: str, max_new_tokens: int = 128):
         with self._lock:
             self.calls.append((clip.name, [dict(m) for m in history], question))
+        if VIDEO_PLACEHOLDER in question:  # as the real bridge does today: the prompt gets two placeholders
+            raise ValueError(f"the prompt must contain {VIDEO_PLACEHOLDER} exactly once")
         turn = sum(1 for m in history if m["role"] == "user") + 1
         for word in f"{clip.name} / turn {turn}: {question}".split(" ")[:max_new_tokens]:
             if self.delay:
@@ -56,5 +63,7 @@ class ScriptedChat:
             yield word + " "
 
     def choose(self, clip: ScriptedClip, question: str, options: list[str]) -> tuple[int, list[float]]:
+        if any(VIDEO_PLACEHOLDER in text for text in [question, *options]):
+            raise ValueError(f"the prompt must contain {VIDEO_PLACEHOLDER} exactly once")
         scores = [-float(len(o)) / 10 for o in options]  # the shortest option wins
         return int(np.argmax(scores)), scores

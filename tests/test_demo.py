@@ -259,3 +259,328 @@ def test_file_names_show_as_they_are_in_the_status_line(tmp_path):
     path = write_clip(tmp_path / "my_*clip*_[1].mp4")
     status = DemoHandlers(ScriptedChat(), DemoConfig()).on_clip(str(path), Session())[-1]
     assert status == r"**my\_\*clip\*\_\[1\].mp4**: 8 frames sampled"
+
+
+# ----------------------------------------------------------------------------------- hostile requests
+# Each hostile request gets one plain message (or is refused before the model), and the demo answers the next
+# normal request right after it.
+
+
+class Recording(ScriptedChat):
+    """The scripted backend, recording every text it tokenizes and every stream it closes."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__(delay)
+        self.counted: list[int] = []  # lengths of the texts given to count_tokens
+        self.closed = 0
+
+    def count_tokens(self, text):
+        self.counted.append(len(text))
+        return super().count_tokens(text)
+
+    def stream(self, *args, **kwargs):
+        try:
+            yield from super().stream(*args, **kwargs)
+        finally:
+            self.closed += 1
+
+
+def answered(handlers, session, question="and now?"):
+    """The last chat message after asking ``question`` (the demo still answers), and the status line."""
+    messages, _, _, status = list(handlers.on_ask(question, session))[-1]
+    return messages[-1]["content"], status
+
+
+def test_the_new_limits_are_validated_with_the_others():
+    with pytest.raises(ConfigError, match="max_question_tokens=0.*max_options=1.*max_history_turns=-1"
+                                          ".*request_timeout_s=0"):
+        DemoConfig(max_question_tokens=0, max_options=1, max_history_turns=-1, request_timeout_s=0)
+    with pytest.raises(ConfigError, match="request_timeout_s=inf"):
+        DemoConfig(request_timeout_s=float("inf"))
+    with pytest.raises(ConfigError, match="max_frame_pixels=0.*max_frames=-1.*max_pixels=1.5"):
+        UploadLimits(max_frame_pixels=0, max_frames=-1, max_pixels=1.5)
+
+
+def test_a_huge_question_is_refused_before_the_model_and_the_next_one_is_answered(clip):
+    chat = Recording()
+    handlers = DemoHandlers(chat, DemoConfig(max_question_tokens=8))
+    session = handlers.on_clip(str(clip), Session())[0]
+    messages, _, box, status = list(handlers.on_ask("word " * 9, session))[-1]
+    assert status == "**error:** the question is too long: 9 tokens, over the limit of 8; shorten it"
+    assert messages == [] and box == ("word " * 9).strip()  # the question stays in its box to be shortened
+    status = list(handlers.on_ask("x" * 200_000, session))[-1][3]
+    assert status.startswith("**error:** the question is too long: 200,000 characters, over the limit of 8 tokens")
+    assert max(chat.counted) <= 8 * 16  # the tokenizer never saw the 200 KB question
+    assert chat.calls == [] and session.history == []  # no model work for either
+    assert answered(handlers, session) == ("jump.mp4 / turn 1: and now? ", "")
+
+
+def test_multiple_choice_bounds_the_question_each_option_and_their_number(clip):
+    chat = Recording()
+    handlers = DemoHandlers(chat, DemoConfig(max_question_tokens=4, max_options=3))
+    session = handlers.on_clip(str(clip), Session())[0]
+    assert handlers.on_choose("which one is it now?", "a\nb", session) == (
+        "**error:** the question is too long: 5 tokens, over the limit of 4; shorten it")
+    assert handlers.on_choose("which?", "a\nb b b b b\nc", session) == (
+        "**error:** option 2 is too long: 5 tokens, over the limit of 4; shorten it")
+    assert handlers.on_choose("which?", "a\nb\nc\nd", session) == "**error:** too many options: 4, at most 3"
+    huge = handlers.on_choose("which?", "a\n" + "y" * 48_000, session)
+    assert huge.startswith("**error:** the options are too long: 48,002 characters for at most 3 options")
+    assert max(chat.counted) <= 4 * 16
+    assert handlers.on_choose("which?", "\n" * 20 + "a\nbb\n" + "\n" * 20, session).startswith("**Answer:** a")
+
+
+def test_the_validators_refuse_long_text_before_the_queue(clip):
+    handlers = DemoHandlers(ScriptedChat(), DemoConfig(max_question_tokens=2, max_options=2))
+    ok, state = handlers.validate_ask("one two", Session())
+    assert ok == gr.validate(True, "") and state == gr.validate(True, "")
+    refused, _ = handlers.validate_ask("one two three", Session())
+    assert refused == gr.validate(False, "the question is too long: 3 tokens, over the limit of 2; shorten it")
+    too_many = gr.validate(False, "too many options: 3, at most 2")
+    assert handlers.validate_choose("q", "a\nb\nc", Session())[0] == too_many
+    assert handlers.validate_api(str(clip), "x" * 10_000)[1]["is_valid"] is False
+    assert handlers.validate_api(str(clip), "what?") == (gr.validate(True, ""), gr.validate(True, ""))
+
+    class NoTokenizer(ScriptedChat):  # the encoder-only backend: its handlers say that chat is off
+        def count_tokens(self, text):
+            raise AssertionError("no tokenizer on the encoder-only page")
+
+    off = DemoHandlers(NoTokenizer(), DemoConfig(chat=False))
+    assert off.validate_api(str(clip), "what?")[1]["is_valid"] and off.validate_choose("q", "a\nb")[0]["is_valid"]
+    with pytest.raises(gr.Error, match="chat is off"):
+        off.api_ask(str(clip), "what?")
+
+
+def test_the_ask_api_refuses_long_questions_and_answers_the_next_one(clip):
+    handlers = DemoHandlers(ScriptedChat(), DemoConfig(max_question_tokens=3))
+    with pytest.raises(gr.Error) as err:
+        handlers.api_ask(str(clip), "a b c d")
+    assert err.value.message == "error: the question is too long: 4 tokens, over the limit of 3; shorten it"
+    assert err.value.print_exception is False
+    assert handlers.api_ask(str(clip), "what?") == "jump.mp4 / turn 1: what? "
+
+
+def test_a_clip_that_decodes_too_large_is_refused_from_its_metadata(tmp_path, clip):
+    from PIL import Image
+
+    big = tmp_path / "huge.gif"  # a small file (a few KB) whose two frames decode to 3000x3000 pixels each
+    Image.new("RGB", (3000, 3000), (200, 10, 10)).save(big, save_all=True,
+                                                      append_images=[Image.new("RGB", (3000, 3000))], duration=100)
+    assert big.stat().st_size < 200_000
+
+    class NoDecoding(ScriptedChat):
+        def encode(self, video):
+            assert "huge" not in str(video), "the oversized clip reached the decoder"
+            return super().encode(video)
+
+    handlers = DemoHandlers(NoDecoding(), DemoConfig())
+    session, image, *_, status = handlers.on_clip(str(big), Session())
+    assert status == ("**error:** huge.gif: 3000x3000 frames are over the 8,847,360 pixel limit per frame; "
+                      "upload a smaller video")
+    assert session.clip is None and image is None
+    with pytest.raises(gr.Error, match="huge.gif: 3000x3000 frames are over"):
+        handlers.api_ask(str(big), "what?")
+    with pytest.raises(DataError, match=r"^jump.mp4: 30 frames are over the 29 frame limit"):
+        check_upload(clip, UploadLimits(max_frames=29))
+    with pytest.raises(DataError, match=r"^jump.mp4: 64x48 x 30 frames is over the 92,159 decoded pixel limit"):
+        check_upload(clip, UploadLimits(max_pixels=64 * 48 * 30 - 1))
+    assert check_upload(clip, UploadLimits(max_frame_pixels=64 * 48, max_frames=30, max_pixels=64 * 48 * 30)) == 3.0
+    session = handlers.on_clip(str(clip), session)[0]
+    assert answered(handlers, session) == ("jump.mp4 / turn 1: and now? ", "")
+
+
+def test_a_request_past_the_time_limit_is_stopped_and_frees_the_model_slot(clip):
+    import time
+
+    chat = Recording(delay=0.2)
+    handlers = DemoHandlers(chat, DemoConfig(request_timeout_s=0.5, concurrency=1))
+    session = handlers.on_clip(str(clip), Session())[0]
+    began = time.monotonic()
+    messages, _, box, status = list(handlers.on_ask("tell me a very long story about it", session))[-1]
+    assert time.monotonic() - began < 1.5
+    assert status == "**error:** the request ran past the 0.5 s time limit and was stopped"
+    assert messages == [] and box == "tell me a very long story about it" and session.history == []
+    deadline = time.monotonic() + 2
+    while chat.closed < 1 and time.monotonic() < deadline:  # the worker stops at the next word
+        time.sleep(0.02)
+    assert chat.closed == 1
+    chat.delay = 0.0
+    assert answered(handlers, session) == ("jump.mp4 / turn 1: and now? ", "")
+
+
+def test_a_backend_call_that_hangs_keeps_its_slot_until_it_returns(clip):
+    import threading
+    import time
+
+    release = threading.Event()
+
+    class Hanging(ScriptedChat):
+        def choose(self, clip, question, options):
+            if question == "hang?":
+                release.wait(10)
+            return super().choose(clip, question, options)
+
+    handlers = DemoHandlers(Hanging(), DemoConfig(request_timeout_s=0.3, concurrency=1))
+    session = handlers.on_clip(str(clip), Session())[0]
+    assert handlers.on_choose("hang?", "a\nbb", session) == (
+        "**error:** the request ran past the 0.3 s time limit and was stopped")
+    # The model is still busy with it: the next request waits for the slot, within its own limit.
+    assert handlers.on_choose("which?", "a\nbb", session) == (
+        "**error:** the model stayed busy past the 0.3 s time limit; try again")
+    release.set()
+    time.sleep(0.05)
+    assert handlers.on_choose("which?", "a\nbb", session).startswith("**Answer:** a")
+
+
+def test_backend_errors_show_one_plain_message_and_the_next_request_is_answered(clip, caplog):
+    handlers = DemoHandlers(ScriptedChat(), DemoConfig())
+    session = handlers.on_clip(str(clip), Session())[0]
+    messages, _, box, status = list(handlers.on_ask("what is <video> here?", session))[-1]
+    assert status == "**error:** the model failed to answer (see the server log)" and messages == []
+    assert box == "what is <video> here?" and "Traceback" not in status
+    assert handlers.on_choose("which <video>?", "a\nbb", session) == (
+        "**error:** the model failed to rank the options (see the server log)")
+    with pytest.raises(gr.Error) as err:
+        handlers.api_ask(str(clip), "<video>")
+    assert err.value.message == "error: the model failed to answer (see the server log)"
+    assert answered(handlers, session) == ("jump.mp4 / turn 1: and now? ", "")
+    assert handlers.api_ask(str(clip), "what?") == "jump.mp4 / turn 1: what? "
+
+    class BrokenTokenizer(ScriptedChat):
+        def count_tokens(self, text):
+            raise RuntimeError("tokenizer exploded")
+
+    broken = DemoHandlers(BrokenTokenizer(), DemoConfig())
+    session = broken.on_clip(str(clip), Session())[0]
+    assert list(broken.on_ask("what?", session))[-1][3] == (
+        "**error:** the question could not be checked (see the server log)")
+    assert broken.validate_ask("what?")[0]["is_valid"] is False
+
+
+def test_expected_rejections_log_one_line_without_a_traceback(clip, corrupt, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    handlers = DemoHandlers(ScriptedChat(), DemoConfig(max_question_tokens=2))
+    handlers.on_clip(str(corrupt), Session())
+    with pytest.raises(gr.Error) as err:
+        handlers.api_ask(str(corrupt), "what?")
+    assert err.value.print_exception is False  # Gradio prints no traceback for it either
+    with pytest.raises(gr.Error):
+        handlers.api_ask(str(clip), "a b c")
+    session = handlers.on_clip(str(clip), Session())[0]
+    list(handlers.on_ask("a b c", session))
+    handlers.on_choose("q", "a\nb\nc d e", session)
+    refusals = [r for r in caplog.records if r.name.startswith("demo.")]
+    assert len(refusals) >= 5 and all(r.exc_info is None and "\n" not in r.getMessage() for r in refusals)
+
+
+def test_uploads_are_removed_when_replaced_when_the_session_expires_and_after_an_api_answer(tmp_path, clip):
+    import shutil
+
+    received: set[str] = set()
+
+    def receive(name: str) -> str:
+        folder = tmp_path / "uploads" / name.replace(".", "_")
+        folder.mkdir(parents=True)
+        path = str(shutil.copy(clip, folder / name))
+        received.add(path)
+        return path
+
+    handlers = DemoHandlers(ScriptedChat(), DemoConfig(), received=received.__contains__)
+    first, second, api = receive("first.mp4"), receive("second.mp4"), receive("api.mp4")
+    session = handlers.on_clip(first, Session())[0]
+    assert session.upload == first and os.path.exists(first)
+    other = handlers.on_clip(first, Session())[0]  # another session with the same file (same content and name)
+    session = handlers.on_clip(second, session)[0]  # replaced: the first is still held by the other session
+    assert os.path.exists(first) and session.upload == second
+    handlers.on_clip(None, other)  # cleared: now nobody holds it
+    assert not os.path.exists(first) and not os.path.exists(os.path.dirname(first))  # its folder went too
+    session = handlers.on_clip(str(clip), session)[0]  # an example or any file the demo did not receive
+    assert not os.path.exists(second) and session.upload == "" and clip.exists()
+    again = receive("again.mp4")
+    session = handlers.on_clip(again, session)[0]
+    handlers.on_session_deleted(session)  # the session expired
+    assert not os.path.exists(again) and clip.exists()
+    assert handlers.api_ask(api, "what?") == "api.mp4 / turn 1: what? " and not os.path.exists(api)
+    refused = receive("refused.mp4")
+    status = DemoHandlers(ScriptedChat(), DemoConfig(limits=UploadLimits(max_frames=1)),
+                          received=received.__contains__).on_clip(refused, Session())[-1]
+    assert "frame limit" in status and not os.path.exists(refused)  # a refused upload is not kept either
+
+
+def test_the_app_removes_its_uploads_on_expiry_and_shutdown():
+    from demo.app import build_app
+
+    app = build_app(ScriptedChat(), DemoConfig(session_ttl_s=7200))
+    assert app.delete_cache == (600, 7200)  # Gradio's: older than a session's lifetime, and all at shutdown
+    states = [b for b in app.blocks.values() if isinstance(b, gr.State)]
+    assert len(states) == 1 and states[0].delete_callback.__name__ == "on_session_deleted"
+    assert states[0].time_to_live == 7200
+
+
+def test_sefar_demo_flags_reach_the_config(monkeypatch, tmp_path, capsys):
+    from sefar import demo_cmd
+    from sefar.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["demo", "--max-question-tokens", "64", "--max-options", "4", "--request-timeout-s",
+                              "30", "--max-frame-pixels", "2073600", "--max-frames", "900", "--max-pixels", "2e9"])
+    assert (args.max_question_tokens, args.max_options, args.request_timeout_s) == (64, 4, 30.0)
+    assert (args.max_frame_pixels, args.max_frames, args.max_pixels) == (2073600, 900, 2_000_000_000)
+    defaults = parser.parse_args(["demo"])
+    limits, config = UploadLimits(), DemoConfig()
+    assert (defaults.max_frame_pixels, defaults.max_frames, defaults.max_pixels) == (
+        limits.max_frame_pixels, limits.max_frames, limits.max_pixels)
+    assert (defaults.max_question_tokens, defaults.max_options, defaults.request_timeout_s) == (
+        config.max_question_tokens, config.max_options, config.request_timeout_s)
+    for bad in (["--max-question-tokens", "0"], ["--max-options", "1"], ["--request-timeout-s", "0"],
+                ["--max-pixels", "1.5"], ["--max-frames", "-3"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["demo", *bad])
+    assert "error:" in capsys.readouterr().err
+    assert demo_cmd.MAX_PIXELS == limits.max_pixels
+
+
+# --------------------------------------------------------------------------------------------- fuzzing
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+HOSTILE = st.sampled_from(["<video>", "\x00", "\u202e", "```", "<script>alert(1)</script>", "{{", "%s", "\r\n",
+                           "\ud7ff", "🤸", "*" * 40, " " * 300, "word " * 300, "x" * 20_000])
+QUESTIONS = st.one_of(st.text(max_size=60), st.lists(st.one_of(HOSTILE, st.text(max_size=20)), max_size=6).map("".join))
+
+
+@pytest.fixture(scope="module")
+def fuzz_handlers(tmp_path_factory):
+    clip = write_video(tmp_path_factory.mktemp("fuzz") / "jump.mp4", n=30, size=(48, 64), fps=10)
+    handlers = DemoHandlers(ScriptedChat(), DemoConfig(max_question_tokens=32, max_new_tokens=8))
+    return handlers, str(clip), handlers.on_clip(str(clip), Session())[0]
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=150, print_blob=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(question=QUESTIONS)
+def test_fuzzed_questions_get_an_answer_or_one_clear_message(fuzz_handlers, question):
+    handlers, clip, session = fuzz_handlers
+    session.history = []
+    messages, _, _, status = list(handlers.on_ask(question, session))[-1]
+    if not question.strip():
+        assert status == ""
+    elif status:
+        assert status.startswith("**error:** ") and "\n" not in status and "Traceback" not in status
+        assert len(status) < 200
+    else:
+        assert messages[-1]["role"] == "assistant" and messages[-1]["content"].startswith("jump.mp4 / turn 1:")
+    ok, _ = handlers.validate_ask(question, session)
+    assert ok["is_valid"] is (handlers.question_problem(question) is None)
+    try:
+        answer = handlers.api_ask(clip, question)
+    except gr.Error as err:
+        assert err.print_exception is False and "\n" not in err.message and len(err.message) < 200
+    else:
+        assert answer.startswith("jump.mp4 / turn 1:")
+    result = handlers.on_choose(question, "salto\ngiant circle", session)
+    assert result.startswith(("**Answer:** salto", "**error:** ")) and "Traceback" not in result

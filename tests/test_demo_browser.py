@@ -195,3 +195,98 @@ def test_the_load_bench_counts_answers_and_errors(server, examples):
     with bench.PeakRSS(os.getpid()) as rss:
         time.sleep(0.1)
     assert rss.peak > 10 * 2**20
+
+
+# ----------------------------------------------------------------------------------- hostile requests
+
+
+@pytest.fixture(scope="module")
+def strict(examples):
+    """The page with small text limits and a short time limit: ``(url, app)``."""
+    config = DemoConfig(port=free_port(), max_question_tokens=8, max_options=3, request_timeout_s=3)
+    app = build_app(ScriptedChat(delay=0.05), config, examples)
+    _, url, _ = launch(app, config, allowed_paths=[examples[0][1].parent], block=False)
+    yield url, app
+    app.close()
+
+
+def test_a_too_long_question_is_refused_in_the_page_and_the_next_is_answered(strict, browser, examples):
+    url, _ = strict
+    context, page = open_page(browser, url)
+    try:
+        upload_clip(page, examples[0][1])
+        expect(page.locator("#status")).to_contain_text("8 frames sampled", timeout=TIMEOUT_MS)
+        ask(page, "word " * 20)
+        expect(page.locator("body")).to_contain_text("the question is too long: 20 tokens, over the limit of 8",
+                                                     timeout=TIMEOUT_MS)
+        ask(page, "what is <video> here?")
+        expect(page.locator("#status")).to_contain_text("the model failed to answer (see the server log)",
+                                                        timeout=TIMEOUT_MS)
+        expect(page.locator("body")).not_to_contain_text("Traceback")
+        ask(page, "and now?")
+        expect(page.locator("#chat")).to_contain_text(f"{examples[0][1].name} / turn 1: and now?",
+                                                      timeout=TIMEOUT_MS)
+        page.get_by_role("tab", name="Multiple choice").click()
+        page.locator("#mc-question textarea").fill("which?")
+        page.locator("#mc-options textarea").fill("a\nb\nc\nd")
+        page.locator("#mc-choose").click()
+        expect(page.locator("body")).to_contain_text("too many options: 4, at most 3", timeout=TIMEOUT_MS)
+        page.locator("#mc-options textarea").fill("salto\ngiant circle")
+        page.locator("#mc-choose").click()
+        expect(page.locator("#mc-result")).to_contain_text("Answer: salto", timeout=TIMEOUT_MS)
+    finally:
+        context.close()
+
+
+def test_a_replaced_upload_is_removed_from_the_server(strict, browser, tmp_path):
+    url, app = strict
+    first = write_video(tmp_path / "first.mp4", n=20, size=(32, 32), fps=10)
+    second = write_video(tmp_path / "second.mp4", n=25, size=(32, 32), fps=10)
+    context, page = open_page(browser, url)
+    try:
+        upload_clip(page, first)
+        expect(page.locator("#status")).to_contain_text("first.mp4", timeout=TIMEOUT_MS)
+        received = [p for p in app.upload_file_set if p.endswith("first.mp4")]
+        assert len(received) == 1 and os.path.exists(received[0])
+        page.locator("#clip-upload").get_by_role("button", name="Clear").click()  # the page's way to replace it
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while os.path.exists(received[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        upload_clip(page, second)
+        expect(page.locator("#status")).to_contain_text("second.mp4", timeout=TIMEOUT_MS)
+        assert not os.path.exists(received[0])
+        assert any(p.endswith("second.mp4") and os.path.exists(p) for p in app.upload_file_set)
+    finally:
+        context.close()
+
+
+def test_the_ask_api_refuses_hostile_questions_clearly_and_answers_the_next(strict, examples):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError, ValidationError
+
+    url, app = strict
+    client = Client(url, verbose=False)
+    clip = handle_file(str(examples[1][1]))
+    with pytest.raises(ValidationError, match="the question is too long: 200,000 characters"):
+        client.predict(clip, "x" * 200_000, api_name="/ask")
+    with pytest.raises(AppError, match=r"error: the model failed to answer \(see the server log\)"):
+        client.predict(clip, "<video>", api_name="/ask")
+    assert client.predict(clip, "ok?", api_name="/ask") == f"{examples[1][1].name} / turn 1: ok? "
+    assert not any(p.endswith(examples[1][1].name) and os.path.exists(p) for p in app.upload_file_set)
+
+
+def test_the_server_removes_what_it_received_when_it_shuts_down(tmp_path):
+    config = DemoConfig(port=free_port())
+    app = build_app(ScriptedChat(), config)
+    launch(app, config, block=False)
+    folder = tmp_path / "received"
+    folder.mkdir()
+    received, other = folder / "clip.mp4", folder / "not_received.mp4"
+    received.write_bytes(b"clip")
+    other.write_bytes(b"other")
+    app.upload_file_set.add(str(received))  # as Gradio records an upload
+    app.close()
+    deadline = time.monotonic() + 10
+    while received.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not received.exists() and other.exists()

@@ -146,3 +146,22 @@ def test_an_untrained_adapter_of_the_default_shape_serves_the_llm(tiny, tmp_path
     chat = load_backend(Artifacts(tiny.encoder, folder))  # the LLM recorded in the export
     clip = chat.encode(ensure_examples(tmp_path / "examples")[0][1])
     assert "".join(chat.stream(clip, [], "what?", max_new_tokens=4))
+
+
+def test_the_real_backend_counts_tokens_and_the_demo_survives_hostile_questions(tiny, tmp_path):
+    from demo.app import DemoHandlers, Session
+    from demo.examples import ensure_examples
+
+    chat = load_backend(tiny)
+    assert 0 < chat.count_tokens("what move?") <= chat.count_tokens("what move is this athlete performing?")
+    handlers = DemoHandlers(chat, DemoConfig(max_question_tokens=64, max_new_tokens=4))
+    session = handlers.on_clip(str(ensure_examples(tmp_path / "examples")[0][1]), Session())[0]
+    status = list(handlers.on_ask("what is <video> here?", session))[-1][3]
+    assert status == "**error:** the model failed to answer (see the server log)"
+    status = list(handlers.on_ask("salto " * 100, session))[-1][3]
+    assert status.startswith("**error:** the question is too long:")
+    assert status.endswith("over the limit of 64; shorten it")
+    result = handlers.on_choose("which?", "salto\n" + "twist " * 100, session)
+    assert result.startswith("**error:** option 2 is too long")
+    messages, _, _, status = list(handlers.on_ask("what move?", session))[-1]
+    assert status == "" and messages[-1]["role"] == "assistant"
