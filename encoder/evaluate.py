@@ -18,7 +18,6 @@ model's ``img_size`` and cut into S ``img_size`` squares spread along the long s
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 from encoder.data.dataset import ClipDataset, collate
 from common.errors import ConfigError, DataError
 from common.finegym import Category
+from common.jsonio import dumps
 from encoder.data.splits import Sample
 from common.textio import write_text_atomic
 from encoder.export import EvalTransform, FrozenEncoder, PreprocessConfig, is_export
@@ -355,7 +355,7 @@ def _prediction_rows(items: Sequence[Sample], probs: Tensor, pseudo: PseudoLabel
                 mu=round(float(pseudo.confidence[i]), 6),
                 sigma=round(float(pseudo.spread[i]), 6),
             )
-        rows.append(json.dumps(row))
+        rows.append(dumps(row))
     return "".join(row + "\n" for row in rows)
 
 
@@ -427,6 +427,6 @@ def evaluate_run(
     if pseudo is not None:
         plot_teacher_spread(pseudo, out.labels, passes, out_dir / "teacher_spread.png")
     write_text_atomic(out_dir / "predictions.jsonl", _prediction_rows(src.items, out.probs, pseudo))
-    write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out_dir / "results.json", dumps(results, indent=2) + "\n")
     print(format_results(results))
     return results

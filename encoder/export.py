@@ -23,7 +23,6 @@ take K = ``num_frames`` frames, one at the centre of each of K equal segments; r
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -36,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from common.configfile import field_problems
+from common.jsonio import dumps
 from encoder.augment import normalize, resize_short_side, spatial_crops
 from common.errors import ConfigError, DataError
 from common.finegym import Category
@@ -258,7 +258,7 @@ def save_export(out_dir: str | os.PathLike, model: TimeSformer, config: dict) ->
     """Write ``model.safetensors`` then ``config.json`` (each atomically; config last marks it complete)."""
     out = Path(out_dir)
     save_safetensors(out / WEIGHTS_FILE, model.state_dict(), metadata={"format": FORMAT})
-    write_text_atomic(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    write_text_atomic(out / CONFIG_FILE, dumps(config, indent=2) + "\n")
     return out
 
 

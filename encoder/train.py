@@ -27,7 +27,6 @@ but bookkeeping (:data:`RESUME_FREE`) stops and lists the differing keys, unless
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -48,6 +47,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from common.errors import ConfigError, DataError
+from common.jsonio import dumps, loads, read_json_object
 from common.textio import write_text_atomic
 from encoder import augment
 from encoder.config import RunConfig, SSLConfig, load_config
@@ -273,7 +273,7 @@ def running_stats_frozen(model: torch.nn.Module):
 
 
 def _atomic_json(path: Path, value) -> None:
-    write_text_atomic(path, json.dumps(value, indent=2) + "\n")
+    write_text_atomic(path, dumps(value, indent=2) + "\n")
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -331,12 +331,12 @@ def load_checkpoint(path: Path, student, teacher, opt) -> dict:
     for name in ("student.safetensors", "teacher.safetensors", "optimizer.safetensors", "state.json"):
         if not (path / name).is_file():
             raise DataError(path / name, "missing: checkpoint is incomplete")
+    meta = read_json_object(path / "state.json")
     try:
-        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
         load_strict(unwrap(student), path / "student.safetensors")
         load_strict(teacher, path / "teacher.safetensors")
         tensors = load_file(path / "optimizer.safetensors")
-    except (json.JSONDecodeError, OSError, RuntimeError, SafetensorError) as err:
+    except (OSError, RuntimeError, SafetensorError) as err:
         raise DataError(path, f"unreadable checkpoint: {' '.join(str(err).split())[:200]}") from None
     torch.set_rng_state(tensors.pop("rng.torch"))
     _load_optimizer(opt, tensors, meta)
@@ -635,14 +635,14 @@ def _scalar(value) -> float:
 
 def _append_jsonl(path: Path, record: dict) -> None:
     with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(dumps(record) + "\n")
 
 
 def _logged_step(line: str) -> float:
     """The step of a metrics line; infinity for a line that is not a whole record (so it is dropped)."""
     try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        return loads(line, "metrics.jsonl")["step"]
+    except (DataError, KeyError, TypeError):
         return math.inf
 
 
@@ -667,5 +667,5 @@ def main_train(
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        print(json.dumps(result, indent=2))
+        print(dumps(result, indent=2))
     return 130 if result.get("interrupted") else 0
