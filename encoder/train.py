@@ -538,7 +538,7 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
                                  started)
                 if accelerator.is_main_process:
                     _append_jsonl(run / "metrics.jsonl", record)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", sup=f"{record['supervised']:.3f}")
+                    bar.set_postfix(loss=_short(record["loss"]), sup=_short(record["supervised"]))
             stop_now = stop.raised is not None
             if step % cfg.save_every == 0 or stop_now or step == sched.last_step:
                 accelerator.wait_for_everyone()
@@ -590,7 +590,7 @@ def _finish(cfg: RunConfig, run: Path, models: dict[str, TimeSformer], names: li
 
 
 def _final_eval(cfg: RunConfig, model: TimeSformer, names: list[str], predictions_file: Path) -> dict:
-    from encoder.evaluate import compute_metrics, predict
+    from encoder.evaluate import NonFiniteScores, compute_metrics, predict
 
     items = build_eval_items(cfg)
     probs, labels = predict(
@@ -601,7 +601,11 @@ def _final_eval(cfg: RunConfig, model: TimeSformer, names: list[str], prediction
     tmp = predictions_file.with_name(predictions_file.name + ".tmp")
     save_file({"probs": probs.float().contiguous(), "labels": labels.contiguous()}, tmp)
     os.replace(tmp, predictions_file)
-    metrics = compute_metrics(probs, labels, names)
+    try:
+        metrics = compute_metrics(probs, labels, names)
+    except NonFiniteScores as err:
+        raise DataError(predictions_file.with_name(f"{predictions_file.stem.rsplit('_', 1)[-1]}.safetensors"),
+                        f"{err}: training diverged (the weights are saved, the run has no results)") from None
     return {k: metrics[k] for k in ("top1", "top5", "mean_class_accuracy") if k in metrics}
 
 
@@ -616,7 +620,7 @@ def _record(accelerator, parts: list[StepLosses], step, steps_per_epoch, lr, lab
         [[_scalar(getattr(p, f)) for f in fields] for p in parts], dtype=torch.float64, device=accelerator.device
     ).nanmean(dim=0)  # (fields,)
     values = accelerator.reduce(values, reduction="mean").tolist()
-    avg = {f: (None if math.isnan(v) else round(v, 6)) for f, v in zip(fields, values)}
+    avg = {f: (round(v, 6) if math.isfinite(v) else None) for f, v in zip(fields, values)}  # JSON has no NaN/inf
     return {
         "step": step,
         "epoch": round(step / steps_per_epoch, 4),
@@ -631,6 +635,10 @@ def _record(accelerator, parts: list[StepLosses], step, steps_per_epoch, lr, lab
 
 def _scalar(value) -> float:
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _short(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
