@@ -363,7 +363,7 @@ def _event_elements(path: str | os.PathLike, youtube_id: str, event_key: str, ev
     where = f"{youtube_id}/{event_key}"
     if not _EVENT_KEY_RE.fullmatch(event_key):
         raise ListFormatError(path, f"{where}: event key must look like 'E_XXXXXX_YYYYYY'")
-    if not isinstance(event, dict) or event.get("event") not in EVENT_CODES:
+    if not isinstance(event, dict) or type(event.get("event")) is not int or event["event"] not in EVENT_CODES:
         raise ListFormatError(path, f"{where}: 'event' must be one of {sorted(EVENT_CODES)}")
     span, problem = _pairs(event.get("timestamps"))
     if span is None or len(span) != 1:

@@ -147,7 +147,7 @@ def _question(path: str | os.PathLike, key: str, entry: object, lookup: _Categor
     if empty:
         raise ListFormatError(path, f"entry {key!r}: option {', '.join(empty)} has no text")
     letter = entry["answer"]
-    if not isinstance(letter, str) or letter not in LETTERS[: len(options)] or len(options) < 2:
+    if not isinstance(letter, str) or len(letter) != 1 or letter not in LETTERS[: len(options)] or len(options) < 2:
         raise ListFormatError(path, f"entry {key!r}: answer {letter!r} is not one of its {len(options)} option letters")
     length = entry["frame_length"]
     if not isinstance(length, int) or isinstance(length, bool) or length < 0:

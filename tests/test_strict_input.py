@@ -186,6 +186,16 @@ def test_annotation_times_that_cannot_be_are_one_error(tmp_path, capsys, kwargs,
     assert code == 2 and reason in _one_error_line(err) and not (tmp_path / "prepared").exists()
 
 
+@pytest.mark.parametrize("code", [True, 2.0, "2", 0])
+def test_annotation_event_codes_must_be_integers(tmp_path, code):
+    _, annotation = _annotation()
+    next(iter(next(iter(annotation.values())).values()))["event"] = code
+    path = tmp_path / "annotation.json"
+    path.write_text(json.dumps(annotation))
+    with pytest.raises(ListFormatError, match="'event' must be one of"):
+        read_annotations(path)
+
+
 def test_valid_annotations_still_build_times(tmp_path):
     vault = {"y": {"E_000010_000050": {"event": 1, "timestamps": [[10.2, 50.7]], "segments": {
         "A_0003_0008": {"stages": 3, "timestamps": [[3.1, 4.0], [4.0, 6.2], [6.2, 8.9]]},
@@ -215,6 +225,8 @@ PAPER_ENTRY = {"answer": "B", "question": "What gymnastics move is this athlete 
     ("question", "What gymnastics move is this athlete performing? A. B. C. D.",
      "entry '0000001': option A, B, C, D has no text"),
     ("question", "What? A.split jump B.  C.stag jump D.giant circle", "entry '0000001': option B has no text"),
+    ("answer", "", "entry '0000001': answer '' is not one of its 4 option letters"),
+    ("answer", "BC", "entry '0000001': answer 'BC' is not one of its 4 option letters"),
 ])
 def test_paper_entries_of_the_wrong_type_are_one_error(tmp_path, capsys, field, value, reason):
     first = {**PAPER_ENTRY, "question_id": "0000000", "answer": "A"}
