@@ -14,7 +14,6 @@ run prints, what its file holds and what the report shows are one thing.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -24,7 +23,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from common.textio import write_text_atomic
+from common.errors import DataError
+from common.jsonio import read_json, write_json
 
 __all__ = ["Table", "provenance", "machine_description", "format_table", "write_result", "read_result"]
 
@@ -169,13 +169,12 @@ def write_result(path: str | os.PathLike, title: str, tables: list[Table], data:
     tables. ``started`` is a :func:`provenance` taken when the run began (its load average is kept as
     ``load_average_start``)."""
     prov = provenance(argv)
-    if started is not None:
+    if started is not None:  # the code that ran is the one at the start; the date is when it began
         prov["load_average_start"] = started.get("load_average")
-        prov["date"] = started["date"]
+        prov["date"], prov["commit"] = started["date"], started["commit"]
     record = {"title": title, "summary": summary, "provenance": prov,
               "tables": [asdict(t) if isinstance(t, Table) else t for t in tables], "data": data or {}}
-    text = json.dumps(record, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
-    write_text_atomic(path, text)
+    write_json(path, record, indent=1, ensure_ascii=False)
     for t in record["tables"]:
         print(f"\n{t['title']}\n" if t["title"] else "")
         print(format_table(t))
@@ -184,17 +183,8 @@ def write_result(path: str | os.PathLike, title: str, tables: list[Table], data:
 
 def read_result(path: str | os.PathLike) -> dict:
     """A result file, checked: strict JSON, a title, provenance with every key, tables whose rows fit."""
-    from common.errors import DataError
-
     path = Path(path)
-
-    def reject(value: str):
-        raise DataError(path, f"{value} is not a JSON number")
-
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"), parse_constant=reject)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(path, f"invalid JSON: {getattr(err, 'msg', err)}", getattr(err, "lineno", None)) from None
+    record = read_json(path)
     if not isinstance(record, dict) or not isinstance(record.get("title"), str):
         raise DataError(path, "not a result file: expected an object with a title")
     prov = record.get("provenance")
