@@ -28,7 +28,7 @@ from bridge.adapter import QFormerAdapter
 from bridge.llm import VIDEO_PLACEHOLDER, LoadedLLM
 from bridge.tokens import VisualTokens, visual_tokens
 
-__all__ = ["IGNORE", "Batch", "VideoLLM", "answer_loss"]
+__all__ = ["IGNORE", "Batch", "VideoLLM", "answer_loss", "answer_hidden_loss"]
 
 IGNORE = -100
 
@@ -40,6 +40,17 @@ class Batch:
     inputs_embeds: Tensor  # (B, L, W)
     attention_mask: Tensor  # (B, L)
     labels: Tensor  # (B, L)
+
+
+def answer_hidden_loss(head: nn.Module, hidden: Tensor, labels: Tensor) -> Tensor:
+    """:func:`answer_loss` from the last hidden states ``(B, L, W)``: the output layer ``head`` runs only where an
+    answer token is predicted (float32 logits of those positions, never the whole ``(B, L, V)``)."""
+    targets = labels[:, 1:]  # position t predicts token t + 1
+    rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
+    logits = head(hidden[rows, cols]).float()  # (answer tokens, V)
+    ce = F.cross_entropy(logits, targets[rows, cols], reduction="none")
+    per_sample = torch.zeros(labels.shape[0], device=ce.device).index_add(0, rows, ce)
+    return per_sample / torch.bincount(rows, minlength=labels.shape[0]).clamp(min=1)
 
 
 def answer_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -63,6 +74,16 @@ class VideoLLM(nn.Module):
         self.tokenizer = llm.tokenizer
         self.template = llm.template
         self.llm = llm
+        self.checkpointing = False  # see enable_checkpointing
+
+    def enable_checkpointing(self) -> None:
+        """Recompute the frozen LLM's layers in the backward pass instead of keeping their activations (see
+        :mod:`bridge.checkpointing`): the same loss and gradients, a fraction of the memory, about a third more
+        compute (the shared prompt prefix then runs for every sample, inside the checkpoint)."""
+        from bridge.checkpointing import enable_layer_checkpointing
+
+        enable_layer_checkpointing(self.llm_model)
+        self.checkpointing = True
 
     @property
     def device(self) -> torch.device:
@@ -146,6 +167,10 @@ class VideoLLM(nn.Module):
         answer token is predicted. Equal to :meth:`loss_reference` up to float rounding, and much cheaper.
         """
         queries = self.queries(visual, instructions)
+        if self.checkpointing and torch.is_grad_enabled():
+            from bridge.checkpointing import checkpointed_loss
+
+            return checkpointed_loss(self, queries, prompts, continuations)
         heads = {tuple(self._split_prompt(p)[0]) for p in prompts}
         if len(heads) != 1 or not next(iter(heads)):
             return self.loss_reference(visual, prompts, continuations, queries=queries)
@@ -159,12 +184,7 @@ class VideoLLM(nn.Module):
         positions = torch.arange(len(head), len(head) + length, device=self.device).expand(n, -1)
         hidden = self.llm_model.get_decoder()(inputs_embeds=batch.inputs_embeds, attention_mask=mask,
                                               position_ids=positions, cache=cache, use_cache=True).last_hidden_state
-        targets = batch.labels[:, 1:]  # position t predicts token t + 1
-        rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
-        logits = self.llm_model.get_output_embeddings()(hidden[rows, cols]).float()  # (answer tokens, V)
-        ce = F.cross_entropy(logits, targets[rows, cols], reduction="none")
-        per_sample = torch.zeros(n, device=ce.device).index_add(0, rows, ce)
-        return per_sample / torch.bincount(rows, minlength=n).clamp(min=1)
+        return answer_hidden_loss(self.llm_model.get_output_embeddings(), hidden, batch.labels)
 
     def loss_reference(self, visual: VisualTokens, prompts: Sequence[str], continuations: Sequence[str],
                        instructions: Sequence[str] | None = None, *, queries: Tensor | None = None) -> Tensor:

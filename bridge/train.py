@@ -167,13 +167,13 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.mixed_precision)
     if llm is None:
         llm = load_llm(LLMConfig(**vars(cfg.llm)), device=accelerator.device)
-    if cfg.train.gradient_checkpointing:
-        llm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     feature_dim = cache.manifest["shapes"]["element_tokens.0"][-1]
     torch.manual_seed(cfg.seed)  # the adapter's initialisation (cross-attention, queries, positions)
     adapter = _build_adapter(cfg, feature_dim, llm).to(accelerator.device)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     model = VideoLLM(adapter, llm)
+    if cfg.train.gradient_checkpointing:
+        model.enable_checkpointing()
     write_qformer_tokenizer(run / "checkpoints", adapter)  # instruction adapters: `sefar bridge export` needs it
     examples = _examples(cfg, model, qs.questions)
     write_text_atomic(run / "prompt.txt", examples[0].prompt + examples[0].target)

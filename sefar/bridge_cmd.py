@@ -34,6 +34,10 @@ def add_parser(subparsers, name: str, help_: str) -> None:
     tr.add_argument("config", help="YAML config under configs/bridge/, or '-' for the defaults")
     tr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100")
     tr.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
+    tr.add_argument("--dry-run", action="store_true",
+                    help="load no weights: list the files the run reads (found or missing) and the predicted peak "
+                         "GPU memory; exit 1 when a file is missing")
+    tr.add_argument("--gpus", type=_positive_int, default=8, help="with --dry-run: also plan for this many GPUs")
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="score an adapter on Gym-QA questions (predictions JSONL + reports)")
@@ -87,6 +91,13 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        from bridge.config import load_config
+        from bridge.dryrun import dry_run
+
+        report, complete = dry_run(load_config(None if args.config == "-" else args.config, args.overrides), args.gpus)
+        print(report)
+        return 0 if complete else 1
     from bridge.train import main_train
 
     return main_train(args.config, args.overrides, resume=not args.no_resume)
