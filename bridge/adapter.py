@@ -64,7 +64,10 @@ class AdapterConfig:
     use_cls: bool = True  # also feed each element's CLS token (at frame position 0)
     output_norm: bool = True  # LayerNorm the projected queries and scale them to the LLM's embedding std
     instruction: bool = False  # InstructBLIP: the question's text also enters the Q-Former (module docstring)
-    max_instruction_tokens: int = 64  # the instruction's BERT tokens ([CLS] and [SEP] included) at most
+    max_instruction_tokens: int = 128  # the instruction's BERT tokens ([CLS] and [SEP] included) at most
+    # Width the Q-Former cross-attends to; None: feature_dim. Otherwise a learned input projection maps the visual
+    # tokens to it (e.g. 1408 to reuse a BLIP-2 Q-Former trained on EVA ViT-g features, see bridge.keymap).
+    vision_width: int | None = None
     # Filled from the BERT folder when the adapter is built (kept so an export rebuilds without that folder):
     hidden_size: int | None = None
     num_attention_heads: int | None = None
@@ -148,7 +151,7 @@ class QFormerAdapter(nn.Module):
         self.cfg = cfg
         qcfg = Blip2QFormerConfig(
             hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
-            intermediate_size=cfg.intermediate_size, encoder_hidden_size=cfg.feature_dim,
+            intermediate_size=cfg.intermediate_size, encoder_hidden_size=cfg.vision_width or cfg.feature_dim,
             cross_attention_frequency=cfg.cross_attention_frequency, layer_norm_eps=cfg.layer_norm_eps,
             use_qformer_text_input=cfg.instruction,
         )
@@ -156,7 +159,11 @@ class QFormerAdapter(nn.Module):
         self.frame_embed = nn.Embedding(cfg.max_frames + 1, cfg.feature_dim)
         nn.init.normal_(self.element_embed.weight, std=0.02)
         nn.init.normal_(self.frame_embed.weight, std=0.02)
-        self.ln_vision = nn.LayerNorm(cfg.feature_dim)
+        if cfg.vision_width and cfg.vision_width != cfg.feature_dim:
+            self.input_proj = nn.Linear(cfg.feature_dim, cfg.vision_width)
+        else:
+            self.input_proj = None
+        self.ln_vision = nn.LayerNorm(cfg.vision_width or cfg.feature_dim)
         self.query_tokens = nn.Parameter(torch.randn(1, cfg.num_queries, cfg.hidden_size) * 0.02)
         self.qformer = Blip2QFormerModel(qcfg)
         self.proj = nn.Linear(cfg.hidden_size, cfg.llm_width)
@@ -201,7 +208,9 @@ class QFormerAdapter(nn.Module):
         self._check_instructions(instructions, visual.tokens.shape[0])
         frames = visual.frame_ids.clamp(max=self.cfg.max_frames)
         x = visual.tokens + self.element_embed(visual.element_ids) + self.frame_embed(frames)
-        x = self.ln_vision(x)  # (B, T, D_feat)
+        if self.input_proj is not None:
+            x = self.input_proj(x)  # (B, T, vision_width)
+        x = self.ln_vision(x)  # (B, T, D_vision)
         queries = self.query_tokens.expand(x.shape[0], -1, -1)  # (B, Q, H)
         if instructions is None:
             out = self.qformer(query_embeds=queries, encoder_hidden_states=x, encoder_attention_mask=visual.mask)

@@ -71,8 +71,9 @@ class AdapterSection:
     use_cls: bool = True
     output_norm: bool = True
     instruction: bool = False  # InstructBLIP: the question's text also enters the Q-Former
-    max_instruction_tokens: int = 64  # BERT tokens of that text at most (the end is kept)
+    max_instruction_tokens: int = 128  # BERT tokens of that text at most (the end is kept), as LAVIS
     lavis_checkpoint: Optional[str] = None  # a LAVIS / Video-LLaMA checkpoint to start from (key-mapped)
+    vision_width: Optional[int] = None  # cross-attention width (None: the encoder's, or the LAVIS checkpoint's)
 
 
 @dataclass
@@ -125,6 +126,7 @@ POSITIVE_KEYS = frozenset({
     "train.steps", "train.batch_size", "train.lr", "train.save_every", "train.log_every", "adapter.num_queries",
     "adapter.cross_attention_frequency", "adapter.max_elements", "adapter.max_frames", "encoder.frames.img_size",
     "encoder.frames.num_frames", "eval.max_new_tokens", "encoder.frames.std", "adapter.max_instruction_tokens",
+    "adapter.vision_width",
 })
 
 

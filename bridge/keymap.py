@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from bridge.tensorio import read_state_file
 from common.errors import DataError
 
-__all__ = ["QFORMER_RENAMES", "LoadReport", "load_report", "map_bert_state_dict", "map_lavis_state_dict",
-           "load_lavis_checkpoint"]
+__all__ = ["QFORMER_RENAMES", "LoadReport", "LavisShapes", "load_report", "map_bert_state_dict",
+           "map_lavis_state_dict", "read_lavis_state", "lavis_shapes", "fit_to_checkpoint", "load_lavis_checkpoint"]
 
 
 @dataclass
@@ -166,17 +166,8 @@ def _map_lavis_key(key: str) -> str | None:
     return None
 
 
-def load_lavis_checkpoint(adapter: nn.Module, path: str | os.PathLike) -> LoadReport:
-    """Load a LAVIS / Video-LLaMA checkpoint (``{"model": state}`` or a bare state dict) into ``adapter`` (a
-    :class:`~bridge.adapter.QFormerAdapter`).
-
-    Strict: every mapped key must exist with its shape, or :class:`DataError` names them. Adapter keys the
-    checkpoint does not provide (e.g. the element embedding, absent from LAVIS) stay initialised and are listed
-    as ``missing`` in the returned report. With ``adapter.cfg.instruction`` the Q-Former's text input is loaded
-    too (``use_qformer_text_input``); rows of the checkpoint's word embedding beyond the adapter's vocabulary
-    (LAVIS appends a ``[DEC]`` token to bert-base-uncased's 30522) are dropped and listed in ``ignored``: the
-    tokenizer of the Q-Former's BERT never produces them.
-    """
+def read_lavis_state(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state dict of a LAVIS / Video-LLaMA checkpoint file (``{"model": state}`` or a bare state dict)."""
     path = Path(path)
     try:
         state = read_state_file(path)
@@ -184,6 +175,62 @@ def load_lavis_checkpoint(adapter: nn.Module, path: str | os.PathLike) -> LoadRe
         raise DataError(path, f"unreadable checkpoint ({' '.join(str(err).split())[:200]})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
+    return state
+
+
+@dataclass(frozen=True)
+class LavisShapes:
+    """What a checkpoint fixes about the adapter before it is built."""
+
+    vision_width: int | None  # the width its Q-Former cross-attends to (BLIP-2: EVA ViT-g's 1408)
+    projection: bool  # it brings the projection into the LLM (llm_proj / llama_proj ...)
+    projection_width: int | None  # that projection's output width (the LLM's)
+
+
+def lavis_shapes(state: dict[str, Tensor]) -> LavisShapes:
+    width = None
+    for key, value in state.items():
+        if re.search(r"Qformer\.bert\.encoder\.layer\.\d+\.crossattention\.self\.key\.weight$", key):
+            width = int(value.shape[1])
+            break
+    proj = next((v for k, v in state.items() if k.startswith(_PROJECTIONS) and k.endswith(".weight")), None)
+    return LavisShapes(width, proj is not None, None if proj is None else int(proj.shape[0]))
+
+
+def fit_to_checkpoint(adapter_cfg, shapes: LavisShapes) -> tuple[object, list[str]]:
+    """The :class:`~bridge.adapter.AdapterConfig` a checkpoint of ``shapes`` loads into, and notes saying what
+    changed: its Q-Former's cross-attention width (a learned input projection maps the encoder's tokens to it when
+    they differ) and, when it brings the projection into the LLM, no output LayerNorm (which would re-normalise
+    what that projection was trained to give)."""
+    changes, notes = {}, []
+    if shapes.vision_width and adapter_cfg.vision_width is None and shapes.vision_width != adapter_cfg.feature_dim:
+        changes["vision_width"] = shapes.vision_width
+        notes.append(f"the checkpoint's Q-Former cross-attends to width {shapes.vision_width}: a learned input "
+                     f"projection maps the encoder's {adapter_cfg.feature_dim}-wide tokens to it")
+    if shapes.projection and adapter_cfg.output_norm:
+        changes["output_norm"] = False
+        notes.append("the checkpoint brings its projection into the LLM: kept as trained (no output LayerNorm)")
+    return replace(adapter_cfg, **changes), notes
+
+
+def load_lavis_checkpoint(adapter: nn.Module, path: str | os.PathLike,
+                          state: dict[str, Tensor] | None = None) -> LoadReport:
+    """Load a LAVIS / Video-LLaMA checkpoint (``{"model": state}`` or a bare state dict) into ``adapter`` (a
+    :class:`~bridge.adapter.QFormerAdapter`); ``state``: the file's state dict when already read.
+
+    Strict: every mapped key must exist with its shape, or :class:`DataError` names them. Adapter keys the
+    checkpoint does not provide (e.g. the element embedding, absent from LAVIS; the input projection of an adapter
+    whose encoder width differs from the checkpoint's) stay initialised and are listed as ``missing`` in the
+    returned report. Video-LLaMA's frame position embedding (row 0 = the first frame) fills the adapter's rows
+    1.. (row 0 is the adapter's slot for tokens that summarise a clip or element, which keeps its initialisation).
+    With ``adapter.cfg.instruction`` the Q-Former's text input is loaded too (``use_qformer_text_input``); rows of
+    the checkpoint's word embedding beyond the adapter's vocabulary (LAVIS appends a ``[DEC]`` token to
+    bert-base-uncased's 30522) are dropped and listed in ``ignored``: the tokenizer of the Q-Former's BERT never
+    produces them.
+    """
+    path = Path(path)
+    if state is None:
+        state = read_lavis_state(path)
     mapped, ignored = map_lavis_state_dict(state, use_qformer_text_input=adapter.cfg.instruction)
     words = mapped.get("text_embeddings.word_embeddings.weight")
     rows = adapter.cfg.vocab_size
@@ -191,6 +238,15 @@ def load_lavis_checkpoint(adapter: nn.Module, path: str | os.PathLike) -> LoadRe
             and words.shape[1] == adapter.text_embeddings.word_embeddings.weight.shape[1]):
         mapped["text_embeddings.word_embeddings.weight"] = words[:rows]
         ignored.append(f"Qformer.bert.embeddings.word_embeddings.weight[{rows}:{words.shape[0]}]")
+    frames = mapped.get("frame_embed.weight")
+    own = adapter.frame_embed.weight
+    if frames is not None and frames.ndim == 2 and frames.shape[1] == own.shape[1]:
+        keep = min(frames.shape[0], own.shape[0] - 1)
+        merged = own.detach().clone()
+        merged[1: 1 + keep] = frames[:keep].to(merged.dtype)
+        mapped["frame_embed.weight"] = merged
+        if keep < frames.shape[0]:
+            ignored.append(f"video_frame_position_embedding.weight[{keep}:{frames.shape[0]}]")
     report = load_report(adapter, mapped)
     report.ignored = ignored
     if report.unexpected:

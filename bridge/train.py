@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from bridge.adapter import AdapterConfig, QFormerAdapter
 from bridge.config import BridgeConfig, load_config
 from bridge.export import CHECKPOINT, read_checkpoint, write_adapter_export, write_qformer_tokenizer
-from bridge.keymap import load_lavis_checkpoint
+from bridge.keymap import fit_to_checkpoint, lavis_shapes, load_lavis_checkpoint, read_lavis_state
 from bridge.llm import LLMConfig, load_llm
 from bridge.model import VideoLLM
 from bridge.qa import feature_cache, letter_prompt_question, read_question_set
@@ -42,7 +42,7 @@ from common.errors import DataError
 from common.textio import write_text_atomic
 from encoder.export import save_safetensors
 
-__all__ = ["train", "main_train", "run_metadata"]
+__all__ = ["train", "main_train", "run_metadata", "parameter_groups"]
 
 
 def _lr_at(step: int, cfg: BridgeConfig) -> float:
@@ -93,14 +93,30 @@ def _build_adapter(cfg: BridgeConfig, feature_dim: int, llm) -> QFormerAdapter:
         feature_dim=feature_dim, llm_width=llm.width, qformer=a.qformer, num_layers=a.num_layers,
         num_queries=a.num_queries, cross_attention_frequency=a.cross_attention_frequency,
         max_elements=a.max_elements, max_frames=a.max_frames, use_cls=a.use_cls, output_norm=a.output_norm,
-        instruction=a.instruction, max_instruction_tokens=a.max_instruction_tokens,
+        instruction=a.instruction, max_instruction_tokens=a.max_instruction_tokens, vision_width=a.vision_width,
     )
+    state = read_lavis_state(a.lavis_checkpoint) if a.lavis_checkpoint else None
+    if state is not None:
+        adapter_cfg, notes = fit_to_checkpoint(adapter_cfg, lavis_shapes(state))
+        for note in notes:
+            print(note)
     std = float(llm.model.get_input_embeddings().weight.float().std())
     adapter, report = QFormerAdapter.from_pretrained_bert(adapter_cfg, embedding_std=std)
     print(f"Q-Former from {a.qformer}: {report.summary()}")
-    if a.lavis_checkpoint:
-        print(f"LAVIS checkpoint {a.lavis_checkpoint}: {load_lavis_checkpoint(adapter, a.lavis_checkpoint).summary()}")
+    if state is not None:
+        report = load_lavis_checkpoint(adapter, a.lavis_checkpoint, state)
+        print(f"LAVIS checkpoint {a.lavis_checkpoint}: {report.summary()}")
     return adapter
+
+
+def parameter_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups as LAVIS makes them: weight decay on matrices only; biases, LayerNorm weights, scales (every
+    parameter of fewer than 2 dimensions) and the learned query tokens train without it."""
+    decay, free = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (free if p.ndim < 2 or name == "query_tokens" else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": free, "weight_decay": 0.0}]
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -132,6 +148,9 @@ def _load_checkpoint(path: Path, adapter: QFormerAdapter, optimizer: torch.optim
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for i, p in enumerate(params):
         if f"optim.{i}.exp_avg" in tensors:
+            if tensors[f"optim.{i}.exp_avg"].shape != p.shape:
+                raise DataError(path, "its optimizer state does not fit this adapter's parameter groups (written by "
+                                      "an older version?); use a new run folder or --no-resume")
             optimizer.state[p] = {"step": tensors[f"optim.{i}.step"][0].clone(),
                                   "exp_avg": tensors[f"optim.{i}.exp_avg"].to(p.device),
                                   "exp_avg_sq": tensors[f"optim.{i}.exp_avg_sq"].to(p.device)}
@@ -170,7 +189,7 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
     feature_dim = cache.manifest["shapes"]["element_tokens.0"][-1]
     torch.manual_seed(cfg.seed)  # the adapter's initialisation (cross-attention, queries, positions)
     adapter = _build_adapter(cfg, feature_dim, llm).to(accelerator.device)
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(adapter, cfg.train.weight_decay), lr=cfg.train.lr)
     model = VideoLLM(adapter, llm)
     if cfg.train.gradient_checkpointing:
         model.enable_checkpointing()
