@@ -63,6 +63,7 @@ class AdapterConfig:
     max_frames: int = 64  # frame position embedding size (index 0: tokens that summarise a clip or element)
     use_cls: bool = True  # also feed each element's CLS token (at frame position 0)
     output_norm: bool = True  # LayerNorm the projected queries and scale them to the LLM's embedding std
+    dropout: float = 0.1  # the Q-Former's hidden and attention dropout (BERT's)
     instruction: bool = False  # InstructBLIP: the question's text also enters the Q-Former (module docstring)
     max_instruction_tokens: int = 128  # the instruction's BERT tokens ([CLS] and [SEP] included) at most
     # Width the Q-Former cross-attends to; None: feature_dim. Otherwise a learned input projection maps the visual
@@ -153,7 +154,8 @@ class QFormerAdapter(nn.Module):
             hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
             intermediate_size=cfg.intermediate_size, encoder_hidden_size=cfg.vision_width or cfg.feature_dim,
             cross_attention_frequency=cfg.cross_attention_frequency, layer_norm_eps=cfg.layer_norm_eps,
-            use_qformer_text_input=cfg.instruction,
+            use_qformer_text_input=cfg.instruction, hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout,
         )
         self.element_embed = nn.Embedding(cfg.max_elements, cfg.feature_dim)
         self.frame_embed = nn.Embedding(cfg.max_frames + 1, cfg.feature_dim)

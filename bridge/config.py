@@ -70,6 +70,7 @@ class AdapterSection:
     max_frames: int = 64
     use_cls: bool = True
     output_norm: bool = True
+    dropout: float = 0.1  # the Q-Former's hidden and attention dropout
     instruction: bool = False  # InstructBLIP: the question's text also enters the Q-Former
     max_instruction_tokens: int = 128  # BERT tokens of that text at most (the end is kept), as LAVIS
     lavis_checkpoint: Optional[str] = None  # a LAVIS / Video-LLaMA checkpoint to start from (key-mapped)
@@ -135,6 +136,8 @@ def validate(cfg: BridgeConfig, earlier: list[str] = ()) -> None:
     from bridge.llm import LLMConfig
 
     p = [*earlier, *number_problems(cfg, positive=POSITIVE_KEYS)]
+    if not 0 <= cfg.adapter.dropout < 1:
+        p.append(f"adapter.dropout={cfg.adapter.dropout}: use a probability in [0, 1)")
     if cfg.encoder.kind not in ("sefar", "frames"):
         p.append(f"encoder.kind={cfg.encoder.kind!r}: use sefar or frames")
     if cfg.encoder.kind == "sefar" and not cfg.encoder.export:

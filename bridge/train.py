@@ -38,7 +38,7 @@ from bridge.llm import LLMConfig, load_llm
 from bridge.model import VideoLLM
 from bridge.qa import feature_cache, letter_prompt_question, read_question_set
 from bridge.tokens import visual_tokens
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 from common.textio import write_text_atomic
 from encoder.export import save_safetensors
 
@@ -93,7 +93,8 @@ def _build_adapter(cfg: BridgeConfig, feature_dim: int, llm) -> QFormerAdapter:
         feature_dim=feature_dim, llm_width=llm.width, qformer=a.qformer, num_layers=a.num_layers,
         num_queries=a.num_queries, cross_attention_frequency=a.cross_attention_frequency,
         max_elements=a.max_elements, max_frames=a.max_frames, use_cls=a.use_cls, output_norm=a.output_norm,
-        instruction=a.instruction, max_instruction_tokens=a.max_instruction_tokens, vision_width=a.vision_width,
+        dropout=a.dropout, instruction=a.instruction, max_instruction_tokens=a.max_instruction_tokens,
+        vision_width=a.vision_width,
     )
     state = read_lavis_state(a.lavis_checkpoint) if a.lavis_checkpoint else None
     if state is not None:
@@ -168,22 +169,33 @@ def _batch_indices(cfg: BridgeConfig, step: int, n: int) -> list[int]:
 def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None, llm=None) -> dict:
     """Train (or resume) the run ``cfg.out``; returns a summary. ``stop_after``: stop once that step is saved
     (an interruption, for tests); ``llm``: the config's LLM already loaded (drivers that train several adapters
-    on one LLM)."""
+    on one LLM).
+
+    Under ``accelerate launch --num_processes N`` the run is data parallel: every step draws the same global batch
+    of ``train.batch_size`` questions on every process, each process takes its share (``batch[rank::N]``),
+    gradients are averaged, and the loss is that of the whole batch, so N processes follow the same steps as one.
+    The main process alone writes files."""
     from accelerate import Accelerator
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.mixed_precision)
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if cfg.train.batch_size < world:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch: it must be at least the "
+                          f"{world} processes")
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    if main:
+        write_text_atomic(run / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     began = time.perf_counter()
     cache = feature_cache(cfg, "train", cfg.data.features or run / "features")
     qs = read_question_set(cfg.data.train_questions, cfg.data.types, cache)
-    print(f"train questions: {len(qs.questions)} ({qs.skipped} skipped: no features)")
+    if main:
+        print(f"train questions: {len(qs.questions)} ({qs.skipped} skipped: no features)")
     features = {cid: cache[cid] for cid in {q.clip_id for q in qs.questions}}
     feature_seconds = time.perf_counter() - began
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.mixed_precision)
     if llm is None:
         llm = load_llm(LLMConfig(**vars(cfg.llm)), device=accelerator.device)
     feature_dim = cache.manifest["shapes"]["element_tokens.0"][-1]
@@ -193,49 +205,62 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
     model = VideoLLM(adapter, llm)
     if cfg.train.gradient_checkpointing:
         model.enable_checkpointing()
-    write_qformer_tokenizer(run / "checkpoints", adapter)  # instruction adapters: `sefar bridge export` needs it
     examples = _examples(cfg, model, qs.questions)
-    write_text_atomic(run / "prompt.txt", examples[0].prompt + examples[0].target)
     meta = run_metadata(cfg, model, cache.layout, qs.questions[0].question)
+    if main:
+        write_qformer_tokenizer(run / "checkpoints", adapter)  # instruction adapters: `sefar bridge export` needs it
+        write_text_atomic(run / "prompt.txt", examples[0].prompt + examples[0].target)
 
     step, losses = 0, []
+    accelerator.wait_for_everyone()  # a checkpoint being written by a run before is complete
     if resume and (run / CHECKPOINT).is_file():
         step, losses = _load_checkpoint(run / CHECKPOINT, adapter, optimizer)
-        print(f"resumed {run} at step {step}")
+        if main:
+            print(f"resumed {run} at step {step}")
     adapter_p, optimizer_p = accelerator.prepare(adapter, optimizer)
     model.adapter = adapter_p
     adapter_p.train()
+    batch_size = cfg.train.batch_size
     train_began = time.perf_counter()
-    with tqdm(total=cfg.train.steps, initial=step, desc="bridge train", unit="step") as bar:
+    with tqdm(total=cfg.train.steps, initial=step, desc="bridge train", unit="step", disable=not main) as bar:
         while step < cfg.train.steps:
             for group in optimizer_p.param_groups:
                 group["lr"] = _lr_at(step, cfg)
             torch.manual_seed(cfg.seed * 7_919 + step)  # Q-Former dropout draws of this step
-            batch = [examples[i] for i in _batch_indices(cfg, step, len(examples))]
+            batch = [examples[i] for i in _batch_indices(cfg, step, len(examples))[rank::world]]
             visual = visual_tokens([features[e.clip_id] for e in batch], cache.layout, cfg.adapter.use_cls)
             instructions = model.instructions_for([e.text for e in batch])
             with accelerator.autocast():
-                loss = model.loss(visual, [e.prompt for e in batch], [e.target for e in batch], instructions).mean()
-            accelerator.backward(loss)
+                per_sample = model.loss(visual, [e.prompt for e in batch], [e.target for e in batch], instructions)
+            # This share's part of the global batch mean; the all-reduce averages over the processes.
+            accelerator.backward(per_sample.sum() * (world / batch_size))
             if cfg.train.clip_grad:
                 accelerator.clip_grad_norm_(adapter_p.parameters(), cfg.train.clip_grad)
             optimizer_p.step()
             optimizer_p.zero_grad(set_to_none=True)
             step += 1
-            losses.append(round(float(loss.detach()), 6))
+            total = per_sample.detach().float().sum()
+            if world > 1:
+                total = accelerator.reduce(total, reduction="sum")
+            losses.append(round(float(total) / batch_size, 6))
             if step % cfg.train.log_every == 0:
                 bar.set_postfix(loss=f"{sum(losses[-cfg.train.log_every:]) / cfg.train.log_every:.3f}")
             bar.update(1)
             if step % cfg.train.save_every == 0 or step == cfg.train.steps:
-                _save_checkpoint(run, accelerator.unwrap_model(adapter_p), optimizer_p, step, losses, meta)
+                if main:
+                    _save_checkpoint(run, accelerator.unwrap_model(adapter_p), optimizer_p, step, losses, meta)
+                accelerator.wait_for_everyone()
                 if stop_after is not None and step >= stop_after:
                     return {"step": step, "losses": losses, "stopped": True}
     adapter = accelerator.unwrap_model(adapter_p)
-    write_adapter_export(run / "adapter", adapter, **meta, source={"run": run.name, "step": step})
     summary = {"step": step, "losses": losses, "train_questions": len(qs.questions), "skipped": qs.skipped,
                "feature_seconds": round(feature_seconds, 1),
-               "train_seconds": round(time.perf_counter() - train_began, 1)}
-    write_text_atomic(run / "train.json", json.dumps(summary, indent=1) + "\n")
+               "train_seconds": round(time.perf_counter() - train_began, 1), "world_size": world,
+               "examples_per_rank": [step * len(range(r, batch_size, world)) for r in range(world)]}
+    if main:
+        write_adapter_export(run / "adapter", adapter, **meta, source={"run": run.name, "step": step})
+        write_text_atomic(run / "train.json", json.dumps(summary, indent=1) + "\n")
+    accelerator.wait_for_everyone()
     return summary
 
 
