@@ -20,7 +20,7 @@ Every malformed line raises :class:`~common.errors.ListFormatError` naming the f
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,6 +28,7 @@ from functools import cached_property
 from pathlib import Path
 
 from common.errors import ListFormatError
+from common.jsonio import read_json
 from common.textio import is_plain_int, split_lines
 
 __all__ = [
@@ -271,15 +272,7 @@ class QTreeEntry:
 
 
 def _load_json(path: str | os.PathLike) -> object:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as err:
-        raise ListFormatError(path, f"invalid JSON: {err.msg}", line=err.lineno) from None
-    except UnicodeDecodeError as err:
-        raise ListFormatError(path, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except RecursionError:
-        raise ListFormatError(path, "invalid JSON: nested too deeply") from None
+    return read_json(path)
 
 
 def _qtree_entry(path: str | os.PathLike, key: str, value: object) -> QTreeEntry:
@@ -335,30 +328,49 @@ class ElementAnnotation:
         return self.segments[-1][1]
 
 
-def _pairs(value: object) -> tuple[tuple[float, float], ...] | None:
-    """``[[a, b], ...]`` of numbers (a <= b) as a tuple of float pairs, or ``None`` when malformed/empty."""
+# Element times are relative to the event start and must lie within the event's length; this much slack (seconds)
+# allows for the rounding of the two independently annotated times.
+SPAN_SLACK_S = 1.0
+
+
+def _pairs(value: object) -> tuple[tuple[tuple[float, float], ...] | None, str]:
+    """``[[a, b], ...]`` of numbers as a tuple of float pairs and ``""``, or ``None`` and what is wrong.
+
+    Times are seconds: finite, ``0 <= a <= b``, pairs in chronological order (the strict JSON reader has already
+    refused NaN, infinities and numbers beyond float range).
+    """
     if not isinstance(value, list) or not value:
-        return None
+        return None, "no [start, end] pairs"
     pairs = []
-    for pair in value:
+    for i, pair in enumerate(value, start=1):
         numbers = isinstance(pair, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in pair)
         if not numbers or len(pair) != 2:
-            return None
-        if pair[0] > pair[1]:
-            return None
-        pairs.append((float(pair[0]), float(pair[1])))
-    return tuple(pairs)
+            return None, f"pair {i} is not [start, end] of two numbers"
+        a, b = float(pair[0]), float(pair[1])
+        if not (math.isfinite(a) and math.isfinite(b)):
+            return None, f"pair {i} is not finite"
+        if a < 0 or b < 0:
+            return None, f"pair {i} [{pair[0]}, {pair[1]}] has a negative time"
+        if a > b:
+            return None, f"pair {i} [{pair[0]}, {pair[1]}] has its start after its end"
+        if pairs and a < pairs[-1][0]:
+            return None, f"pair {i} starts before pair {i - 1}"
+        pairs.append((a, b))
+    return tuple(pairs), ""
 
 
 def _event_elements(path: str | os.PathLike, youtube_id: str, event_key: str, event: object) -> list[ElementAnnotation]:
     where = f"{youtube_id}/{event_key}"
     if not _EVENT_KEY_RE.fullmatch(event_key):
         raise ListFormatError(path, f"{where}: event key must look like 'E_XXXXXX_YYYYYY'")
-    if not isinstance(event, dict) or event.get("event") not in EVENT_CODES:
+    if not isinstance(event, dict) or type(event.get("event")) is not int or event["event"] not in EVENT_CODES:
         raise ListFormatError(path, f"{where}: 'event' must be one of {sorted(EVENT_CODES)}")
-    span = _pairs(event.get("timestamps"))
+    span, problem = _pairs(event.get("timestamps"))
     if span is None or len(span) != 1:
-        raise ListFormatError(path, f"{where}: 'timestamps' must be [[abs_start, abs_end]]")
+        detail = f" ({problem})" if problem else ""
+        raise ListFormatError(path, f"{where}: 'timestamps' must be [[abs_start, abs_end]]{detail}")
+    (event_start, event_end), = span
+    length = event_end - event_start
     segments = event.get("segments")
     if segments is None:
         return []
@@ -368,14 +380,21 @@ def _event_elements(path: str | os.PathLike, youtube_id: str, event_key: str, ev
     for element_key, element in segments.items():
         if not _ELEMENT_KEY_RE.fullmatch(element_key):
             raise ListFormatError(path, f"{where}/{element_key}: element key must look like 'A_ZZZZ_WWWW'")
-        times = _pairs(element.get("timestamps")) if isinstance(element, dict) else None
+        times, problem = _pairs(element.get("timestamps")) if isinstance(element, dict) else (None, "")
         stages = element.get("stages") if isinstance(element, dict) else None
         if times is None or not isinstance(stages, int) or isinstance(stages, bool) or stages < 1:
             reason = "needs 'stages' (int >= 1) and 'timestamps' [[start, end], ...]"
+            raise ListFormatError(path, f"{where}/{element_key}: {reason}{': ' + problem if problem else ''}")
+        if len(times) != stages:
+            reason = f"'stages' is {stages} but 'timestamps' has {len(times)} [start, end] pair(s) (one per stage)"
+            raise ListFormatError(path, f"{where}/{element_key}: {reason}")
+        if times[-1][1] > length + SPAN_SLACK_S:
+            reason = (f"element time {times[0][0]:g}..{times[-1][1]:g} s (relative to the event start) lies outside "
+                      f"its event, which is {length:g} s long")
             raise ListFormatError(path, f"{where}/{element_key}: {reason}")
         clip_id = f"{youtube_id}_{event_key}_{element_key}"
         event_name = EVENT_CODES[event["event"]]
-        elements.append(ElementAnnotation(clip_id, youtube_id, event_name, span[0][0], span[0][1], stages, times))
+        elements.append(ElementAnnotation(clip_id, youtube_id, event_name, event_start, event_end, stages, times))
     return elements
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -57,15 +56,7 @@ def read_text_lines(path: str | os.PathLike) -> list[str]:
 
 
 def read_json_object(path: str | os.PathLike, missing: str = "missing") -> dict:
-    """The JSON object in ``path``; a missing file (``missing`` says why it matters), invalid JSON or another
-    top-level value is one :class:`DataError` naming the file (and the line, for a syntax error)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(path, missing) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(path, f"invalid JSON: {getattr(err, 'msg', err)}", getattr(err, "lineno", None)) from None
-    if not isinstance(data, dict):
-        raise DataError(path, "expected a JSON object")
-    return data
+    """The JSON object in ``path``, read strictly (see :func:`common.jsonio.read_json_object`, where it lives)."""
+    from common.jsonio import read_json_object as read
+
+    return read(path, missing)

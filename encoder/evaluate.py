@@ -18,7 +18,6 @@ model's ``img_size`` and cut into S ``img_size`` squares spread along the long s
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,9 +31,10 @@ from tqdm.auto import tqdm
 from encoder.data.dataset import ClipDataset, collate
 from common.errors import ConfigError, DataError
 from common.finegym import Category
+from common.jsonio import dumps
 from encoder.data.splits import Sample
 from common.textio import write_text_atomic
-from encoder.export import EvalTransform, FrozenEncoder, PreprocessConfig, is_export
+from encoder.export import WEIGHTS_FILE, EvalTransform, FrozenEncoder, PreprocessConfig, is_export
 from encoder.ssl import PseudoLabels, head_passes, pseudo_labels
 from encoder.timesformer import TimeSformer
 
@@ -47,6 +47,7 @@ __all__ = [
     "plot_teacher_spread",
     "format_results",
     "evaluate_run",
+    "NonFiniteScores",
 ]
 
 
@@ -144,6 +145,15 @@ def confusion_matrix(probs: Tensor, labels: Tensor) -> Tensor:
     return torch.bincount(labels * c + pred, minlength=c * c).view(c, c)  # (C_true, C_pred)
 
 
+class NonFiniteScores(ValueError):
+    """Class scores hold NaN or infinity (a model with broken weights, or a broken input): no accuracy can be
+    computed from them. ``clips`` are the indices of the affected rows."""
+
+    def __init__(self, clips: list[int], total: int):
+        self.clips, self.total = clips, total
+        super().__init__(f"the model produced non-finite logits (NaN or infinity) for {len(clips)} of {total} clips")
+
+
 def _check_inputs(probs: Tensor, labels: Tensor, class_names: Sequence[str]) -> None:
     if probs.ndim != 2 or labels.shape != probs.shape[:1]:
         raise ValueError(f"need probs (N, C) and labels (N,), got {tuple(probs.shape)} and {tuple(labels.shape)}")
@@ -153,6 +163,9 @@ def _check_inputs(probs: Tensor, labels: Tensor, class_names: Sequence[str]) -> 
         raise ValueError("no clips to evaluate")
     if labels.min() < 0 or labels.max() >= probs.shape[1]:
         raise ValueError(f"labels must lie in 0..{probs.shape[1] - 1}, found {labels.min()}..{labels.max()}")
+    broken = (~torch.isfinite(probs)).any(1)  # (N,): argmax/topk of NaN rows give any answer (top-1 > top-5)
+    if broken.any():
+        raise NonFiniteScores(broken.nonzero().flatten().tolist(), len(labels))
 
 
 def _group_accuracy(correct: Tensor, labels: Tensor, class_groups: Sequence[str]) -> dict[str, dict]:
@@ -172,6 +185,7 @@ def compute_metrics(
 
     Mean class accuracy averages over the classes that occur in ``labels``; classes without clips have accuracy
     ``None``. With FineGym-style ``categories`` (one per class, in label order) also per-event and per-set accuracy.
+    Probabilities with NaN or infinity raise :class:`NonFiniteScores`.
     """
     _check_inputs(probs, labels, class_names)
     c = probs.shape[1]
@@ -297,6 +311,7 @@ class _Source:
     """What :func:`evaluate_run` needs, from a run folder or an export folder."""
 
     model: TimeSformer
+    weights: Path  # the weights file (or run folder) the model came from, named when its outputs are broken
     preprocess: PreprocessConfig
     class_names: list[str]
     categories: list[Category] | None
@@ -317,7 +332,7 @@ def _load_source(path: Path, list_path, videos_root, which: str, device) -> _Sou
         items = read_clip_list(list_path, videos_root).samples
         evaluation = encoder.config.get("evaluation", {})
         return _Source(
-            encoder.model, encoder.preprocess_config, encoder.class_names, encoder.categories,
+            encoder.model, path / WEIGHTS_FILE, encoder.preprocess_config, encoder.class_names, encoder.categories,
             evaluation.get("temporal_views", 1), evaluation.get("spatial_crops", 1), items,
         )
     if not (path / "config.yaml").is_file():
@@ -332,7 +347,7 @@ def _load_source(path: Path, list_path, videos_root, which: str, device) -> _Sou
         root = videos_root if videos_root is not None else Path(cfg.data.root) / cfg.data.videos
         items = read_clip_list(list_path, root, cfg.data.video_suffix).samples
     return _Source(
-        model.to(device), PreprocessConfig.from_run_config(cfg), names, run_categories(path),
+        model.to(device), path, PreprocessConfig.from_run_config(cfg), names, run_categories(path),
         cfg.eval_temporal_views, cfg.eval_spatial_crops, items,
     )
 
@@ -355,7 +370,7 @@ def _prediction_rows(items: Sequence[Sample], probs: Tensor, pseudo: PseudoLabel
                 mu=round(float(pseudo.confidence[i]), 6),
                 sigma=round(float(pseudo.spread[i]), 6),
             )
-        rows.append(json.dumps(row))
+        rows.append(dumps(row))
     return "".join(row + "\n" for row in rows)
 
 
@@ -411,7 +426,11 @@ def evaluate_run(
     views, crops = views or src.views, crops or src.crops
     _check_labels(src.items, len(src.class_names), os.fspath(list_path or path))
     out = predict_views(src.model, src.items, src.preprocess, batch_size, views, crops, device, passes, num_workers)
-    metrics = compute_metrics(out.probs, out.labels, src.class_names, src.categories)
+    try:
+        metrics = compute_metrics(out.probs, out.labels, src.class_names, src.categories)
+    except NonFiniteScores as err:
+        first = src.items[err.clips[0]].path
+        raise DataError(src.weights, f"{err} (first: {first}); its weights are broken, nothing was written") from None
     pseudo = None if out.pass_probs is None else pseudo_labels(out.pass_probs.clamp_min(1e-30).log(), adaptive=False)
     results = {
         "source": os.fspath(path),
@@ -427,6 +446,6 @@ def evaluate_run(
     if pseudo is not None:
         plot_teacher_spread(pseudo, out.labels, passes, out_dir / "teacher_spread.png")
     write_text_atomic(out_dir / "predictions.jsonl", _prediction_rows(src.items, out.probs, pseudo))
-    write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out_dir / "results.json", dumps(results, indent=2) + "\n")
     print(format_results(results))
     return results

@@ -13,7 +13,12 @@ An export folder holds two files:
      "categories": [{"label": 0, "glabel": 0, "set_id": 1, "event": "VT", "name": "..."}, ...] | null,
      "evaluation": {"temporal_views": 1, "spatial_crops": 1},
      "which": "teacher",   # the run's model these weights are: the EMA teacher or the student
-     "source": {"run": "<run folder name>", "which": "teacher"}}
+     "source": {"run": "<run folder name>", "which": "teacher"},
+     "weights": {"file": "model.safetensors", "sha256": "<64 hex digits>", "bytes": int}}
+
+``weights`` ties the config to its weights: loading checks the file's SHA-256 (after its keys and shapes), so
+weights of another model copied over ``model.safetensors`` are refused. Exports written before it was recorded
+still load, with a one-line notice that their weights cannot be verified.
 
 Evaluation preprocessing (:func:`eval_views`, shared with :mod:`encoder.evaluate` and :mod:`bridge.features`):
 take K = ``num_frames`` frames, one at the centre of each of K equal segments; resize the short side to
@@ -23,8 +28,10 @@ take K = ``num_frames`` frames, one at the centre of each of K equal segments; r
 
 from __future__ import annotations
 
-import json
+import hashlib
+import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -36,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from common.configfile import field_problems
+from common.jsonio import dumps
 from encoder.augment import normalize, resize_short_side, spatial_crops
 from common.errors import ConfigError, DataError
 from common.finegym import Category
@@ -57,8 +65,11 @@ __all__ = [
     "load",
     "is_export",
     "save_safetensors",
+    "file_sha256",
 ]
 
+
+_log = logging.getLogger(__name__)
 
 FORMAT = "sefar-encoder"
 FORMAT_VERSION = 1
@@ -203,17 +214,29 @@ def _is_single_clip(frames: object) -> bool:
 
 def save_safetensors(
     path: str | os.PathLike, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
-) -> None:
-    """Write ``tensors`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+) -> str:
+    """Write ``tensors`` to ``path`` through a temporary file in the same folder and ``os.replace``; returns the
+    SHA-256 (hex) of the bytes written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, os.fspath(tmp), metadata=metadata)
+        digest = file_sha256(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return digest
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _category_dicts(categories: Sequence[Category] | None, num_classes: int, source: str) -> list[dict] | None:
@@ -255,10 +278,12 @@ def build_export_config(
 
 
 def save_export(out_dir: str | os.PathLike, model: TimeSformer, config: dict) -> Path:
-    """Write ``model.safetensors`` then ``config.json`` (each atomically; config last marks it complete)."""
+    """Write ``model.safetensors`` then ``config.json`` with the weights' SHA-256 (each atomically; the config,
+    written last, marks the export complete, and an interrupted rewrite leaves weights that its config refuses)."""
     out = Path(out_dir)
-    save_safetensors(out / WEIGHTS_FILE, model.state_dict(), metadata={"format": FORMAT})
-    write_text_atomic(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    digest = save_safetensors(out / WEIGHTS_FILE, model.state_dict(), metadata={"format": FORMAT})
+    weights = {"file": WEIGHTS_FILE, "sha256": digest, "bytes": (out / WEIGHTS_FILE).stat().st_size}
+    write_text_atomic(out / CONFIG_FILE, dumps({**config, "weights": weights}, indent=2) + "\n")
     return out
 
 
@@ -349,6 +374,11 @@ def _config_problems(config: dict) -> list[str]:
             problems.append(f"{key} must be an object")
         else:
             problems += [f"{key}.{p}" for p in field_problems(schema, part, limits=limits)]
+    weights = config.get("weights")
+    if weights is not None and not (isinstance(weights, dict) and weights.get("file") == WEIGHTS_FILE
+                                    and isinstance(weights.get("sha256"), str)
+                                    and re.fullmatch(r"[0-9a-f]{64}", weights["sha256"])):
+        problems.append(f"weights must be {{'file': '{WEIGHTS_FILE}', 'sha256': <64 hex digits>, ...}}")
     names = config["class_names"]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         problems.append("class_names must be a list of strings")
@@ -366,8 +396,12 @@ def _config_problems(config: dict) -> list[str]:
     return problems
 
 
-def _load_state(weights: Path, model: TimeSformer) -> None:
-    """Strictly load ``weights`` into ``model``; every problem becomes one :class:`DataError` naming the file."""
+def _load_state(weights: Path, model: TimeSformer, sha256: str | None = None) -> None:
+    """Strictly load ``weights`` into ``model``; every problem becomes one :class:`DataError` naming the file.
+
+    ``sha256``: the digest ``config.json`` records (checked after keys and shapes); ``None`` for an export
+    written before digests were recorded (loaded with a notice).
+    """
     if not weights.is_file():
         raise DataError(weights, "missing")
     try:
@@ -389,6 +423,12 @@ def _load_state(weights: Path, model: TimeSformer) -> None:
         problems.append("shape mismatch " + "; ".join(shapes[:5]))
     if problems:
         raise DataError(weights, "does not match config.json: " + "; ".join(problems))
+    if sha256 is None:
+        _log.warning("note: %s records no weights digest (an export from before digests): %s is not verified",
+                     weights.with_name(CONFIG_FILE), weights.name)
+    elif (actual := file_sha256(weights)) != sha256:
+        raise DataError(weights, f"does not match config.json: its SHA-256 is {actual[:16]}... but config.json "
+                                 f"records {sha256[:16]}... (weights of another model copied over this export?)")
     model.load_state_dict(state, strict=True)
 
 
@@ -409,5 +449,5 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> FrozenE
         reason = f"{len(config['class_names'])} class names for {arch.num_classes} classes"
         raise DataError(folder / CONFIG_FILE, reason)
     model = TimeSformer(arch)
-    _load_state(folder / WEIGHTS_FILE, model)
+    _load_state(folder / WEIGHTS_FILE, model, (config.get("weights") or {}).get("sha256"))
     return FrozenEncoder(model, config).to(device)

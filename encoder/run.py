@@ -11,7 +11,6 @@ this module, so none of them imports the recipe (it is a leaf that only drivers 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from common.errors import ConfigError, DataError
+from common.jsonio import read_json_object
 from encoder.config import RunConfig, load_config
 from encoder.data.sampling import ElementLayout
 from encoder.data.splits import Sample, make_split, read_samples, resolve_paths
@@ -134,7 +134,10 @@ def latest_checkpoint(run: Path) -> Path | None:
     pointer = run / "checkpoints" / "latest.json"
     if not pointer.is_file():
         return None
-    return run / "checkpoints" / json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
+    name = read_json_object(pointer).get("checkpoint")
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise DataError(pointer, f"'checkpoint' must name a folder in {run / 'checkpoints'}, got {name!r}")
+    return run / "checkpoints" / name
 
 
 def load_trained(run_dir: str | os.PathLike, which: str = "teacher") -> tuple[RunConfig, TimeSformer, list[str]]:
@@ -146,7 +149,9 @@ def load_trained(run_dir: str | os.PathLike, which: str = "teacher") -> tuple[Ru
     classes = run / "classes.json"
     if not classes.is_file():
         raise DataError(classes, "missing: not a training run folder")
-    names = json.loads(classes.read_text(encoding="utf-8"))["class_names"]
+    names = read_json_object(classes).get("class_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DataError(classes, "'class_names' must be a list of strings")
     weights = run / "final" / f"{which}.safetensors"
     if not weights.is_file():
         ckpt = latest_checkpoint(run)

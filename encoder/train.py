@@ -27,7 +27,6 @@ but bookkeeping (:data:`RESUME_FREE`) stops and lists the differing keys, unless
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -48,6 +47,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from common.errors import ConfigError, DataError
+from common.jsonio import dumps, loads, read_json_object
 from common.textio import write_text_atomic
 from encoder import augment
 from encoder.config import RunConfig, SSLConfig, load_config
@@ -273,7 +273,7 @@ def running_stats_frozen(model: torch.nn.Module):
 
 
 def _atomic_json(path: Path, value) -> None:
-    write_text_atomic(path, json.dumps(value, indent=2) + "\n")
+    write_text_atomic(path, dumps(value, indent=2) + "\n")
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -331,12 +331,12 @@ def load_checkpoint(path: Path, student, teacher, opt) -> dict:
     for name in ("student.safetensors", "teacher.safetensors", "optimizer.safetensors", "state.json"):
         if not (path / name).is_file():
             raise DataError(path / name, "missing: checkpoint is incomplete")
+    meta = read_json_object(path / "state.json")
     try:
-        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
         load_strict(unwrap(student), path / "student.safetensors")
         load_strict(teacher, path / "teacher.safetensors")
         tensors = load_file(path / "optimizer.safetensors")
-    except (json.JSONDecodeError, OSError, RuntimeError, SafetensorError) as err:
+    except (OSError, RuntimeError, SafetensorError) as err:
         raise DataError(path, f"unreadable checkpoint: {' '.join(str(err).split())[:200]}") from None
     torch.set_rng_state(tensors.pop("rng.torch"))
     _load_optimizer(opt, tensors, meta)
@@ -538,7 +538,7 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
                                  started)
                 if accelerator.is_main_process:
                     _append_jsonl(run / "metrics.jsonl", record)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", sup=f"{record['supervised']:.3f}")
+                    bar.set_postfix(loss=_short(record["loss"]), sup=_short(record["supervised"]))
             stop_now = stop.raised is not None
             if step % cfg.save_every == 0 or stop_now or step == sched.last_step:
                 accelerator.wait_for_everyone()
@@ -590,7 +590,7 @@ def _finish(cfg: RunConfig, run: Path, models: dict[str, TimeSformer], names: li
 
 
 def _final_eval(cfg: RunConfig, model: TimeSformer, names: list[str], predictions_file: Path) -> dict:
-    from encoder.evaluate import compute_metrics, predict
+    from encoder.evaluate import NonFiniteScores, compute_metrics, predict
 
     items = build_eval_items(cfg)
     probs, labels = predict(
@@ -601,7 +601,11 @@ def _final_eval(cfg: RunConfig, model: TimeSformer, names: list[str], prediction
     tmp = predictions_file.with_name(predictions_file.name + ".tmp")
     save_file({"probs": probs.float().contiguous(), "labels": labels.contiguous()}, tmp)
     os.replace(tmp, predictions_file)
-    metrics = compute_metrics(probs, labels, names)
+    try:
+        metrics = compute_metrics(probs, labels, names)
+    except NonFiniteScores as err:
+        raise DataError(predictions_file.with_name(f"{predictions_file.stem.rsplit('_', 1)[-1]}.safetensors"),
+                        f"{err}: training diverged (the weights are saved, the run has no results)") from None
     return {k: metrics[k] for k in ("top1", "top5", "mean_class_accuracy") if k in metrics}
 
 
@@ -616,7 +620,7 @@ def _record(accelerator, parts: list[StepLosses], step, steps_per_epoch, lr, lab
         [[_scalar(getattr(p, f)) for f in fields] for p in parts], dtype=torch.float64, device=accelerator.device
     ).nanmean(dim=0)  # (fields,)
     values = accelerator.reduce(values, reduction="mean").tolist()
-    avg = {f: (None if math.isnan(v) else round(v, 6)) for f, v in zip(fields, values)}
+    avg = {f: (round(v, 6) if math.isfinite(v) else None) for f, v in zip(fields, values)}  # JSON has no NaN/inf
     return {
         "step": step,
         "epoch": round(step / steps_per_epoch, 4),
@@ -633,16 +637,20 @@ def _scalar(value) -> float:
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
+def _short(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _append_jsonl(path: Path, record: dict) -> None:
     with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(dumps(record) + "\n")
 
 
 def _logged_step(line: str) -> float:
     """The step of a metrics line; infinity for a line that is not a whole record (so it is dropped)."""
     try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        return loads(line, "metrics.jsonl")["step"]
+    except (DataError, KeyError, TypeError):
         return math.inf
 
 
@@ -667,5 +675,5 @@ def main_train(
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        print(json.dumps(result, indent=2))
+        print(dumps(result, indent=2))
     return 130 if result.get("interrupted") else 0

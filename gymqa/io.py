@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import gc
-import json
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from common import jsonio
 from common.errors import ListFormatError
-from common.textio import split_lines, write_text_atomic
+from common.textio import write_text_atomic
 
 __all__ = ["gc_paused", "parse_jsonl", "read_json", "read_jsonl", "read_text", "write_json", "write_jsonl",
            "write_text"]
@@ -40,15 +40,13 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 @gc_paused()
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
-    """Write one compact JSON object per line (UTF-8, LF), atomically."""
-    encode = json.JSONEncoder(ensure_ascii=False).encode
-    lines = [encode(record) + "\n" for record in records]
-    return write_text(path, "".join(lines))
+    """Write one compact JSON object per line (UTF-8, LF), atomically; NaN/infinities raise ``ValueError``."""
+    return jsonio.write_jsonl(path, records)
 
 
 def write_json(path: str | os.PathLike, data: object, indent: int = 2) -> Path:
-    """Write ``data`` as indented JSON (no trailing newline added beyond ``json.dumps``), atomically."""
-    return write_text(path, json.dumps(data, indent=indent, ensure_ascii=False))
+    """Write ``data`` as indented JSON (no final newline), atomically; NaN/infinities raise ``ValueError``."""
+    return jsonio.write_json(path, data, indent, newline=False, ensure_ascii=False)
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -60,26 +58,9 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 def read_json(path: str | os.PathLike) -> object:
-    """Parse a whole JSON file; syntax errors become :class:`ListFormatError` with the line."""
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as err:
-        raise ListFormatError(path, f"invalid JSON: {err.msg}", line=err.lineno) from None
-    except RecursionError:
-        raise ListFormatError(path, "invalid JSON: nested too deeply") from None
-
-
-_SCAN = json.JSONDecoder().scan_once  # the C scanner behind json.loads, without its per-call wrapping
-
-
-def _json_error(line: str) -> str:
-    try:
-        json.loads(line)
-    except json.JSONDecodeError as err:
-        return f"invalid JSON: {err.msg} (column {err.colno})"
-    except RecursionError:
-        return "invalid JSON: nested too deeply"
-    return "invalid JSON"
+    """Parse a whole JSON file strictly (:func:`common.jsonio.read_json`); problems are :class:`ListFormatError`
+    with the line."""
+    return jsonio.loads(read_text(path), path)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
@@ -89,19 +70,5 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
 
 @gc_paused()
 def parse_jsonl(text: str, path: str | os.PathLike) -> list[tuple[int, dict]]:
-    """:func:`read_jsonl` on text already read from ``path`` (named in errors)."""
-    rows = []
-    for number, line in enumerate(split_lines(text), start=1):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            record, end = _SCAN(line, 0)
-        except (StopIteration, json.JSONDecodeError, RecursionError):
-            raise ListFormatError(path, _json_error(line), line=number) from None
-        if end != len(line):
-            raise ListFormatError(path, f"invalid JSON: extra data after column {end}", line=number)
-        if type(record) is not dict:
-            raise ListFormatError(path, "each line must be a JSON object", line=number)
-        rows.append((number, record))
-    return rows
+    """:func:`read_jsonl` on text already read from ``path`` (named in errors); strict, see :mod:`common.jsonio`."""
+    return jsonio.parse_jsonl(text, path)

@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from common import jsonio
 from common.errors import ConfigError, DataError, ListFormatError
 from common.finegym import Category
 from common.textio import is_plain_int, split_lines
@@ -79,7 +80,7 @@ def write_paper_json(path: str | os.PathLike, questions: Sequence[Question],
                      renumber: bool = True) -> Path:
     """Write the paper's JSON file (indent 4, no final newline, as released), atomically."""
     data = to_paper_dict(questions, frame_lengths, missing_frame_length=missing_frame_length, renumber=renumber)
-    return write_text(path, json.dumps(data, indent=4))
+    return write_text(path, jsonio.dumps(data, indent=4))
 
 
 def split_prompt(prompt: str) -> tuple[str, list[str]]:
@@ -119,19 +120,34 @@ class _CategoryLookup:
         return self.by_text.get(answer_text)
 
 
+def _brief(value: object) -> str:
+    """``repr(value)`` cut to 40 characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _question(path: str | os.PathLike, key: str, entry: object, lookup: _CategoryLookup, split: str) -> Question:
     if not isinstance(entry, dict) or set(_KEYS) - set(entry):
         raise ListFormatError(path, f"entry {key!r} needs the keys {', '.join(_KEYS)}")
     if entry["question_id"] != key:
-        raise ListFormatError(path, f"entry {key!r} has question_id {entry['question_id']!r}")
+        raise ListFormatError(path, f"entry {key!r} has question_id {_brief(entry['question_id'])}")
+    for name in ("question", "answer_type", "dataset", "video"):
+        if not isinstance(entry[name], str):
+            raise ListFormatError(path, f"entry {key!r}: {name} must be a string, got {_brief(entry[name])}")
     if entry["answer_type"] not in _TYPES:
-        raise ListFormatError(path, f"entry {key!r}: unknown answer_type {entry['answer_type']!r}")
+        raise ListFormatError(path, f"entry {key!r}: unknown answer_type {_brief(entry['answer_type'])}")
+    video = entry["video"]
+    if not video or video != video.strip() or len(video.split()) != 1:
+        raise ListFormatError(path, f"entry {key!r}: video must be a clip id (one word), got {_brief(video)}")
     try:
         stem, options = split_prompt(entry["question"])
     except ValueError as err:
         raise ListFormatError(path, f"entry {key!r}: {err}") from None
+    empty = [LETTERS[i] for i, option in enumerate(options) if not option.strip()]
+    if empty:
+        raise ListFormatError(path, f"entry {key!r}: option {', '.join(empty)} has no text")
     letter = entry["answer"]
-    if not isinstance(letter, str) or letter not in LETTERS[: len(options)] or len(options) < 2:
+    if not isinstance(letter, str) or len(letter) != 1 or letter not in LETTERS[: len(options)] or len(options) < 2:
         raise ListFormatError(path, f"entry {key!r}: answer {letter!r} is not one of its {len(options)} option letters")
     length = entry["frame_length"]
     if not isinstance(length, int) or isinstance(length, bool) or length < 0:
@@ -164,7 +180,25 @@ def read_paper_json(path: str | os.PathLike, categories: Sequence[Category] | No
         raise ListFormatError(path, "expected a JSON object keyed by question id")
     split = split or ("train" if Path(path).stem == "train" else "test")
     lookup = _CategoryLookup(categories, clip_labels)
-    return [_question(path, key, entry, lookup, split) for key, entry in data.items()]
+    questions = []
+    for key, entry in data.items():
+        try:
+            questions.append(_question(path, key, entry, lookup, split))
+        except ListFormatError as err:
+            raise ListFormatError(path, err.reason, line=_line_of_key(path, key)) from None
+    return questions
+
+
+def _line_of_key(path: str | os.PathLike, key: str) -> int | None:
+    """The line where the entry ``key`` of a paper-format file starts (for an error message), if found."""
+    try:
+        text = read_text(path)
+    except (OSError, DataError):
+        return None
+    match = re.search(r'^[ \t]*' + re.escape(json.dumps(key, ensure_ascii=False)) + r'[ \t]*:', text, re.M)
+    if match is None:
+        match = re.search(re.escape(json.dumps(key)) + r'\s*:', text)
+    return None if match is None else text.count("\n", 0, match.start()) + 1
 
 
 def read_frame_lengths(path: str | os.PathLike) -> dict[str, int]:

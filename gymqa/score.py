@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from common.errors import DataError, ListFormatError
-from gymqa.io import gc_paused, parse_jsonl, read_json, read_text, write_json, write_text
+from gymqa.io import gc_paused, parse_jsonl, read_json, read_text, write_json, write_jsonl, write_text
 from gymqa.parse import parse_answer
 from gymqa.question import LETTERS, Question
 from gymqa.stats import read_questions
@@ -144,6 +144,10 @@ def _prediction_from_value(value: object, source: str) -> Prediction:
     raise ValueError(f"a prediction must be a string, an integer or a list of numbers, got {value!r}")
 
 
+# Tells the two prediction layouts apart by the first line; the strict reader (common.jsonio) then parses the file.
+_SNIFF = json.JSONDecoder(parse_int=lambda _: 0, parse_float=lambda _: 0.0, parse_constant=lambda _: 0.0)
+
+
 @gc_paused()
 def read_predictions(path: str | os.PathLike) -> dict[str, Prediction]:
     """Read predictions: JSONL records (the first line is an object with an ``"id"``) or one ``{id: value}``
@@ -152,9 +156,9 @@ def read_predictions(path: str | os.PathLike) -> dict[str, Prediction]:
     first = text.lstrip().split("\n", 1)[0]
     if not first:
         return {}
-    try:
-        head = json.loads(first)
-    except (json.JSONDecodeError, RecursionError):
+    try:  # only to tell JSONL from one JSON object: numbers are not checked (or built) here
+        head = _SNIFF.decode(first)
+    except (ValueError, RecursionError):
         head = None
     if not (isinstance(head, dict) and "id" in head):
         data = read_json(path)
@@ -209,7 +213,10 @@ def resolve(prediction: Prediction | None, question: Question) -> int | None:
     if not isinstance(value, list) or len(value) != count or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         raise DataError(prediction.where, f"'loglikelihoods' must be {count} numbers for question {question.id!r}")
-    return _argmax(value)
+    try:
+        return _argmax([float(v) for v in value])
+    except OverflowError:
+        raise DataError(prediction.where, f"a log-likelihood of question {question.id!r} is beyond float range") from None
 
 
 def _circular(questions: Sequence[Question], right: Mapping[str, bool]) -> dict | None:
@@ -309,5 +316,4 @@ def write_predictions(path: str | os.PathLike, predictions: Mapping[str, object]
     """Write ``{id: value}`` as prediction JSONL with one answer key ``kind`` (see :data:`ANSWER_KEYS`)."""
     if kind not in ANSWER_KEYS:
         raise ValueError(f"kind must be one of {ANSWER_KEYS}")
-    lines = (json.dumps({"id": k, kind: v}, ensure_ascii=False) + "\n" for k, v in predictions.items())
-    return write_text(path, "".join(lines))
+    return write_jsonl(path, ({"id": k, kind: v} for k, v in predictions.items()))

@@ -11,13 +11,13 @@ per encoder).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from common.configfile import read_yaml_mapping
 from common.errors import ConfigError
 from common.textio import write_text_atomic
+from common.jsonio import dumps
 
 __all__ = ["read_compare", "run_compare", "plot_compare", "plotted_method"]
 
@@ -55,7 +55,7 @@ def run_compare(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         results[name] = evaluate_run(cfg.out) | {"train": {k: trained.get(k) for k in ("step", "train_seconds")}}
     table = format_table(list(results.items()))
     print(table)
-    write_text_atomic(Path(out) / "compare.json", json.dumps(results, indent=1) + "\n")
+    write_text_atomic(Path(out) / "compare.json", dumps(results, indent=1) + "\n")
     write_text_atomic(Path(out) / "compare.md", table + "\n")
     plot_compare(results, Path(out) / "compare.png")
     return results

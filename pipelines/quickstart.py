@@ -21,11 +21,11 @@ quickstart prints and writes names them relative to the working directory.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
+from common.jsonio import dumps, read_json_object
 from common.results import Table, provenance, write_result
 from encoder.config import load_config
 
@@ -49,7 +49,7 @@ def _synth(out: Path, seed: int, size: str) -> dict:
 
     manifest = out / "manifest.json"
     if manifest.is_file():
-        info = json.loads(manifest.read_text(encoding="utf-8"))
+        info = read_json_object(manifest)
         if (info.get("seed"), info.get("size"), info.get("version")) == (seed, size, VERSION):
             print(f"[1/6] SynGym already in {shown(out)} (seed {seed}, {size})")
             return info
@@ -65,7 +65,7 @@ def _train(config: Path, data: Path, out: Path, overrides: list[str]) -> dict:
     results = out / "final" / "results.json"
     if results.is_file():
         print(f"      {out.name}: already trained")
-        return json.loads(results.read_text(encoding="utf-8"))
+        return read_json_object(results)
     cfg = load_config(config, [f"data.root={data}", f"out={out}", *overrides])
     return train(cfg, resume=True)
 
@@ -119,12 +119,12 @@ def _bridge(out: Path, name: str, overrides: list[str], llms: dict) -> dict:
     run = Path(cfg.out)
     if (run / "train.json").is_file() and (run / "eval" / "results.json").is_file():
         print(f"      bridge/{name}: already trained and scored")
-        trained = json.loads((run / "train.json").read_text(encoding="utf-8"))
-        summary = json.loads((run / "eval" / "results.json").read_text(encoding="utf-8"))
+        trained = read_json_object(run / "train.json")
+        summary = read_json_object(run / "eval" / "results.json")
     else:
         from bridge.llm import LLMConfig, load_llm
 
-        key = json.dumps(vars(cfg.llm), sort_keys=True)
+        key = dumps(vars(cfg.llm), sort_keys=True)
         if key not in llms:
             llms[key] = load_llm(LLMConfig(**vars(cfg.llm)))
         trained = train(cfg, llm=llms[key])
@@ -149,7 +149,7 @@ def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
     for i, mode in enumerate(("supervised", "sefar")):
         print(f"[{2 + i}/6] training {mode} on 10% labels")
         result = _train(Path(config), data, out / "encoder" / mode, [f"ssl.mode={mode}", *(overrides or [])])
-        split = json.loads((out / "encoder" / mode / "split" / "split.json").read_text(encoding="utf-8"))
+        split = read_json_object(out / "encoder" / mode / "split" / "split.json")
         rows.append({"mode": mode, "labeled": split["num_labeled"], **result})
     print("[4/6] exporting the SeFAR teacher and building Gym-QA on SynGym")
     export(out / "encoder" / "sefar", out / "export" / "sefar_tiny")

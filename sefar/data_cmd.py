@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from common.jsonio import dumps
 
 from sefar.cli import int_at_least as _int_at_least
 
@@ -69,7 +70,7 @@ def _check(args: argparse.Namespace) -> int:
 
     videos = "skip" if args.lists_only else "exists" if args.no_open else "deep" if args.deep else "open"
     report = check_dataset(args.path, videos_root=args.videos_root, videos=videos, progress=not args.json)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    print(dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0 if report.ok else 1
 
 

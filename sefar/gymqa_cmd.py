@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from common.errors import ConfigError
+from common.jsonio import dumps
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str, help_: str) -> argparse.ArgumentParser:
@@ -207,5 +207,5 @@ def _rotate(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise ConfigError(f"{args.questions}: {err}") from None
     write_questions(args.out, questions)
-    print(json.dumps({"questions": len(questions), "out": str(args.out)}))
+    print(dumps({"questions": len(questions), "out": str(args.out)}))
     return 0

@@ -1,5 +1,6 @@
 """Fuzz suite: random and mutated input through the list reader, ``data check``, the video reader, ``gymqa score``,
-config loading and export loading, with Hypothesis (derandomized: the same inputs on every run, so CI is reproducible).
+config loading, export loading, ``gymqa import`` of paper-format questions and ``gymqa build`` with FineGym
+annotations, with Hypothesis (derandomized: the same inputs on every run, so CI is reproducible).
 
 Property for every input: a clean exit with one ``error:`` line (or a ``data check`` report naming the problem),
 or a correct result: never a traceback, never more than a bounded amount of memory, never a silent wrong success.
@@ -7,7 +8,9 @@ Each input runs in a worker process (tests/fuzz_worker.py) whose address space i
 ``MemoryError`` crash instead of the kernel killing the machine's largest process; a hang is a crash too.
 "Correct result" is checked against what the input is known to be: an OK list has every content line as a sample
 and no label outside its categories file, an OK video decodes whole, a score equals the one computed here, a
-loaded config holds exactly the values given, a loaded export is the model its config.json describes. The counts are printed in pytest's summary ("fuzz" section).
+loaded config holds exactly the values given, a loaded export is the model its config.json describes, imported
+paper questions are the entries written and built element times are the annotated ones (a file mutated into a
+known-invalid one must be refused). The counts are printed in pytest's summary ("fuzz" section).
 """
 
 from __future__ import annotations
@@ -523,3 +526,230 @@ def test_fuzz_export_config_through_loading(worker, workdir, export_config, fuzz
         arch = changed["architecture"]
         assert all(reply["value"]["architecture"][k] == v for k, v in arch.items()), (applied, reply["value"])
         assert reply["value"]["class_names"] == changed["class_names"]
+
+
+# ------------------------------------------------------------------------------------ paper-format questions
+
+PAPER_OPTIONS = ["split jump", "stag jump", "salto backward tucked", "giant circle backward", "round-off, flic-flac",
+                 "switch leap with 0.5 turn"]
+# A number JSON has no room for, written raw into the file (json.dumps would refuse or rewrite it).
+RAW_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e999", "-2e400", "9" * 400, "-" + "7" * 5000]
+RAW = "\u0000raw:"  # marks a string that stands for the raw JSON text after it
+
+
+def _paper_entry(key: str, draw) -> dict:
+    options = draw(st.lists(st.sampled_from(PAPER_OPTIONS), min_size=2, max_size=5))  # repeats allowed (as released)
+    answer = draw(st.integers(0, len(options) - 1))
+    prompt = "What gymnastics move is this athlete performing? " + " ".join(
+        f"{'ABCDE'[i]}.{text}" for i, text in enumerate(options))
+    return {"answer": "ABCDE"[answer], "question": prompt, "answer_type": "what", "question_id": key,
+            "dataset": "finegym", "video": f"yt{key}_E_000010_000040_A_0001_0003",
+            "frame_length": draw(st.integers(0, 500))}
+
+
+WRONG_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(allow_nan=False),
+                         st.lists(st.integers(0, 3), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(),
+                                                                                  max_size=1),
+                         st.sampled_from([RAW + n for n in RAW_NUMBERS]))
+
+
+@st.composite
+def paper_files(draw) -> tuple[str, dict | None]:
+    """``(file text, {key: entry} when every entry is known valid, else None)``; ``known_bad`` entries are
+    mutations that must be refused."""
+    entries = {f"{n:07d}": _paper_entry(f"{n:07d}", draw) for n in range(draw(st.integers(1, 4)))}
+    known_bad = False
+    unknown = False
+    for _ in range(draw(st.integers(0, 2))):
+        key = draw(st.sampled_from(sorted(entries)))
+        entry = entries[key]
+        kind = draw(st.sampled_from(["type", "type", "empty options", "answer", "frame_length", "drop", "id",
+                                     "harmless", "leaf"]))
+        if kind == "type":
+            field = draw(st.sampled_from(["question", "answer_type", "video", "dataset", "answer"]))
+            entry[field] = draw(WRONG_VALUES)
+            known_bad = True
+        elif kind == "empty options":
+            blanks = draw(st.sampled_from(["A. B. C. D.", "A.x B.  C.y D.z", "A.  B.b"]))
+            entry["question"] = "What gymnastics move is this athlete performing? " + blanks
+            entry["answer"] = "A"
+            known_bad = True
+        elif kind == "answer":
+            entry["answer"] = draw(st.sampled_from(["F", "", "a", "AB", " A"]))
+            known_bad = True
+        elif kind == "frame_length":
+            entry["frame_length"] = draw(st.one_of(st.sampled_from([-1, True, 2.5, None, "12"]),
+                                                   st.sampled_from([RAW + n for n in RAW_NUMBERS])))
+            known_bad = True
+        elif kind == "drop":
+            entry.pop(draw(st.sampled_from(sorted(entry))))
+            known_bad = True
+        elif kind == "id":
+            entry["question_id"] = draw(st.sampled_from(["x", "0000099", 7]))
+            known_bad = True
+        elif kind == "harmless":
+            entry["video"] = draw(st.sampled_from(["clip_7", "ab-c_E_000001_000002_A_0000_0001"]))
+            entry["extra"] = draw(WRONG_VALUES.filter(lambda v: not (isinstance(v, str) and v.startswith(RAW))))
+        else:
+            entry[draw(st.sampled_from(sorted(entry)))] = draw(JSON_VALUES)
+            unknown = True
+    text = json.dumps(entries, indent=4)
+    text = re.sub(r'"\\u0000raw:([^"]*)"', r"\1", text)  # the raw numbers, unquoted
+    if draw(st.integers(0, 14)) == 0:
+        text = text[: draw(st.integers(0, len(text)))]
+        unknown = True
+    return text, ("bad" if known_bad else None) if (known_bad or unknown) else entries
+
+
+@settings(FUZZ, max_examples=100)
+@given(paper_files())
+def test_fuzz_paper_questions_through_gymqa_import(worker, workdir, fuzz_counts, generated):
+    from common.jsonio import read_jsonl
+
+    text, expected = generated
+    folder = workdir / "paper"
+    folder.mkdir(exist_ok=True)
+    paper, out = folder / "test.json", folder / "questions.jsonl"
+    paper.write_text(text)
+    out.unlink(missing_ok=True)
+    reply = worker.ask({"kind": "cli", "argv": ["gymqa", "import", str(paper), str(out)]})
+    outcome = _clean(reply, f"paper file {text[:600]!r}")
+    _tally(fuzz_counts, "paper questions -> gymqa import", reply, outcome)
+    if expected == "bad":
+        assert outcome == "errors", f"a malformed paper file was accepted: {text[:600]!r}"
+    if outcome == "errors":
+        assert not out.exists()
+        return
+    rows = [record for _, record in read_jsonl(out)]  # strict: nothing non-finite was written
+    if isinstance(expected, dict):  # every entry known valid: imported exactly
+        want = []
+        for key, entry in expected.items():
+            options = entry["question"].split("performing? ", 1)[1]
+            texts = [t[2:] for t in re.split(r" (?=[A-E]\.)", options)]
+            want.append((key, entry["video"], texts, "ABCDE".index(entry["answer"]), entry["frame_length"]))
+        assert [(r["id"], r["clip_id"], r["options"], r["answer"], r["frame_length"]) for r in rows] == want
+
+
+# ------------------------------------------------------------------------------------ FineGym annotations
+
+ANNOTATED_LABELS = (0, 2, 5, 10)  # classes of the mini FineGym folder whose first val clip gets times
+
+
+@pytest.fixture(scope="module")
+def mini_finegym(workdir) -> dict[str, Path]:
+    from test_gymqa_build import write_mini_finegym
+
+    return write_mini_finegym(workdir / "finegym", per_class_train=4, per_class_val=1)
+
+
+def _valid_annotation(draw) -> tuple[dict, dict[str, tuple[float, float]]]:
+    """A valid annotation of some val clips of the mini folder and their expected absolute times."""
+    from test_gymqa_build import mini_clip
+
+    annotation, times = {}, {}
+    for label in draw(st.lists(st.sampled_from(ANNOTATED_LABELS), min_size=1, max_size=3, unique=True)):
+        clip = mini_clip(label, 1000)
+        youtube, rest = clip.split("_E_")
+        start = 1000 + draw(st.sampled_from([0, 0.25, 0.5]))
+        stages = draw(st.sampled_from([1, 1, 3]))
+        a = label + draw(st.sampled_from([0, 0.25]))
+        b = a + draw(st.sampled_from([0.5, 1.75]))
+        cuts = [a + (b - a) * k / stages for k in range(stages + 1)]
+        element = {"stages": stages, "timestamps": [[cuts[k], cuts[k + 1]] for k in range(stages)]}
+        event = {"event": 1 if stages == 3 else 2, "timestamps": [[start, 1090.0]], "segments": {rest[14:]: element}}
+        annotation.setdefault(youtube, {})[f"E_{rest[:13]}"] = event
+        times[clip] = (start + a, start + b)
+    if draw(st.booleans()):  # an event without element annotation
+        annotation.setdefault("other_yt", {})["E_000001_000009"] = {"event": 3, "timestamps": [[1.5, 9.0]],
+                                                                    "segments": None}
+    return annotation, times
+
+
+@st.composite
+def annotation_files(draw) -> tuple[str, dict | str | None]:
+    """``(file text, expected)``: the clip times when the file is known valid, ``"bad"`` when a mutation makes it
+    invalid, ``None`` when unknown."""
+    annotation, times = _valid_annotation(draw)
+    verdict: dict | str | None = times
+    for _ in range(draw(st.integers(0, 2))):
+        try:
+            verdict = _mutate_annotation(draw, annotation, verdict)
+        except (TypeError, KeyError, IndexError, AttributeError):  # an earlier mutation changed the structure
+            continue
+    text = re.sub(r'"\\u0000raw:([^"]*)"', r"\1", json.dumps(annotation))
+    return text, verdict
+
+
+def _mutate_annotation(draw, annotation: dict, verdict: dict | str | None) -> dict | str | None:
+    """Apply one mutation; returns the new verdict (see :func:`annotation_files`)."""
+    youtube = draw(st.sampled_from(sorted(annotation)))
+    event_key = draw(st.sampled_from(sorted(annotation[youtube])))
+    event = annotation[youtube][event_key]
+    element = next(iter(event["segments"].values())) if event["segments"] else None
+    kind = draw(st.sampled_from(["number", "number", "negative", "outside", "stages", "shape", "event", "leaf",
+                                 "extra"]))
+    if kind == "number":
+        target = element["timestamps"] if element and draw(st.booleans()) else event["timestamps"]
+        target[draw(st.integers(0, len(target) - 1))][draw(st.integers(0, 1))] = RAW + draw(
+            st.sampled_from(RAW_NUMBERS))
+        verdict = "bad"
+    elif kind == "negative":
+        event["timestamps"][0][0] = -draw(st.sampled_from([0.5, 3, 1000]))
+        verdict = "bad"
+    elif kind == "outside" and element:
+        element["timestamps"][-1][1] = 200.0  # the event is at most 90 s long
+        verdict = "bad"
+    elif kind == "stages" and element:
+        element["stages"] = draw(st.sampled_from([0, 2, 4, True, "1", None, 1.0]))
+        verdict = "bad"
+    elif kind == "shape":
+        target = element if element and draw(st.booleans()) else event
+        target["timestamps"] = draw(st.sampled_from([[], [[1]], [[1, 2, 3]], "1-2", [["1", "2"]], None,
+                                                     [[5, 1]]]))
+        verdict = "bad"
+    elif kind == "event":
+        event["event"] = draw(st.sampled_from([0, 5, "2", None, 2.0, True]))
+        verdict = "bad"
+    elif kind == "extra":
+        event[draw(st.sampled_from(["note", "judges"]))] = draw(WRONG_VALUES.filter(
+            lambda v: not (isinstance(v, str) and v.startswith(RAW))))
+    elif kind == "leaf":
+        leaves = [p for p in _json_leaves(annotation) if p]
+        path = draw(st.sampled_from(leaves))
+        node = annotation
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = draw(JSON_VALUES)
+        verdict = None if verdict != "bad" else "bad"
+    return verdict
+
+
+@settings(FUZZ, max_examples=80)
+@given(annotation_files())
+def test_fuzz_finegym_annotations_through_gymqa_build(worker, workdir, mini_finegym, fuzz_counts, generated):
+    import shutil
+
+    from common.jsonio import read_jsonl
+
+    text, expected = generated
+    folder = workdir / "annotations"
+    folder.mkdir(exist_ok=True)
+    path, out = folder / "annotation.json", folder / "out"
+    path.write_text(text)
+    shutil.rmtree(out, ignore_errors=True)
+    argv = ["gymqa", "build", "--categories", str(mini_finegym["categories"]), "--train", str(mini_finegym["train"]),
+            "--val", str(mini_finegym["val"]), "--types", "element", "--annotations", str(path), "--out", str(out)]
+    reply = worker.ask({"kind": "cli", "argv": argv})
+    outcome = _clean(reply, f"annotation {text[:600]!r}")
+    _tally(fuzz_counts, "FineGym annotations -> gymqa build", reply, outcome)
+    if expected == "bad":
+        assert outcome == "errors", f"a malformed annotation was accepted: {text[:600]!r}"
+    if outcome == "errors":
+        assert not out.exists()
+        return
+    test = [record for _, record in read_jsonl(out / "test.jsonl")]  # strict: no NaN was written
+    got = {r["clip_id"]: tuple(r["times"]) for r in test if r.get("times") is not None}
+    assert all(math.isfinite(t) for pair in got.values() for t in pair)
+    if isinstance(expected, dict):
+        assert set(got) == set(expected), (text, got)
+        assert all(got[clip] == pytest.approx(times) for clip, times in expected.items()), (text, got)

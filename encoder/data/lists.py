@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from common import finegym
 from common.errors import DataError, ListFormatError
+from common.jsonio import scan_value
 from encoder.data.splits import Sample, parse_label, parse_trim, read_numbered_samples
 from common.textio import is_plain_int, read_text_lines
 
@@ -252,12 +252,7 @@ def read_csv_list(path: str | os.PathLike, classes: Sequence[str] | None = None)
 
 
 def _jsonl_entry(text: str, path: Path, line: int) -> _RawEntry:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ListFormatError(path, f"invalid JSON: {err.msg} (column {err.colno})", line) from None
-    except RecursionError:
-        raise ListFormatError(path, "invalid JSON: nested too deeply", line) from None
+    obj = scan_value(text, path, line)
     if not isinstance(obj, dict) or not isinstance(obj.get("path"), str) or not obj["path"]:
         raise ListFormatError(path, "expected an object with a non-empty string 'path'", line)
     if "label" not in obj:

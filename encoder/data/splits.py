@@ -16,7 +16,6 @@ A split folder (written by :func:`write_split`) holds ``labeled.txt`` and ``unla
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import ConfigError, DataError, ListFormatError
+from common.jsonio import dumps, read_json_object
 from common.textio import read_text_lines, write_text_atomic
 
 SPLIT_METHODS = ("uniform", "stratified")
@@ -264,7 +264,7 @@ def write_split(
         "num_unlabeled": len(split.unlabeled),
         "labeled_per_class": {str(k): per_class[k] for k in sorted(per_class)},
     }
-    write_text_atomic(out / SPLIT_FILE, json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(out / SPLIT_FILE, dumps(meta, indent=2) + "\n")
     return out
 
 
@@ -287,14 +287,7 @@ def read_split(split_dir: str | os.PathLike) -> Split:
     """Read a folder written by :func:`write_split`, checking the lists against the counts in ``split.json``."""
     split_dir = Path(split_dir)
     meta_path = split_dir / SPLIT_FILE
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(meta_path, "missing: not a split folder written by write_split") from None
-    except json.JSONDecodeError as err:
-        raise DataError(meta_path, f"invalid JSON: {err.msg}", err.lineno) from None
-    except (RecursionError, UnicodeDecodeError) as err:
-        raise DataError(meta_path, f"invalid JSON: {type(err).__name__}") from None
+    meta = read_json_object(meta_path, "missing: not a split folder written by write_split")
     split = Split(read_samples(split_dir / LABELED_FILE), read_samples(split_dir / UNLABELED_FILE, allow_empty=True))
     found = (len(split.labeled), len(split.unlabeled))
     expected = (meta.get("num_labeled"), meta.get("num_unlabeled"))

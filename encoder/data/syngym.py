@@ -28,7 +28,6 @@ difficulty.
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import os
 import time
@@ -39,6 +38,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from common.errors import ConfigError
+from common.jsonio import dumps
 from encoder.data.syngym_motion import Performance, figure_motion, rest_motion
 from encoder.data.syngym_render import Scene, render_frames
 
@@ -306,7 +306,7 @@ def _write_text(path: Path, text: str) -> str:
 
 
 def _write_json(path: Path, data: object, indent: int | None = None) -> str:
-    return _write_text(path, json.dumps(data, indent=indent) + "\n")
+    return _write_text(path, dumps(data, indent=indent) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------- plan
