@@ -116,7 +116,7 @@ def _adapter_config(path: Path, config: dict) -> AdapterConfig:
         problems.append(f"weights must be {{'file': '{WEIGHTS_FILE}', 'sha256': <64 hex digits>, ...}}")
     if problems:
         raise DataError(path, "; ".join(problems))
-    return AdapterConfig(**values)
+    return AdapterConfig(**{**values, "layer_norm_eps": float(values.get("layer_norm_eps", 1e-12))})  # 1 -> 1.0
 
 
 def _build(path: Path, cfg: AdapterConfig, tokenizer=None) -> QFormerAdapter:
