@@ -14,7 +14,6 @@ Rotated questions are recognised on import by the id suffix ``@r<k>``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -195,9 +194,9 @@ def _line_of_key(path: str | os.PathLike, key: str) -> int | None:
         text = read_text(path)
     except (OSError, DataError):
         return None
-    match = re.search(r'^[ \t]*' + re.escape(json.dumps(key, ensure_ascii=False)) + r'[ \t]*:', text, re.M)
+    match = re.search(r'^[ \t]*' + re.escape(jsonio.dumps(key, ensure_ascii=False)) + r'[ \t]*:', text, re.M)
     if match is None:
-        match = re.search(re.escape(json.dumps(key)) + r'\s*:', text)
+        match = re.search(re.escape(jsonio.dumps(key)) + r'\s*:', text)
     return None if match is None else text.count("\n", 0, match.start()) + 1
 
 

@@ -560,6 +560,7 @@ def paper_files(draw) -> tuple[str, dict | None]:
     entries = {f"{n:07d}": _paper_entry(f"{n:07d}", draw) for n in range(draw(st.integers(1, 4)))}
     known_bad = False
     unknown = False
+    touched: set[str] = set()
     for _ in range(draw(st.integers(0, 2))):
         key = draw(st.sampled_from(sorted(entries)))
         entry = entries[key]
@@ -582,17 +583,23 @@ def paper_files(draw) -> tuple[str, dict | None]:
                                                    st.sampled_from([RAW + n for n in RAW_NUMBERS])))
             known_bad = True
         elif kind == "drop":
-            entry.pop(draw(st.sampled_from(sorted(entry))))
-            known_bad = True
+            required = sorted(set(entry) & {"answer", "question", "answer_type", "question_id", "dataset", "video",
+                                            "frame_length"})
+            if required:
+                entry.pop(draw(st.sampled_from(required)))
+                known_bad = True
         elif kind == "id":
             entry["question_id"] = draw(st.sampled_from(["x", "0000099", 7]))
             known_bad = True
         elif kind == "harmless":
-            entry["video"] = draw(st.sampled_from(["clip_7", "ab-c_E_000001_000002_A_0000_0001"]))
+            if key not in touched:  # (would undo an earlier mutation of the video)
+                entry["video"] = draw(st.sampled_from(["clip_7", "ab-c_E_000001_000002_A_0000_0001"]))
             entry["extra"] = draw(WRONG_VALUES.filter(lambda v: not (isinstance(v, str) and v.startswith(RAW))))
         else:
             entry[draw(st.sampled_from(sorted(entry)))] = draw(JSON_VALUES)
             unknown = True
+            known_bad = known_bad and key not in touched  # (may have undone an earlier mutation of this entry)
+        touched.add(key)
     text = json.dumps(entries, indent=4)
     text = re.sub(r'"\\u0000raw:([^"]*)"', r"\1", text)  # the raw numbers, unquoted
     if draw(st.integers(0, 14)) == 0:
@@ -720,7 +727,7 @@ def _mutate_annotation(draw, annotation: dict, verdict: dict | str | None) -> di
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = draw(JSON_VALUES)
-        verdict = None if verdict != "bad" else "bad"
+        verdict = None  # unknown (it may even have undone an earlier mutation)
     return verdict
 
 

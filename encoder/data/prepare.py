@@ -22,7 +22,6 @@ run leaves no half clip (leftover temporaries are removed by the next run; do no
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
 import os
 from collections import defaultdict
@@ -36,6 +35,7 @@ import numpy as np
 
 from common.errors import VideoReadError
 from common.finegym import ElementAnnotation, parse_clip_id, read_annotations
+from common.jsonio import dumps
 from common.textio import write_text_atomic
 from encoder.data.video import video_info
 
@@ -382,7 +382,7 @@ def prepare_finegym(
     for result in _run(element_jobs, workers, "elements", progress):
         summary.elements.add(result)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
+    write_text_atomic(out / SUMMARY_FILE, dumps(summary.to_dict(), indent=2) + "\n")
     return summary
 
 
