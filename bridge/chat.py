@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bridge.export import load_video_llm, read_adapter_config
+from bridge.limits import count_tokens
 from bridge.model import VideoLLM
 from common.errors import ConfigError
 
@@ -128,7 +129,7 @@ class VideoChat:
 
     def count_tokens(self, text: str) -> int:
         """How many LLM tokens ``text`` takes (no special tokens added); the demo bounds questions with it."""
-        return len(self._need_chat().tokenizer(text, add_special_tokens=False)["input_ids"])
+        return count_tokens(self._need_chat().tokenizer, text)
 
     def stream(self, clip: ClipContext, history: list[dict], question: str,
                max_new_tokens: int = 128) -> Iterator[str]:

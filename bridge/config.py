@@ -22,7 +22,7 @@ from common.configfile import load_structured, number_problems
 from common.errors import ConfigError
 
 __all__ = ["EncoderSection", "FramesSection", "DataSection", "AdapterSection", "LLMSection", "TrainSection",
-           "EvalSection", "BridgeConfig", "load_config", "OBJECTIVES", "METHODS"]
+           "EvalSection", "BridgeConfig", "load_config", "text_limits", "OBJECTIVES", "METHODS"]
 
 OBJECTIVES = ("name", "letter")
 METHODS = ("likelihood", "generate", "letter")
@@ -58,6 +58,8 @@ class DataSection:
     features: Optional[str] = None  # feature cache root (default: RUN/features); shared between runs if set
     types: list[str] = field(default_factory=lambda: ["element"])  # question types to train and score on
     direction_pairs: Optional[str] = None  # a SynGym manifest.json: report the forward/backward pair check
+    max_question_tokens: int = 256  # a longer question (LLM tokens) is an error, in training and evaluation
+    max_option_tokens: int = 64  # likewise for each option
 
 
 @dataclass
@@ -127,7 +129,7 @@ POSITIVE_KEYS = frozenset({
     "train.steps", "train.batch_size", "train.lr", "train.save_every", "train.log_every", "adapter.num_queries",
     "adapter.cross_attention_frequency", "adapter.max_elements", "adapter.max_frames", "encoder.frames.img_size",
     "encoder.frames.num_frames", "eval.max_new_tokens", "encoder.frames.std", "adapter.max_instruction_tokens",
-    "adapter.vision_width",
+    "adapter.vision_width", "data.max_question_tokens", "data.max_option_tokens",
 })
 
 
@@ -157,6 +159,13 @@ def validate(cfg: BridgeConfig, earlier: list[str] = ()) -> None:
     p += [f"llm.{e.removeprefix('llm.')}" for e in LLMConfig(**vars(cfg.llm)).validate()]
     if p:
         raise ConfigError("invalid bridge config:\n  " + "\n  ".join(p))
+
+
+def text_limits(cfg: BridgeConfig):
+    """The :class:`bridge.limits.TextLimits` of the config's ``data`` section."""
+    from bridge.limits import TextLimits
+
+    return TextLimits(cfg.data.max_question_tokens, cfg.data.max_option_tokens)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> BridgeConfig:

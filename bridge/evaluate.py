@@ -22,7 +22,6 @@ true name scores above its time-reversed sibling's (chance 50%).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -30,12 +29,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bridge.featurecache import FeatureCache
+from bridge.featurecache import FeatureCache, check_feature_width
+from bridge.limits import TextLimits
 from bridge.model import VideoLLM
 from bridge.qa import letter_prompt_question, read_question_set
 from common.results import Table
 from common.results import format_table as format_markdown
-from common.textio import write_text_atomic
+from common.jsonio import write_json, write_jsonl
 from gymqa.question import LETTERS, Question
 from gymqa.rotate import rotate
 from gymqa.score import ScoreReport, read_predictions, score
@@ -79,17 +79,22 @@ def _answer(model, cache, q: Question, method: str, use_cls: bool, max_new_token
 
 
 def _write_predictions(path: Path, rows: list[dict]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_jsonl(path, rows)  # refuses NaN: a score that is not a number is a bug, never written
 
 
 def evaluate(model: VideoLLM, cache: FeatureCache, questions_path: str | os.PathLike, out: str | os.PathLike, *,
              methods: Sequence[str] = ("likelihood",), types: Sequence[str] = ("element",),
              use_cls: bool = True,
              circular: bool = True, max_questions: int | None = None, max_new_tokens: int = 24,
-             direction_pairs: dict[str, str] | None = None) -> dict:
-    """Answer the questions with each method, write predictions and reports into ``out``; returns the summary."""
+             direction_pairs: dict[str, str] | None = None, limits: TextLimits | None = None) -> dict:
+    """Answer the questions with each method, write predictions and reports into ``out``; returns the summary.
+
+    ``limits``: the longest question and option allowed, in tokens (checked before any model work)."""
     out = Path(out)
-    qs = read_question_set(questions_path, types, cache, max_questions)
+    limits = limits or TextLimits()
+    qs = read_question_set(questions_path, types, cache, max_questions, limits)
+    qs.check_lengths(limits, model.tokenizer)
+    check_feature_width(cache, model.adapter.cfg.feature_dim)
     originals = qs.questions
     everything = rotate(originals) if circular else originals
     model.eval()
@@ -108,7 +113,7 @@ def evaluate(model: VideoLLM, cache: FeatureCache, questions_path: str | os.Path
         rows = [{"id": q.id, key: _answer(model, cache, q, method, use_cls, max_new_tokens)}
                 for q in tqdm(everything, desc=method, unit="q")]
         summary["methods"][method] = _score(out, method, everything, rows, time.perf_counter() - began, {})
-    write_text_atomic(out / "results.json", json.dumps(summary, indent=1) + "\n")
+    write_json(out / "results.json", summary, indent=1)
     return summary
 
 

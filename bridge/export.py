@@ -9,33 +9,42 @@
      "features": {"kind": "sefar" | "frames", "source": "<encoder export or model name>",
                   "layout": [[frame indices of element 0], ...], "use_cls": true},
      "prompt": {"question": "...", "objective": "name" | "letter"},
-     "source": {"run": "<run folder>", "step": 300}}
+     "source": {"run": "<run folder>", "step": 300},
+     "weights": {"file": "adapter.safetensors", "sha256": "<64 hex digits>", "bytes": int}}
 
 ``adapter.safetensors`` holds the :class:`~bridge.adapter.QFormerAdapter` state dict (the only trained weights).
+Loading checks its tensors' names and shapes against ``adapter`` and its SHA-256 against ``weights`` (exports
+written before digests were recorded load with a one-line notice).
 An adapter with the instruction option (``"instruction": true`` in ``adapter``) also needs its Q-Former's BERT
 tokenizer: the export saves it in ``qformer_tokenizer/`` and :func:`load_adapter` restores it from there.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+import torch
 from torch import Tensor
 
 from bridge.adapter import AdapterConfig, QFormerAdapter
 from bridge.bert import load_qformer_tokenizer
-from common.errors import DataError
-from common.textio import read_json_object, write_text_atomic
-from encoder.export import save_safetensors
+from common.configfile import field_problems
+from common.errors import ConfigError, DataError
+from common.jsonio import loads, write_json
+from common.textio import read_json_object
+from encoder.export import check_weights_digest, weights_record
 
 __all__ = ["FORMAT", "CONFIG_FILE", "WEIGHTS_FILE", "write_adapter_export", "read_adapter_config",
            "TOKENIZER_DIR", "write_qformer_tokenizer", "load_adapter", "load_video_llm", "is_adapter_export",
            "CHECKPOINT", "read_checkpoint", "export_run"]
+
+_log = logging.getLogger(__name__)
 
 FORMAT = "sefar-bridge-adapter"
 FORMAT_VERSION = 1
@@ -67,8 +76,8 @@ def write_adapter_export(out: str | os.PathLike, adapter: QFormerAdapter, *, llm
               "template": template, "features": features, "prompt": prompt, "source": source or {}}
     out.mkdir(parents=True, exist_ok=True)
     write_qformer_tokenizer(out, adapter)
-    save_safetensors(out / WEIGHTS_FILE, adapter.state_dict())
-    write_text_atomic(out / CONFIG_FILE, json.dumps(config, indent=1) + "\n")
+    config["weights"] = weights_record(out / WEIGHTS_FILE, adapter.state_dict())
+    write_json(out / CONFIG_FILE, config, indent=1)
     return out
 
 
@@ -86,27 +95,73 @@ def read_adapter_config(folder: str | os.PathLike) -> dict:
     return config
 
 
+# Largest sizes an adapter config.json may give (a damaged file must not make the reader allocate without bound).
+_LIMITS = {"feature_dim": 1 << 16, "llm_width": 1 << 16, "num_layers": 96, "num_queries": 4096,
+           "cross_attention_frequency": 96, "max_elements": 4096, "max_frames": 1 << 16, "max_instruction_tokens": 1 << 16,
+           "hidden_size": 1 << 16, "num_attention_heads": 1024, "intermediate_size": 1 << 18, "layer_norm_eps": 1.0,
+           "vocab_size": 1 << 24, "max_position_embeddings": 1 << 20}
+
+
+def _adapter_config(path: Path, config: dict) -> AdapterConfig:
+    """The :class:`AdapterConfig` of an export's ``config.json`` (``path``), every problem one :class:`DataError`."""
+    values = config.get("adapter")
+    if not isinstance(values, dict):
+        raise DataError(path, "adapter must be an object (the adapter's architecture)")
+    problems = field_problems(AdapterConfig, values, limits=_LIMITS)
+    problems += [f"unknown key {k!r}" for k in sorted(set(values) - set(AdapterConfig.__dataclass_fields__))]
+    record = config.get("weights")
+    if record is not None and not (isinstance(record, dict) and record.get("file") == WEIGHTS_FILE
+                                   and isinstance(record.get("sha256"), str)
+                                   and re.fullmatch(r"[0-9a-f]{64}", record["sha256"])):
+        problems.append(f"weights must be {{'file': '{WEIGHTS_FILE}', 'sha256': <64 hex digits>, ...}}")
+    if problems:
+        raise DataError(path, "; ".join(problems))
+    return AdapterConfig(**{**values, "layer_norm_eps": float(values.get("layer_norm_eps", 1e-12))})  # 1 -> 1.0
+
+
+def _build(path: Path, cfg: AdapterConfig, tokenizer=None) -> QFormerAdapter:
+    try:
+        return QFormerAdapter(cfg, tokenizer=tokenizer)
+    except (ConfigError, ValueError) as err:  # e.g. a hidden size that the attention heads do not divide
+        raise DataError(path, f"the adapter config does not build a Q-Former: {' '.join(str(err).split())}") from None
+
+
+def _check_shapes(weights: Path, own: dict[str, Tensor], state: dict[str, Tensor]) -> None:
+    """Names and shapes of the file's tensors must be the config's; the first differences name the tensors."""
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    if missing or unexpected:
+        raise DataError(weights, f"does not match the adapter config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    wrong = [f"{k} is {list(state[k].shape)}, config.json gives {list(own[k].shape)}"
+             for k in own if state[k].shape != own[k].shape]
+    if wrong:
+        raise DataError(weights, "tensor shapes do not match the adapter's config.json (weights of another adapter, "
+                                 f"or another llm_width?): {'; '.join(wrong[:3])}")
+
+
 def load_adapter(folder: str | os.PathLike, device: str = "cpu") -> tuple[QFormerAdapter, dict]:
-    """``(adapter in eval mode, config)`` of an export; the state dict must match exactly. An instruction adapter
-    gets the export's own tokenizer (``qformer_tokenizer/``), not its BERT folder's."""
+    """``(adapter in eval mode, config)`` of an export; the state dict must match exactly, names and shapes, and
+    the weights the SHA-256 that config.json records (exports without one load with a one-line notice). An
+    instruction adapter gets the export's own tokenizer (``qformer_tokenizer/``), not its BERT folder's."""
     folder = Path(folder)
     config = read_adapter_config(folder)
-    cfg = AdapterConfig.from_dict(config["adapter"])
+    cfg = _adapter_config(folder / CONFIG_FILE, config)
     tokenizer = None
     if cfg.instruction:
         tokenizer = load_qformer_tokenizer(folder / TOKENIZER_DIR, "missing: an adapter with adapter.instruction=true "
                                            "needs its Q-Former tokenizer here (write the export again with "
                                            "`sefar bridge export RUN OUT`)")
-    adapter = QFormerAdapter(cfg, tokenizer=tokenizer)
     weights = folder / WEIGHTS_FILE
     try:
         state = load_file(os.fspath(weights))
     except (SafetensorError, OSError) as err:
         raise DataError(weights, f"unreadable adapter weights ({' '.join(str(err).split())})") from None
-    own = adapter.state_dict()
-    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-    if missing or unexpected:
-        raise DataError(weights, f"does not match the adapter config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with torch.device("meta"):  # the config's shapes without allocating them
+        own = _build(folder / CONFIG_FILE, cfg, tokenizer).state_dict()
+    _check_shapes(weights, own, state)
+    check_weights_digest(weights, (config.get("weights") or {}).get("sha256"))
+    if any(t.is_floating_point() and not bool(t.isfinite().all()) for t in state.values()):
+        raise DataError(weights, "adapter weights hold NaN or infinite values")
+    adapter = _build(folder / CONFIG_FILE, cfg, tokenizer)
     adapter.load_state_dict(state)
     return adapter.to(device).eval(), config
 
@@ -116,11 +171,10 @@ def load_video_llm(folder: str | os.PathLike, llm: str | os.PathLike | None = No
     """``(VideoLLM, config)``: the export's adapter on its LLM.
 
     ``llm``: a folder or GGUF file to use instead of the recorded one; None -> the recorded LLM, or the embedded
-    SmolLM2 when the recorded path is not on this machine. ``loaded``: an already loaded
+    SmolLM2 when the recorded path is not on this machine (with a one-line notice). ``loaded``: an already loaded
     :class:`~bridge.llm.LoadedLLM` to reuse (drivers that score several adapters on one LLM). The LLM's width
     must be the adapter's.
     """
-    from common.errors import ConfigError
     from bridge.llm import EMBEDDED, LLMConfig, load_llm
     from bridge.model import VideoLLM
 
@@ -136,10 +190,12 @@ def load_video_llm(folder: str | os.PathLike, llm: str | os.PathLike | None = No
     else:
         llm_cfg.template = config.get("template", llm_cfg.template)
         if llm_cfg.path != EMBEDDED and not Path(llm_cfg.path).exists():
+            _log.warning("note: the LLM recorded in %s (%s) is not on this machine: using the embedded SmolLM2 "
+                         "instead (pass --llm to choose)", folder / CONFIG_FILE, llm_cfg.path)
             llm_cfg.path, llm_cfg.gguf_file = EMBEDDED, None
     if quantization is not None:
         llm_cfg.quantization = quantization
-    loaded = load_llm(llm_cfg, device=device)
+    loaded = load_llm(llm_cfg, device=device, width=adapter.cfg.llm_width)
     if loaded.width != adapter.cfg.llm_width:
         raise ConfigError(f"{folder}: the adapter projects to width {adapter.cfg.llm_width}, the LLM "
                           f"{loaded.source} has width {loaded.width}; use the LLM it was trained with")
@@ -169,10 +225,10 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike) -> Path:
     else from the BERT folder its config names."""
     path = Path(run) / CHECKPOINT
     state, _, metadata = read_checkpoint(path)
-    cfg = AdapterConfig.from_dict(json.loads(metadata["adapter_config"]))
+    cfg = AdapterConfig.from_dict(loads(metadata.get("adapter_config", "{}"), path))
     saved = path.parent / TOKENIZER_DIR
     tokenizer = load_qformer_tokenizer(saved) if cfg.instruction and saved.is_dir() else None
     adapter = QFormerAdapter(cfg, tokenizer=tokenizer)
     adapter.load_state_dict(state)
-    meta = json.loads(metadata["meta"])
+    meta = loads(metadata.get("meta", "{}"), path)
     return write_adapter_export(out, adapter, **meta, source={"run": Path(run).name, "step": int(metadata["step"])})

@@ -22,7 +22,8 @@ from torch import Tensor
 from common.errors import DataError
 from common.textio import read_json_object
 
-__all__ = ["FORMAT", "MANIFEST_FILE", "shard_name", "read_manifest", "FeatureCache", "load_features"]
+__all__ = ["FORMAT", "MANIFEST_FILE", "shard_name", "read_manifest", "check_feature_width", "FeatureCache",
+           "load_features"]
 
 FORMAT = "sefar-features"
 FORMAT_VERSION = 1
@@ -33,12 +34,55 @@ def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
+def _is_int(value: object, low: int = 0) -> bool:
+    return type(value) is int and value >= low
+
+
+def _manifest_problem(m: dict) -> str | None:
+    """What is wrong with the fields of a manifest that the readers use (None: nothing)."""
+    shapes, layout = m.get("shapes"), m.get("layout")
+    if not isinstance(shapes, dict) or not shapes or not all(
+            isinstance(v, list) and v and all(_is_int(d, 1) for d in v) for v in shapes.values()):
+        return "shapes must map each feature name to a list of positive sizes"
+    elements = sum(1 for name in shapes if name.startswith("element_tokens."))
+    if [f"element_tokens.{i}" for i in range(elements)] != [n for n in shapes if n.startswith("element_tokens.")]:
+        return "shapes must name element_tokens.0, element_tokens.1, ... in order"
+    if not elements or any(len(shapes[f"element_tokens.{i}"]) != 3 for i in range(elements)):
+        return "shapes must give each element_tokens.<i> as [frames, tokens, width]"
+    if len({shapes[f"element_tokens.{i}"][-1] for i in range(elements)}) != 1:
+        return "the element_tokens.<i> shapes must share one width"
+    if not isinstance(layout, list) or len(layout) != elements or not all(
+            isinstance(e, list) and len(e) == shapes[f"element_tokens.{i}"][0] and all(_is_int(f) for f in e)
+            for i, e in enumerate(layout)):
+        return "layout must list each element's frame indices, as many as its element_tokens.<i> frames"
+    if not isinstance(m.get("clips"), dict) or not all(_is_int(v) for v in m["clips"].values()):
+        return "clips must map clip ids to shard numbers"
+    if not isinstance(m.get("done_shards"), list) or not all(_is_int(v) for v in m["done_shards"]):
+        return "done_shards must be a list of shard numbers"
+    if not isinstance(m.get("skipped"), dict) or not all(isinstance(v, str) for v in m["skipped"].values()):
+        return "skipped must map clip ids to reasons"
+    if not _is_int(m.get("num_shards")) or not _is_int(m.get("shard_size"), 1):
+        return "num_shards and shard_size must be integers"
+    if any(v >= m["num_shards"] for v in [*m["clips"].values(), *m["done_shards"]]):
+        return f"a shard number is beyond num_shards={m['num_shards']}"
+    return None
+
+
 def read_manifest(path: Path) -> dict:
-    """A cache's ``manifest.json``, checked for its format."""
+    """A cache's ``manifest.json``, checked for its format and the fields its readers use."""
     manifest = read_json_object(path, "missing: not a feature cache written by extract_features")
     if manifest.get("format") != FORMAT:
         raise DataError(path, f"not a feature cache manifest (format={manifest.get('format')!r})")
+    if (problem := _manifest_problem(manifest)) is not None:
+        raise DataError(path, f"damaged feature cache manifest: {problem}")
     return manifest
+
+
+def check_feature_width(cache: "FeatureCache", width: int) -> None:
+    """A :class:`DataError` naming the manifest when the cached features are not ``width`` wide (the adapter's)."""
+    if cache.width != width:
+        raise DataError(cache.root / MANIFEST_FILE, f"the cached features have width {cache.width}, the adapter "
+                        f"takes width {width} (features of another encoder?)")
 
 
 class FeatureCache:
@@ -54,6 +98,11 @@ class FeatureCache:
     def layout(self) -> list[list[int]]:
         """Frame indices of each element of the cached ``element_tokens`` (fine elements, then context)."""
         return self.manifest["layout"]
+
+    @property
+    def width(self) -> int:
+        """Width of the cached element tokens (the adapter's ``feature_dim``)."""
+        return self.manifest["shapes"]["element_tokens.0"][-1]
 
     @property
     def clip_ids(self) -> list[str]:
@@ -78,9 +127,16 @@ class FeatureCache:
             raise DataError(shard, f"not extracted yet (clip {key!r}); run the extraction again to finish it")
         try:
             with safe_open(os.fspath(shard), framework="pt") as f:
-                return {name: f.get_tensor(f"{key}/{name}") for name in self.manifest["shapes"]}
+                features = {name: f.get_tensor(f"{key}/{name}") for name in self.manifest["shapes"]}
         except (SafetensorError, OSError) as err:
             raise DataError(shard, f"unreadable shard ({' '.join(str(err).split())})") from None
+        for name, tensor in features.items():
+            if list(tensor.shape) != self.manifest["shapes"][name]:
+                raise DataError(shard, f"clip {key!r}: {name} has shape {list(tensor.shape)}, the manifest says "
+                                       f"{self.manifest['shapes'][name]}")
+            if not tensor.is_floating_point() or not bool(tensor.isfinite().all()):
+                raise DataError(shard, f"clip {key!r}: {name} holds NaN or infinite values (or is not floating point)")
+        return features
 
 
 def load_features(cache_dir: str | os.PathLike, clip_id: str) -> dict[str, Tensor]:

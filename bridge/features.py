@@ -18,7 +18,6 @@ plus ``@<start>-<end>`` for trimmed entries.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from bridge.featurecache import FORMAT, FORMAT_VERSION, MANIFEST_FILE, read_mani
 from bridge.frames import FrameEncoder, FrameEncoderConfig
 from bridge.tensorio import DTYPES, sha256_files
 from common.errors import ConfigError, DataError, VideoReadError
+from common.jsonio import dumps, loads
 from common.textio import write_text_atomic
 from encoder.data.cliplist import ClipList, clip_id, read_clip_list
 from encoder.data.dataset import ClipDataset
@@ -103,7 +103,10 @@ def _shard_contents(path: Path) -> tuple[list[str], dict[str, str]] | None:
     try:
         with safe_open(os.fspath(path), framework="pt") as f:
             meta = f.metadata() or {}
-        return json.loads(meta["clips"]), json.loads(meta["skipped"])
+        clips, skipped = loads(meta["clips"], path), loads(meta["skipped"], path)
+        if not isinstance(clips, list) or not isinstance(skipped, dict):
+            raise ValueError("clips and skipped metadata of the wrong type")
+        return clips, skipped
     except (SafetensorError, OSError, KeyError, ValueError) as err:
         _logger.warning("%s: unreadable shard, extracting it again (%s)", path, err)
         return None
@@ -131,7 +134,7 @@ def _refresh_manifest(out: Path) -> dict:
             done.append(index)
             skipped.update(contents[1])
     manifest.update(done_shards=done, skipped=skipped, complete=len(done) == manifest["num_shards"])
-    write_text_atomic(out / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
+    write_text_atomic(out / MANIFEST_FILE, dumps(manifest, indent=1) + "\n")
     return manifest
 
 
@@ -223,7 +226,7 @@ def _extract(state, export_dir, list_path, out_dir, videos_root, batch_size, sha
     if existing is not None:
         _check_resumable(existing, fresh, manifest_path)  # every rank: all raise alike
     elif state.is_main_process:
-        write_text_atomic(manifest_path, json.dumps(fresh, indent=1) + "\n")
+        write_text_atomic(manifest_path, dumps(fresh, indent=1) + "\n")
     state.wait_for_everyone()
 
     mine = range(state.process_index, fresh["num_shards"], state.num_processes)
@@ -237,7 +240,7 @@ def _extract(state, export_dir, list_path, out_dir, videos_root, batch_size, sha
                 encoder, ids[part], samples[part], batch_size, DTYPES[dtype], num_workers, progress
             )
             written = [key for key in ids[part] if key not in skipped]
-            meta = {"clips": json.dumps(written), "skipped": json.dumps(skipped)}
+            meta = {"clips": dumps(written), "skipped": dumps(skipped)}
             save_safetensors(out / shard_name(s), tensors, metadata=meta)
             _refresh_manifest(out)
     state.wait_for_everyone()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bridge.llmsource import check_source, loading
 from bridge.tensorio import DTYPES
 from common.errors import ConfigError, DataError
 
@@ -30,6 +31,7 @@ __all__ = [
     "VICUNA_SYSTEM",
     "LLMConfig",
     "LoadedLLM",
+    "Prompt",
     "PromptTemplate",
     "embedded_smollm2_path",
     "load_llm",
@@ -45,9 +47,6 @@ VICUNA_SYSTEM = (
 )
 QUANTIZATIONS = ("8bit", "4bit")
 TEMPLATES = ("auto", "vicuna_v1.1", "chat")
-# GGUF architectures whose transformers model is a LLaMA-style decoder taking ``inputs_embeds``.
-LLAMA_FAMILY_GGUF = ("llama", "mistral")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 def embedded_smollm2_path() -> Path:
@@ -110,30 +109,6 @@ def resolve_llm_source(path: str | os.PathLike, gguf_file: str | None = None) ->
     return path, gguf_file
 
 
-def _gguf_architecture(file: Path) -> str:
-    from gguf import GGUFReader
-
-    try:
-        field = GGUFReader(os.fspath(file)).fields["general.architecture"]
-    except (KeyError, ValueError, OSError) as err:
-        raise DataError(file, f"not a readable GGUF file ({err})") from None
-    return bytes(field.parts[field.data[0]]).decode("utf-8")
-
-
-def _check_source(folder: Path, gguf_file: str | None) -> None:
-    """One clear error for a GGUF of another architecture or a folder without a tokenizer."""
-    if gguf_file is not None:
-        arch = _gguf_architecture(folder / gguf_file)
-        if arch not in LLAMA_FAMILY_GGUF:
-            raise DataError(folder / gguf_file, f"GGUF architecture {arch!r} is not supported "
-                                                f"(LLaMA family: {', '.join(LLAMA_FAMILY_GGUF)})")
-        return
-    if not (folder / "config.json").is_file():
-        raise DataError(folder, "no config.json: not a Hugging Face model folder")
-    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        raise DataError(folder, f"no tokenizer in the LLM folder (expected {' or '.join(_TOKENIZER_FILES)})")
-
-
 def _quantization_config(cfg: LLMConfig):
     if cfg.quantization is None:
         return None
@@ -163,17 +138,21 @@ class LoadedLLM:
         return self.model.get_input_embeddings().weight.device
 
 
-def load_llm(cfg: LLMConfig, device: str | torch.device = "cpu") -> LoadedLLM:
-    """Load the LLM of ``cfg`` frozen and in eval mode (``device`` is ignored when ``cfg.device_map`` is set)."""
+def load_llm(cfg: LLMConfig, device: str | torch.device = "cpu", width: int | None = None) -> LoadedLLM:
+    """Load the LLM of ``cfg`` frozen and in eval mode (``device`` is ignored when ``cfg.device_map`` is set).
+
+    ``width``: the embedding width the LLM must have (an adapter's ``llm_width``), checked before the template."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     errors = cfg.validate()
     if errors:
         raise ConfigError("; ".join(errors))
     folder, gguf_file = resolve_llm_source(cfg.path, cfg.gguf_file)
-    _check_source(folder, gguf_file)
+    check_source(folder, gguf_file)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+    source = folder / (gguf_file or "")
+    with loading("tokenizer", source):
+        tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
     quant = _quantization_config(cfg)
     kwargs = {"dtype": DTYPES[cfg.dtype], **extra}
     if quant is not None:
@@ -182,31 +161,66 @@ def load_llm(cfg: LLMConfig, device: str | torch.device = "cpu") -> LoadedLLM:
         kwargs["device_map"] = cfg.device_map
     elif quant is not None:
         kwargs["device_map"] = {"": str(device)}
-    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    with loading("weights", source):
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if cfg.device_map is None and quant is None:
         model = model.to(device)
     model.eval().requires_grad_(False)
+    have = model.get_input_embeddings().embedding_dim
+    if width is not None and have != width:
+        raise ConfigError(f"the LLM {source} has width {have} but the adapter projects to width {width}: the widths "
+                          "differ; use the LLM the adapter was trained with (--llm)")
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise DataError(source, f"the tokenizer has {len(tokenizer)} tokens, the model's vocabulary "
+                                f"{model.get_input_embeddings().num_embeddings}")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     name = cfg.template
     if name == "auto":
         name = PromptTemplate.choose(f"{folder}/{gguf_file or ''}", tokenizer)
-    return LoadedLLM(model, tokenizer, PromptTemplate(name, tokenizer), os.fspath(folder / (gguf_file or "")))
+    return LoadedLLM(model, tokenizer, PromptTemplate(name, tokenizer), os.fspath(source))
 
 
 # ---------------------------------------------------------------------------------------------------- prompts
 
 
-def _messages(question: str, history: Sequence[dict], video: bool) -> list[dict]:
-    """``history`` (copied) and then the question as chat messages, the video placeholder before the first user
-    message when ``video``; a message that is not a role user|assistant with a string content is a ValueError."""
+def _messages(question: str, history: Sequence[dict], marker: str | None) -> list[dict]:
+    """``history`` (copied) and then the question as chat messages, ``marker`` (the video's place) before the first
+    user message unless it is None; a message that is not a role user|assistant with a string content is a
+    ValueError."""
     messages = [dict(m) for m in history] + [{"role": "user", "content": question}]
     for m in messages:
         if m.get("role") not in ("user", "assistant") or not isinstance(m.get("content"), str):
             raise ValueError(f"history messages need role user|assistant and a string content, got {m!r}")
-    if video:
-        messages[0]["content"] = f"{VIDEO_PLACEHOLDER}\n{messages[0]['content']}"
+    if marker is not None:
+        messages[0]["content"] = f"{marker}\n{messages[0]['content']}"
     return messages
+
+
+def _marker(question: str, history: Sequence[dict]) -> str:
+    """A video marker that no user or assistant text contains (:data:`VIDEO_PLACEHOLDER` unless one does)."""
+    texts = [question, *(str(m.get("content", "")) for m in history)]
+    marker, n = VIDEO_PLACEHOLDER, 0
+    while any(marker in t for t in texts):
+        n += 1
+        marker = f"<video-{n}>"
+    return marker
+
+
+class Prompt(str):
+    """A rendered prompt with the video's place fixed by the template, not by searching user text.
+
+    ``before`` / ``after``: the prompt text before and after the video; the string itself is ``before +
+    VIDEO_PLACEHOLDER + after`` (for display), so a question that contains ``<video>`` changes nothing.
+    """
+
+    before: str
+    after: str
+
+    def __new__(cls, before: str, after: str) -> "Prompt":
+        prompt = super().__new__(cls, before + VIDEO_PLACEHOLDER + after)
+        prompt.before, prompt.after = before, after
+        return prompt
 
 
 class PromptTemplate:
@@ -237,28 +251,40 @@ class PromptTemplate:
         return self.name == "vicuna_v1.1"
 
     def render(self, question: str, history: Sequence[dict] = (), video: bool = True) -> str:
-        """The prompt text up to where the assistant's answer starts.
+        """The prompt text up to where the assistant's answer starts (a :class:`Prompt` when ``video``).
 
         ``history``: earlier turns ``[{"role": "user"|"assistant", "content": str}, ...]`` (user first); the video
-        placeholder goes before the first user message (the question when there is no history).
+        goes before the first user message (the question when there is no history).
         """
-        messages = _messages(question, history, video)
+        return self._render(question, history, video)[0]
+
+    def _render(self, question: str, history: Sequence[dict], video: bool) -> tuple[str, str | None, str]:
+        """``(prompt, marker or None, the rendered text with the marker)``."""
+        marker = _marker(question, history) if video else None
+        text = self._text(_messages(question, history, marker), generation=True)
+        if marker is None:
+            return text, None, text
+        if text.count(marker) != 1:
+            raise ConfigError(f"the {self.name} prompt template does not keep the video's place exactly once")
+        before, after = text.split(marker)
+        return Prompt(before, after), marker, text
+
+    def _text(self, messages: list[dict], generation: bool) -> str:
         if self.name == "vicuna_v1.1":
             return self._vicuna(messages)
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
 
     def with_answer(self, question: str, answer: str, history: Sequence[dict] = (),
                     video: bool = True) -> tuple[str, str]:
         """``(prompt, continuation)``: the prompt of :meth:`render` and the text that follows it when the
         assistant answers ``answer``, end of turn included (the training target)."""
-        prompt = self.render(question, history, video)
+        prompt, marker, text = self._render(question, history, video)
         if self.name == "vicuna_v1.1":
             return prompt, f" {answer}{self.tokenizer.eos_token}"
-        messages = _messages(question, history, video) + [{"role": "assistant", "content": answer}]
-        full = self.tokenizer.apply_chat_template(messages, tokenize=False)
-        if not full.startswith(prompt):
+        full = self._text(_messages(question, history, marker) + [{"role": "assistant", "content": answer}], False)
+        if not full.startswith(text):
             raise ConfigError("the chat template renders an answered conversation that does not extend the prompt")
-        return prompt, full[len(prompt):]
+        return prompt, full[len(text):]
 
     @staticmethod
     def _vicuna(messages: Sequence[dict]) -> str:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bridge.adapter import QFormerAdapter
-from bridge.llm import VIDEO_PLACEHOLDER, LoadedLLM
+from bridge.llm import VIDEO_PLACEHOLDER, LoadedLLM, Prompt
 from bridge.tokens import VisualTokens, visual_tokens
 
 __all__ = ["IGNORE", "Batch", "VideoLLM", "answer_loss", "answer_hidden_loss"]
@@ -116,10 +116,17 @@ class VideoLLM(nn.Module):
         return self.tokenizer(text, add_special_tokens=special)["input_ids"]
 
     def _split_prompt(self, prompt: str) -> tuple[list[int], list[int]]:
-        """Token ids before and after the video placeholder (BOS added for templates that need it)."""
-        if prompt.count(VIDEO_PLACEHOLDER) != 1:
+        """Token ids before and after the video (BOS added for templates that need it).
+
+        A :class:`~bridge.llm.Prompt` (what the template renders) knows where its video goes, whatever its user
+        text says; a plain string must hold :data:`VIDEO_PLACEHOLDER` exactly once.
+        """
+        if isinstance(prompt, Prompt):
+            before, after = prompt.before, prompt.after
+        elif prompt.count(VIDEO_PLACEHOLDER) != 1:
             raise ValueError(f"the prompt must contain {VIDEO_PLACEHOLDER} exactly once")
-        before, after = prompt.split(VIDEO_PLACEHOLDER)
+        else:
+            before, after = prompt.split(VIDEO_PLACEHOLDER)
         return self._ids(before, special=self.template.adds_bos), self._ids(after)
 
     def _embed(self, ids: Sequence[int]) -> Tensor:
@@ -272,11 +279,17 @@ class VideoLLM(nn.Module):
         return self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
     def stream(self, queries: Tensor, prompt: str, max_new_tokens: int = 128) -> Iterator[str]:
-        """Yield the greedy answer's text pieces as they are generated."""
-        from transformers import TextIteratorStreamer
+        """Yield the greedy answer's text pieces as they are generated.
+
+        Closing the iterator (or dropping it) stops the generation at its next token: the thread that runs
+        ``generate`` checks an event that closing sets.
+        """
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
-        kwargs = self._generate_kwargs(queries.detach(), prompt, max_new_tokens) | {"streamer": streamer}
+        closed = threading.Event()
+        kwargs = self._generate_kwargs(queries.detach(), prompt, max_new_tokens) | {
+            "streamer": streamer, "stopping_criteria": StoppingCriteriaList([_StopWhenSet(closed)])}
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -287,11 +300,24 @@ class VideoLLM(nn.Module):
                 errors.append(err)
                 streamer.end()
 
-        thread = threading.Thread(target=run, daemon=True)
+        thread = threading.Thread(target=run, name="VideoLLM.stream", daemon=True)
         thread.start()
-        for piece in streamer:
-            if piece:
-                yield piece
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            closed.set()  # a no-op when generation ended by itself; stops it when the caller closed the stream
         thread.join()
         if errors:
             raise errors[0]
+
+
+class _StopWhenSet:
+    """A ``generate`` stopping criterion: stop every sequence once ``event`` is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Tensor, scores, **kwargs) -> Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)

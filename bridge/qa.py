@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.config import BridgeConfig
 from bridge.featurecache import FeatureCache
 from bridge.features import extract_features
 from bridge.frames import FrameEncoderConfig
+from bridge.limits import TextLimits
 from common.errors import DataError
 from common.textio import write_text_atomic
 from encoder.data.cliplist import clip_id
@@ -30,24 +31,49 @@ LETTER_INSTRUCTION = "Answer with the option's letter from the given choices dir
 
 @dataclass
 class QuestionSet:
-    """Questions whose clip has cached features, and how many were skipped for lack of them."""
+    """Questions whose clip has cached features, how many were skipped for lack of them, the file they come from
+    and each question's line in it (by id)."""
 
     questions: list[Question]
     skipped: int
+    path: str = ""
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def check_lengths(self, limits: TextLimits, tokenizer=None) -> None:
+        """Refuse a question or option longer than ``limits`` (characters only without ``tokenizer``)."""
+        limits.check_questions(self.path, self.questions, self.lines, tokenizer)
+
+
+def _chosen(path: str | os.PathLike, types: Sequence[str], limit: int | None = None,
+            lines: dict[str, int] | None = None) -> list[Question]:
+    """The original questions (rotation 0) of ``path`` of the given types, the first ``limit`` of them."""
+    everything = read_questions_jsonl(path, lines)
+    if not everything:
+        raise DataError(path, "empty: no questions in this file")
+    chosen = [q for q in everything if q.type in types and q.rotation == 0]
+    if not chosen:
+        raise DataError(path, f"no questions of type {', '.join(types)}")
+    return chosen if limit is None else chosen[:limit]
 
 
 def read_question_set(path: str | os.PathLike, types: Sequence[str], cache: FeatureCache | None = None,
-                      limit: int | None = None) -> QuestionSet:
-    """The questions of ``path`` of the given types (first ``limit`` originals), keeping those with features."""
-    chosen = [q for q in read_questions_jsonl(path) if q.type in types and q.rotation == 0]
-    if limit is not None:
-        chosen = chosen[:limit]
-    if not chosen:
-        raise DataError(path, f"no questions of type {', '.join(types)}")
+                      limit: int | None = None, limits: TextLimits | None = None) -> QuestionSet:
+    """The questions of ``path`` of the given types (first ``limit`` originals), keeping those with features; a
+    question or option longer than ``limits`` (in characters: tokens are checked once the LLM is loaded) or no
+    question with features is a :class:`DataError`."""
+    lines: dict[str, int] = {}
+    chosen = _chosen(path, types, limit, lines)
+    qs = QuestionSet(chosen, 0, os.fspath(path), lines)
+    qs.check_lengths(limits or TextLimits())
     if cache is None:
-        return QuestionSet(chosen, 0)
-    kept = [q for q in chosen if q.clip_id in cache]
-    return QuestionSet(kept, len(chosen) - len(kept))
+        return qs
+    qs.questions = [q for q in chosen if q.clip_id in cache]
+    qs.skipped = len(chosen) - len(qs.questions)
+    if not qs.questions:
+        skipped = cache.manifest.get("skipped") or {}
+        why = f"; {len(skipped)} clips were unreadable, e.g. {next(iter(skipped.values()))}" if skipped else ""
+        raise DataError(path, f"none of the {len(chosen)} questions' clips has features in {cache.root}{why}")
+    return qs
 
 
 def write_clip_sublist(list_path: str | os.PathLike, clip_ids: set[str], out: str | os.PathLike) -> Path:
@@ -78,9 +104,7 @@ def feature_cache(cfg: BridgeConfig, split: str, root: str | os.PathLike, num_wo
     questions = cfg.data.train_questions if split == "train" else cfg.data.test_questions
     source_list = cfg.data.train_list if split == "train" else cfg.data.test_list
     folder = Path(root) / split
-    chosen = [q for q in read_questions_jsonl(questions) if q.type in cfg.data.types and q.rotation == 0]
-    if split == "test" and cfg.eval.max_questions is not None:
-        chosen = chosen[: cfg.eval.max_questions]  # only the clips that will be scored
+    chosen = _chosen(questions, cfg.data.types, cfg.eval.max_questions if split == "test" else None)
     ids = {q.clip_id for q in chosen}
     sublist = write_clip_sublist(source_list, ids, folder.with_name(f"{split}_clips.txt"))
     manifest = folder / "manifest.json"
@@ -99,15 +123,13 @@ def letter_prompt_question(question: Question) -> str:
 def direction_pair_names(manifest: str | os.PathLike) -> dict[str, str]:
     """``{name: reversed sibling's name}`` (both ways) from a SynGym ``manifest.json`` and the
     ``categories.txt`` beside it."""
-    import json
-
     from common.finegym import read_categories
+    from common.jsonio import read_json_object
 
     path = Path(manifest)
-    try:
-        pairs = json.loads(path.read_text(encoding="utf-8"))["direction_pairs"]
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(path, f"not a SynGym manifest with direction_pairs ({err})") from None
+    pairs = read_json_object(path).get("direction_pairs")
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+        raise DataError(path, "not a SynGym manifest with direction_pairs (a list of [forward, backward] labels)")
     names = {c.label: c.name for c in read_categories(path.parent / "categories.txt")}
     out = {}
     for forward, backward in pairs:

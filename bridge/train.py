@@ -20,7 +20,6 @@ build the adapter (Q-Former from BERT) -> an explicit loop over ``train.steps`` 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from bridge.adapter import AdapterConfig, QFormerAdapter
-from bridge.config import BridgeConfig, load_config
+from bridge.config import BridgeConfig, load_config, text_limits
 from bridge.export import CHECKPOINT, read_checkpoint, write_adapter_export, write_qformer_tokenizer
 from bridge.keymap import fit_to_checkpoint, lavis_shapes, load_lavis_checkpoint, read_lavis_state
 from bridge.llm import LLMConfig, load_llm
@@ -39,6 +38,7 @@ from bridge.model import VideoLLM
 from bridge.qa import feature_cache, letter_prompt_question, read_question_set
 from bridge.tokens import visual_tokens
 from common.errors import ConfigError, DataError
+from common.jsonio import dumps, loads, write_json
 from common.textio import write_text_atomic
 from encoder.export import save_safetensors
 
@@ -134,10 +134,10 @@ def _save_checkpoint(run: Path, adapter: QFormerAdapter, optimizer: torch.optim.
                 tensors[f"optim.{i}.{name}"] = state[name]
         if "step" in state:
             tensors[f"optim.{i}.step"] = torch.as_tensor(state["step"], dtype=torch.float32).reshape(1)
-    metadata = {"step": str(step), "losses": json.dumps(losses), "adapter_config": json.dumps(adapter.cfg.to_dict()),
-                "meta": json.dumps(meta)}
+    metadata = {"step": str(step), "losses": dumps(losses), "adapter_config": dumps(adapter.cfg.to_dict()),
+                "meta": dumps(meta)}
     save_safetensors(run / CHECKPOINT, tensors, metadata=metadata)
-    write_text_atomic(run / "losses.json", json.dumps(losses) + "\n")
+    write_json(run / "losses.json", losses, indent=None)
 
 
 def _load_checkpoint(path: Path, adapter: QFormerAdapter, optimizer: torch.optim.Optimizer) -> tuple[int, list[float]]:
@@ -155,7 +155,10 @@ def _load_checkpoint(path: Path, adapter: QFormerAdapter, optimizer: torch.optim
             optimizer.state[p] = {"step": tensors[f"optim.{i}.step"][0].clone(),
                                   "exp_avg": tensors[f"optim.{i}.exp_avg"].to(p.device),
                                   "exp_avg_sq": tensors[f"optim.{i}.exp_avg_sq"].to(p.device)}
-    return int(metadata["step"]), json.loads(metadata["losses"])
+    losses = loads(metadata.get("losses", "[]"), path)
+    if not isinstance(losses, list) or not str(metadata.get("step")).isdigit():
+        raise DataError(path, "checkpoint metadata has no step and losses; delete it to start over")
+    return int(metadata["step"]), losses
 
 
 # ---------------------------------------------------------------------------------------------------- loop
@@ -190,7 +193,7 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
         write_text_atomic(run / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     began = time.perf_counter()
     cache = feature_cache(cfg, "train", cfg.data.features or run / "features")
-    qs = read_question_set(cfg.data.train_questions, cfg.data.types, cache)
+    qs = read_question_set(cfg.data.train_questions, cfg.data.types, cache, limits=text_limits(cfg))
     if main:
         print(f"train questions: {len(qs.questions)} ({qs.skipped} skipped: no features)")
     features = {cid: cache[cid] for cid in {q.clip_id for q in qs.questions}}
@@ -198,7 +201,8 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
 
     if llm is None:
         llm = load_llm(LLMConfig(**vars(cfg.llm)), device=accelerator.device)
-    feature_dim = cache.manifest["shapes"]["element_tokens.0"][-1]
+    qs.check_lengths(text_limits(cfg), llm.tokenizer)  # in tokens, before any model work
+    feature_dim = cache.width
     torch.manual_seed(cfg.seed)  # the adapter's initialisation (cross-attention, queries, positions)
     adapter = _build_adapter(cfg, feature_dim, llm).to(accelerator.device)
     optimizer = torch.optim.AdamW(parameter_groups(adapter, cfg.train.weight_decay), lr=cfg.train.lr)
@@ -243,6 +247,9 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
             if world > 1:
                 total = accelerator.reduce(total, reduction="sum")
             losses.append(round(float(total) / batch_size, 6))
+            if not math.isfinite(losses[-1]):
+                raise ConfigError(f"training diverged: the loss is {losses[-1]} at step {step} (lower train.lr or "
+                                  f"check the features in {cache.root})")
             if step % cfg.train.log_every == 0:
                 bar.set_postfix(loss=f"{sum(losses[-cfg.train.log_every:]) / cfg.train.log_every:.3f}")
             bar.update(1)
@@ -259,7 +266,7 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
                "examples_per_rank": [step * len(range(r, batch_size, world)) for r in range(world)]}
     if main:
         write_adapter_export(run / "adapter", adapter, **meta, source={"run": run.name, "step": step})
-        write_text_atomic(run / "train.json", json.dumps(summary, indent=1) + "\n")
+        write_json(run / "train.json", summary, indent=1)
     accelerator.wait_for_everyone()
     return summary
 

@@ -66,6 +66,8 @@ __all__ = [
     "is_export",
     "save_safetensors",
     "file_sha256",
+    "weights_record",
+    "check_weights_digest",
 ]
 
 
@@ -230,6 +232,24 @@ def save_safetensors(
     return digest
 
 
+def weights_record(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> dict:
+    """Save ``tensors`` to ``path`` (:func:`save_safetensors`) and return the record that ties a config to them:
+    ``{"file": name, "sha256": hex digest, "bytes": size}`` (encoder and adapter exports write it in config.json)."""
+    digest = save_safetensors(path, tensors, metadata=metadata)
+    return {"file": path.name, "sha256": digest, "bytes": path.stat().st_size}
+
+
+def check_weights_digest(weights: Path, sha256: str | None, config: str = CONFIG_FILE) -> None:
+    """Check ``weights`` against the SHA-256 its ``config`` (a file beside it) records: another digest is a
+    :class:`DataError` naming the weights; ``None`` (an export from before digests) loads with a one-line notice."""
+    if sha256 is None:
+        _log.warning("note: %s records no weights digest (an export from before digests): %s is not verified",
+                     weights.with_name(config), weights.name)
+    elif (actual := file_sha256(weights)) != sha256:
+        raise DataError(weights, f"does not match {config}: its SHA-256 is {actual[:16]}... but {config} "
+                                 f"records {sha256[:16]}... (weights of another model copied over this export?)")
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -281,8 +301,7 @@ def save_export(out_dir: str | os.PathLike, model: TimeSformer, config: dict) ->
     """Write ``model.safetensors`` then ``config.json`` with the weights' SHA-256 (each atomically; the config,
     written last, marks the export complete, and an interrupted rewrite leaves weights that its config refuses)."""
     out = Path(out_dir)
-    digest = save_safetensors(out / WEIGHTS_FILE, model.state_dict(), metadata={"format": FORMAT})
-    weights = {"file": WEIGHTS_FILE, "sha256": digest, "bytes": (out / WEIGHTS_FILE).stat().st_size}
+    weights = weights_record(out / WEIGHTS_FILE, model.state_dict(), metadata={"format": FORMAT})
     write_text_atomic(out / CONFIG_FILE, dumps({**config, "weights": weights}, indent=2) + "\n")
     return out
 
@@ -423,12 +442,7 @@ def _load_state(weights: Path, model: TimeSformer, sha256: str | None = None) ->
         problems.append("shape mismatch " + "; ".join(shapes[:5]))
     if problems:
         raise DataError(weights, "does not match config.json: " + "; ".join(problems))
-    if sha256 is None:
-        _log.warning("note: %s records no weights digest (an export from before digests): %s is not verified",
-                     weights.with_name(CONFIG_FILE), weights.name)
-    elif (actual := file_sha256(weights)) != sha256:
-        raise DataError(weights, f"does not match config.json: its SHA-256 is {actual[:16]}... but config.json "
-                                 f"records {sha256[:16]}... (weights of another model copied over this export?)")
+    check_weights_digest(weights, sha256)
     model.load_state_dict(state, strict=True)
 
 

@@ -158,10 +158,11 @@ def question_from_record(record: dict, path: str | os.PathLike = "<memory>", lin
 
 
 @gc_paused()
-def read_questions_jsonl(path: str | os.PathLike) -> list[Question]:
-    """Read a Gym-QA JSONL file; ids must be unique."""
+def read_questions_jsonl(path: str | os.PathLike, lines: dict[str, int] | None = None) -> list[Question]:
+    """Read a Gym-QA JSONL file; ids must be unique. ``lines``: a dict to fill with each question's line number
+    (by id), for messages about a question found later."""
     questions: list[Question] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, int] = {} if lines is None else lines
     for line, record in read_jsonl(path):
         question = question_from_record(record, path, line)
         if question.id in seen:

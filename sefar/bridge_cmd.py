@@ -49,6 +49,10 @@ def add_parser(subparsers, name: str, help_: str) -> None:
     ev.add_argument("--no-circular", action="store_true", help="skip the rotations (no CircularEval)")
     ev.add_argument("--llm", help="LLM folder or GGUF file instead of the recorded one")
     ev.add_argument("--out", metavar="DIR", help="output folder (default: RUN_OR_EXPORT/eval)")
+    ev.add_argument("--max-question-tokens", type=_positive_int,
+                    help="a longer question is an error (default: the run's data.max_question_tokens, else 256)")
+    ev.add_argument("--max-option-tokens", type=_positive_int,
+                    help="a longer option is an error (default: the run's data.max_option_tokens, else 64)")
     ev.set_defaults(func=_eval)
 
     cp = sub.add_parser("compare", help="the same adapter recipe over several encoders (paper Tab. 5)")
@@ -66,7 +70,10 @@ def add_parser(subparsers, name: str, help_: str) -> None:
     ask.add_argument("video", metavar="VIDEO", help="a video file or frame folder")
     ask.add_argument("question", help="the question")
     ask.add_argument("--encoder", help="SeFAR encoder export (default: the one the adapter was trained on)")
-    ask.add_argument("--llm", help="LLM folder or GGUF file (default: the adapter's recorded LLM)")
+    ask.add_argument("--llm", help="LLM folder or GGUF file (default: the adapter's recorded LLM; the embedded "
+                     "SmolLM2, with a notice, when that is not on this machine)")
+    ask.add_argument("--max-question-tokens", type=_positive_int, default=256,
+                     help="a longer question is an error (default 256)")
     ask.add_argument("--max-new-tokens", type=_positive_int, default=128)
     ask.add_argument("--device", default="cpu")
     ask.add_argument("--quantization", choices=("8bit", "4bit"))
@@ -109,7 +116,9 @@ def _eval(args: argparse.Namespace) -> int:
     methods = ("likelihood", "generate", "letter") if args.method == "all" else (args.method,)
     summary, table = evaluate_source(args.source, questions=args.questions, features=args.features,
                                      methods=methods, max_questions=args.max_questions,
-                                     circular=not args.no_circular, llm=args.llm, out=args.out)
+                                     circular=not args.no_circular, llm=args.llm, out=args.out,
+                                     max_question_tokens=args.max_question_tokens,
+                                     max_option_tokens=args.max_option_tokens)
     print(table)
     return 0
 
@@ -131,9 +140,13 @@ def _export(args: argparse.Namespace) -> int:
 def _ask(args: argparse.Namespace) -> int:
     from bridge.chat import VideoChat
     from bridge.export import read_adapter_config
+    from bridge.limits import TextLimits
 
+    limits = TextLimits(question=args.max_question_tokens, flag="--max-question-tokens")
+    limits.check_argument("question argument", args.question)  # characters, before anything is loaded
     encoder = args.encoder or read_adapter_config(args.export).get("features", {}).get("source")
     chat = VideoChat.load(encoder, args.export, args.llm, device=args.device, quantization=args.quantization)
+    limits.check_argument("question argument", args.question, chat.model.tokenizer)
     clip = chat.encode(args.video)
     for piece in chat.stream(clip, [], args.question, max_new_tokens=args.max_new_tokens):
         sys.stdout.write(piece)

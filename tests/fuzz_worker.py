@@ -7,7 +7,10 @@ pointed at /dev/null, so nothing a library prints can corrupt a reply). Requests
 * ``{"kind": "config", "path": str | null, "overrides": [...], "keys": [...]}``: :func:`encoder.config.load_config`,
   replying with the loaded values of ``keys``;
 * ``{"kind": "decode", "path": str}``: :func:`encoder.data.video.read_frames` of every frame;
-* ``{"kind": "export", "path": str}``: :func:`encoder.export.load`, replying with the loaded architecture.
+* ``{"kind": "export", "path": str}``: :func:`encoder.export.load`, replying with the loaded architecture;
+* ``{"kind": "bridge", "what": "questions" | "cache" | "adapter" | "llm", "path": str}``: the bridge's readers
+  (:func:`bridge.qa.read_question_set`, every clip of a :class:`bridge.featurecache.FeatureCache`,
+  :func:`bridge.export.load_adapter`, :func:`bridge.llm.load_llm` of a folder), replying with what they read.
 
 Reply: ``{"code", "stdout", "stderr", "fd_stderr", "crash", "value"}``; ``crash`` is the last line of any exception
 that escaped (a traceback the user would see), including ``MemoryError`` when the memory limit is hit.
@@ -66,6 +69,14 @@ def _handle(request: dict) -> tuple[int | None, object]:
             print(f"error: {err}", file=sys.stderr)
             return 2, None
         return 0, {"architecture": encoder.model.cfg.to_dict(), "class_names": list(encoder.class_names)}
+    if kind == "bridge":
+        from common.errors import ConfigError, DataError
+
+        try:
+            return 0, _bridge(request["what"], request["path"])
+        except (DataError, ConfigError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2, None
     if kind == "decode":
         from common.errors import VideoReadError
         from encoder.data.video import read_frames
@@ -76,6 +87,28 @@ def _handle(request: dict) -> tuple[int | None, object]:
             print(f"error: {err}", file=sys.stderr)
             return 2, None
     raise ValueError(f"unknown request kind {kind!r}")
+
+
+def _bridge(what: str, path: str) -> object:
+    if what == "questions":
+        from bridge.qa import read_question_set
+
+        qs = read_question_set(path, ["element", "event", "set", "yesno"])
+        return [[q.id, q.question, list(q.options)] for q in qs.questions]
+    if what == "cache":
+        from bridge.featurecache import FeatureCache
+
+        cache = FeatureCache(path)
+        return {key: {name: list(t.shape) for name, t in cache[key].items()} for key in cache.clip_ids}
+    if what == "adapter":
+        from bridge.export import load_adapter
+
+        adapter, _ = load_adapter(path)
+        return adapter.cfg.to_dict()
+    from bridge.llm import LLMConfig, load_llm
+
+    llm = load_llm(LLMConfig(path=path))
+    return {"width": llm.width, "vocab": llm.model.get_input_embeddings().num_embeddings}
 
 
 def _run(request: dict) -> dict:

@@ -760,3 +760,180 @@ def test_fuzz_finegym_annotations_through_gymqa_build(worker, workdir, mini_fine
     if isinstance(expected, dict):
         assert set(got) == set(expected), (text, got)
         assert all(got[clip] == pytest.approx(times) for clip, times in expected.items()), (text, got)
+
+
+# ------------------------------------------------------------------------------------------------ the bridge
+
+
+@pytest.fixture(scope="module")
+def bridge_inputs(workdir) -> dict:
+    """A tiny LLaMA folder, an adapter export, a feature cache and a Gym-QA JSONL (all valid)."""
+    import torch
+    from bridge_fixtures import LAYOUT_224, fake_features, tiny_adapter_config, tiny_llama
+    from safetensors.torch import save_file
+
+    from bridge.adapter import QFormerAdapter
+    from bridge.export import write_adapter_export
+
+    root = workdir / "bridge"
+    llama = tiny_llama(root / "llama")
+    torch.manual_seed(0)
+    adapter = write_adapter_export(root / "adapter", QFormerAdapter(tiny_adapter_config()), llm={"path": str(llama)},
+                                   template="vicuna_v1.1", features={"kind": "sefar", "layout": LAYOUT_224},
+                                   prompt={"question": "q", "objective": "name"})
+    cache = root / "cache"
+    cache.mkdir()
+    tensors = {f"c{i}/{k}": v for i in range(2) for k, v in fake_features(seed=i).items()}
+    save_file(tensors, str(cache / "shard_00000.safetensors"), metadata={"clips": '["c0", "c1"]', "skipped": "{}"})
+    manifest = {"format": "sefar-features", "format_version": 1, "dtype": "float32", "shard_size": 256,
+                "num_shards": 1, "shapes": {k: list(v.shape) for k, v in fake_features().items()},
+                "layout": LAYOUT_224, "clips": {"c0": 0, "c1": 0}, "done_shards": [0], "skipped": {}, "complete": True}
+    questions = [{"id": f"q{i}", "clip_id": f"c{i}", "question": "What move is this?", "options": PAPER_OPTIONS[:4],
+                  "answer": i, "type": "element", "level": "element"} for i in range(3)]
+    return {"llama": llama, "adapter": adapter, "cache": cache, "manifest": manifest, "questions": questions}
+
+
+def _edit_json(data, value, draw) -> tuple[object, list]:
+    """``value`` with 1-3 leaves replaced by fuzzed JSON values (or deleted); the edits applied."""
+    changed = json.loads(json.dumps(value))
+    paths = [p for p in _json_leaves(changed) if p]
+    applied = []
+    for path, new in draw(st.lists(st.tuples(st.sampled_from(paths), st.one_of(JSON_VALUES, st.just("<delete>"))),
+                                   min_size=1, max_size=3)):
+        node = changed
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            if new == "<delete>":
+                node.pop(path[-1])
+            else:
+                node[path[-1]] = new
+            applied.append((path, new))
+        except (KeyError, IndexError, TypeError, AttributeError):
+            continue
+    return changed, applied
+
+
+def _raw(text: str, draw) -> tuple[str, bool]:
+    """``text`` with one number replaced by a raw JSON number that must be refused (sometimes); whether it was."""
+    numbers = list(re.finditer(r"(?<![\w.\"-])\d+(?![\w.\"])", text))
+    if not numbers or draw(st.integers(0, 3)):
+        return text, False
+    m = draw(st.sampled_from(numbers))
+    return text[: m.start()] + draw(st.sampled_from(RAW_NUMBERS)) + text[m.end():], True
+
+
+@settings(FUZZ, max_examples=60)
+@given(st.data())
+def test_fuzz_bridge_questions(worker, workdir, bridge_inputs, fuzz_counts, data):
+    records = [dict(r) for r in bridge_inputs["questions"]]
+    i = data.draw(st.integers(0, len(records) - 1))
+    kind = data.draw(st.sampled_from(["edit", "text", "text", "raw", "truncate"]))
+    if kind == "edit":
+        records, applied = _edit_json(data, records, data.draw)
+    elif kind == "text":
+        records[i]["question"] = data.draw(st.one_of(
+            st.text(max_size=40), st.sampled_from(["<video>", "<video> <video-1>", "x" * 5000, "salto " * 400])))
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    bad = False
+    if kind == "raw":
+        text, bad = _raw(text, data.draw)
+    elif kind == "truncate":
+        text = text[: data.draw(st.integers(0, len(text)))]
+    path = workdir / "bridge_questions.jsonl"
+    path.write_text(text)
+    reply = worker.ask({"kind": "bridge", "what": "questions", "path": str(path)})
+    outcome = _clean(reply, f"questions {text[:600]!r}")
+    _tally(fuzz_counts, "bridge question JSONL -> read_question_set", reply, outcome)
+    if bad:
+        assert outcome == "errors", text[:600]
+    if outcome == "results":
+        got = {q[0]: (q[1], q[2]) for q in reply["value"]}
+        for r in records:
+            if r.get("id") in got:
+                assert got[r["id"]] == (r["question"], list(r["options"]))
+                assert len(r["question"]) <= 256 * 16
+
+
+@settings(FUZZ, max_examples=50)
+@given(st.data())
+def test_fuzz_bridge_feature_manifests(worker, workdir, bridge_inputs, fuzz_counts, data):
+    import shutil
+
+    folder = workdir / "bridge_cache"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(bridge_inputs["cache"], folder)
+    manifest, applied = _edit_json(data, bridge_inputs["manifest"], data.draw)
+    text, bad = _raw(json.dumps(manifest), data.draw)
+    (folder / "manifest.json").write_text(text)
+    if data.draw(st.integers(0, 4)) == 0:
+        shard = (folder / "shard_00000.safetensors").read_bytes()
+        (folder / "shard_00000.safetensors").write_bytes(shard[: data.draw(st.integers(0, len(shard)))])
+    reply = worker.ask({"kind": "bridge", "what": "cache", "path": str(folder)})
+    outcome = _clean(reply, f"manifest edits {applied} {text[:300]!r}")
+    _tally(fuzz_counts, "bridge feature manifest -> FeatureCache", reply, outcome)
+    if bad:
+        assert outcome == "errors", text[:600]
+    if outcome == "results":
+        assert all(shapes == manifest["shapes"] for shapes in reply["value"].values())
+
+
+@settings(FUZZ, max_examples=50)
+@given(st.data())
+def test_fuzz_bridge_adapter_exports(worker, workdir, bridge_inputs, fuzz_counts, data):
+    source = bridge_inputs["adapter"]
+    folder = workdir / "bridge_adapter"
+    folder.mkdir(exist_ok=True)
+    config = json.loads((source / "config.json").read_text())
+    applied = []
+    if data.draw(st.booleans()):
+        config["adapter"], applied = _edit_json(data, config["adapter"], data.draw)
+    text, bad = _raw(json.dumps(config), data.draw)
+    (folder / "config.json").write_text(text)
+    weights = (source / "adapter.safetensors").read_bytes()
+    if data.draw(st.integers(0, 3)) == 0:
+        weights = weights[: data.draw(st.integers(0, len(weights)))]
+        bad = bad or len(weights) < len((source / "adapter.safetensors").read_bytes())
+    (folder / "adapter.safetensors").write_bytes(weights)
+    reply = worker.ask({"kind": "bridge", "what": "adapter", "path": str(folder)})
+    outcome = _clean(reply, f"adapter edits {applied} {text[:300]!r}")
+    _tally(fuzz_counts, "bridge adapter export -> load_adapter", reply, outcome)
+    if bad:
+        assert outcome == "errors", (applied, text[:600])
+    if outcome == "results":
+        assert all(reply["value"][k] == v for k, v in config["adapter"].items()), (applied, reply["value"])
+
+
+@settings(FUZZ, max_examples=40)
+@given(st.data())
+def test_fuzz_bridge_llm_folders(worker, workdir, bridge_inputs, fuzz_counts, data):
+    import shutil
+
+    folder = workdir / "bridge_llm"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(bridge_inputs["llama"], folder, ignore=shutil.ignore_patterns("spm"))
+    config = json.loads((folder / "config.json").read_text())
+    keys = ["vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "model_type",
+            "num_attention_heads", "tie_word_embeddings", "max_position_embeddings"]
+    applied = []
+    kind = data.draw(st.sampled_from(["config", "config", "truncate", "drop"]))
+    if kind == "config":
+        for key in data.draw(st.lists(st.sampled_from(keys), min_size=1, max_size=2)):
+            config[key] = data.draw(st.one_of(JSON_VALUES, st.sampled_from(["bert", "llama", 0, 1, 320, 64, 128])))
+            applied.append((key, config[key]))
+    (folder / "config.json").write_text(json.dumps(config))
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    if kind != "config":
+        name = data.draw(st.sampled_from(files))
+        applied.append((kind, name))
+        if kind == "drop":
+            (folder / name).unlink()
+        else:
+            blob = (folder / name).read_bytes()
+            (folder / name).write_bytes(blob[: data.draw(st.integers(0, max(0, len(blob) - 1)))])
+    reply = worker.ask({"kind": "bridge", "what": "llm", "path": str(folder)})
+    outcome = _clean(reply, f"LLM folder changes {applied}")
+    _tally(fuzz_counts, "bridge LLM folder -> load_llm", reply, outcome)
+    if outcome == "results":
+        assert reply["value"]["width"] == config["hidden_size"], applied
+        assert reply["value"]["vocab"] == config["vocab_size"], applied
