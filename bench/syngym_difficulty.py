@@ -16,12 +16,25 @@ a linear classifier), optimiser, batch size and step count:
 Training flips clips left-right at random (SynGym classes are flip-invariant by construction). Reported on the
 val split: top-1 over all classes, and the *direction-pair* accuracy: over val clips of the forward/backward
 pairs, how often the model scores the true class above its time-reversed sibling (chance: 50%).
-Prints a table and writes JSON (``--out``).
+
+Two more rows come from the render parameters (the folder's ``manifest.json`` gives seed and size, and every clip
+is a pure function of them), no pixels needed:
+
+* ``pose_oracle``: what is learnable in principle. A linear softmax classifier (numpy) on the figure's true 2-D
+  joints at the same 8 frames, mirrored to face right (facing-normalised): joints relative to the pelvis, the
+  pelvis path, and the sine and cosine of the torso's and head's rotation between consecutive frames;
+* per class (a second table): how often a rotation (salto, twist or turn) changes by 180 degrees or more between
+  two sampled frames, where its sense reads the other way: consecutive frames at the evaluation sampling
+  (segment centres) and at the training sampling (a random frame per segment, 10 draws per clip), and frames
+  adjacent inside the fine elements (f1-f5, f3-f7) and the context element (f0-f2-f4-f6) of ``{2-2-4}``.
+
+Prints the tables and writes JSON (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -32,7 +45,11 @@ from torch import nn
 
 from common.finegym import read_categories, read_element_list
 from common.results import Table, provenance, write_result
+from encoder.data import syngym
+from encoder.data.sampling import segment_frame_indices
 from encoder.data.syngym import direction_pairs
+from encoder.data.syngym_motion import figure_motion
+from encoder.data.syngym_render import J
 from encoder.data.video import read_frames
 
 NUM_FRAMES = 8
@@ -115,6 +132,11 @@ def evaluate(model: FrameCNN, x: torch.Tensor, y: torch.Tensor, frames: int, pai
     model.eval()
     chunks = torch.arange(len(x)).split(256)
     logits = torch.cat([model(model_input(x, idx, frames)) for idx in chunks])
+    return scores(logits, y, pairs)
+
+
+def scores(logits: torch.Tensor, y: torch.Tensor, pairs: list[tuple[int, int]]) -> dict:
+    """Top-1 and direction-pair accuracy of ``logits`` ``(N, C)`` for labels ``y`` ``(N,)``, in percent."""
     sibling = {f: b for f, b in pairs} | {b: f for f, b in pairs}
     in_pair = torch.tensor([int(label) in sibling for label in y])
     other = torch.tensor([sibling.get(int(label), 0) for label in y])
@@ -136,6 +158,113 @@ def stratified(y: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
         take = max(1, round(ratio * len(members)))
         keep.append(members[torch.randperm(len(members), generator=gen)[:take]])
     return torch.cat(keep).sort().values
+
+
+# ----------------------------------------------------------------------------- from the render parameters
+
+def clip_performances(data: Path) -> dict[str, tuple[syngym.ElementClass, syngym.Performance]] | None:
+    """``{clip id: (class, performance)}`` of a SynGym folder, recomputed from its manifest's seed and size;
+    None when the folder was made by another SynGym version (its clips would not match this code)."""
+    manifest = json.loads((data / "manifest.json").read_text())
+    if manifest.get("version") != syngym.VERSION or manifest.get("size") not in syngym.SIZES:
+        return None
+    preset = syngym.SIZES[manifest["size"]]
+    jobs, _ = syngym.build_plan(manifest["seed"], preset)
+    out = {}
+    for job in jobs:
+        element = syngym.CLASSES[job.label]
+        out[job.clip_id] = (element, syngym.clip_params(manifest["seed"], job.index, element, preset)[1])
+    return out
+
+
+def _rotation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sine and cosine of the angle from 2-D vectors ``a`` to ``b`` (``(..., 2)``), ``(..., 2)``."""
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-9)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-9)
+    return np.stack([a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0], (a * b).sum(-1)], axis=-1)
+
+
+def pose_features(element: syngym.ElementClass, perf: syngym.Performance) -> np.ndarray:
+    """Facing-normalised 2-D joint trajectory features of a clip at its 8 segment-centre frames, ``(F,)``."""
+    placed = figure_motion(element.motion, element.shape, element.direction, element.rotations, element.turns, perf)
+    frames = placed[segment_frame_indices(perf.num_frames, NUM_FRAMES, train=False), :, :2].copy()  # (8, J, 2)
+    frames[..., 0] *= perf.facing  # mirror every clip to face right
+    pelvis = frames[:, J["pelvis"]]
+    relative = frames - pelvis[:, None]
+    torso = frames[:, J["neck"]] - pelvis
+    face = frames[:, J["nose"]] - frames[:, J["head"]]
+    turns = np.concatenate([_rotation(v[:-1], v[1:]) for v in (torso, face)], axis=-1)  # (7, 4)
+    return np.concatenate([relative.ravel(), (pelvis - pelvis.mean(0)).ravel(), turns.ravel()])
+
+
+def linear_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, steps: int = 600, lr: float = 0.5,
+                      l2: float = 1e-3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Softmax regression by full-batch gradient descent with momentum on standardised features.
+
+    Returns ``(mean, std, weights)``; logits of ``x'`` are ``[(x' - mean) / std, 1] @ weights``.
+    """
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
+    target = np.eye(num_classes)[y]
+    w = np.zeros((z.shape[1], num_classes))
+    velocity = np.zeros_like(w)
+    for _ in range(steps):
+        logits = z @ w
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        grad = z.T @ (p - target) / len(z) + l2 * w
+        velocity = 0.9 * velocity - lr * grad
+        w += velocity
+    return mean, std, w
+
+
+def pose_oracle(params: dict, train: list, val: list, num_classes: int) -> tuple[dict, np.ndarray]:
+    """Train the linear pose classifier on ``train`` (``[(clip id, label)]``), score ``val``.
+
+    Returns the metrics and the per-class val recall (percent, ``(C,)``).
+    """
+    began = time.perf_counter()
+    def features(items):
+        return np.stack([pose_features(*params[clip_id]) for clip_id, _ in items]), np.array([l for _, l in items])
+
+    x_train, y_train = features(train)
+    x_val, y_val = features(val)
+    mean, std, w = linear_classifier(x_train, y_train, num_classes)
+    logits = np.hstack([(x_val - mean) / std, np.ones((len(x_val), 1))]) @ w
+    metrics = scores(torch.from_numpy(logits), torch.from_numpy(y_val), direction_pairs())
+    correct = logits.argmax(1) == y_val
+    recall = np.array([100.0 * correct[y_val == c].mean() if (y_val == c).any() else np.nan
+                       for c in range(num_classes)])
+    return {"frames": NUM_FRAMES, "train_clips": len(train), **metrics,
+            "train_s": round(time.perf_counter() - began)}, recall
+
+
+def aliasing_table(params: dict, items: list, recall: np.ndarray) -> tuple[Table, list[dict]]:
+    """Per class: the aliasing fractions (percent of clips) over ``items`` and the pose oracle's val recall."""
+    by_class: dict[int, list] = {}
+    for clip_id, label in items:
+        by_class.setdefault(label, []).append(params[clip_id][1])
+    table = Table("Per class: rotation steps of 180 degrees or more between sampled frames (% of clips)",
+                  ["label", "class", "eval", "train", "fine {2-2-4}", "context {2-2-4}", "median max step (deg)",
+                   "pose oracle val top-1 (%)"])
+    rows = []
+    for label in sorted(by_class):
+        element = syngym.CLASSES[label]
+        a = syngym.aliasing(element, by_class[label])
+        row = {"label": label, "class": f"({element.event}) {element.name}", "clips": len(by_class[label]),
+               **{k: round(100 * a[k], 1) for k in ("eval", "train", "fine", "context")},
+               "median_max_step": round(a["eval_median_max"]), "oracle_recall": round(float(recall[label]), 1)}
+        rows.append(row)
+        table.add(label, row["class"], row["eval"], row["train"], row["fine"], row["context"],
+                  row["median_max_step"], row["oracle_recall"])
+    table.notes = (f"{len(items)} clips (train + val), from the render parameters. eval: some pair of consecutive "
+                   "segment-centre frames (8 per clip) differs by >= 180 degrees in the salto, twist or turn angle; "
+                   "train: the same with one random frame per segment (10 draws per clip, % of draws); fine / "
+                   "context: frames adjacent inside the fine elements (f1-f5, f3-f7) / the context element "
+                   "(f0-f2-f4-f6) of {2-2-4}, segment centres. median max step: over clips, the median of the "
+                   "largest consecutive step at the evaluation sampling. Pose oracle: per-class val top-1 of the "
+                   "linear classifier on facing-normalised 2-D joints.")
+    return table, rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,18 +302,35 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {"frames": frames, "train_clips": len(x), **metrics, "train_s": round(seconds)}
         print(f"{name:>16}: {results[name]}", flush=True)
 
+    params = clip_performances(args.data)
+    tables = []
+    if params is None:
+        print(f"{args.data}: not made by SynGym v{syngym.VERSION}; no pose oracle or aliasing table")
+    else:
+        train_items = read_element_list(args.data / "train_element.txt")
+        val_items = read_element_list(args.data / "val_element.txt")
+        results["pose_oracle"], recall = pose_oracle(params, train_items, val_items, num_classes)
+        print(f"{'pose_oracle':>16}: {results['pose_oracle']}", flush=True)
+        alias, per_class = aliasing_table(params, train_items + val_items, recall)
+        tables.append(alias)
+
     table = Table("", ["model", "frames", "train clips", "val top-1 (%)", "direction pairs (%)", "train s"])
     for name, r in results.items():
         table.add(name, r["frames"], r["train_clips"], r["top1"], r["direction_pairs"], r["train_s"])
     table.notes = (f"The same small CNN ({args.steps} steps of {args.batch} clips, {args.size} px, "
                    f"{args.threads} thread) on the middle frame, on 8 ordered frames (early fusion), and on 8 frames "
                    f"with {round(100 * args.ratio)}% of the labels; {len(x_val)} val clips, {num_classes} classes. "
-                   "Direction pairs: how often the true class scores above its time-reversed sibling (chance 50%).")
+                   "Direction pairs: how often the true class scores above its time-reversed sibling (chance 50%)."
+                   + ("" if params is None else " pose_oracle: a linear classifier on the true 2-D joints at the 8 "
+                      "frames, mirrored to face right (no pixels): what is learnable in principle."))
     report = {"data": args.data.name, "classes": num_classes, "val_clips": len(x_val), "args": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "results": results,
         "wall_s": round(time.perf_counter() - began)}
-    write_result(args.out, "SynGym is a fine-grained problem: frame-wise vs temporal pixel models", [table], report,
-                 started=started)
+    if params is not None:
+        report["syngym_version"] = syngym.VERSION
+        report["per_class"] = per_class
+    write_result(args.out, "SynGym is a fine-grained problem: frame-wise vs temporal pixel models", [table, *tables],
+                 report, started=started)
     return 0
 
 

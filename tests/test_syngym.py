@@ -24,8 +24,8 @@ from common.finegym import (
     read_set_categories,
 )
 from encoder.data.syngym import CLASSES, SIZES, clip_params, direction_pairs, render_clip
-from encoder.data.syngym_motion import Performance, element_track, figure_motion
-from encoder.data.syngym_render import J, rasterise
+from encoder.data.syngym_motion import STAND, Performance, element_track, figure_motion, glide, orient
+from encoder.data.syngym_render import J, Track, place, rasterise, segments_2d, world_joints
 from encoder.data.video import read_frames, video_info
 
 TINY = SIZES["tiny"]
@@ -274,6 +274,79 @@ def test_facing_left_is_the_mirror_image_and_faces_the_other_way():
     assert right[-1, J["pelvis"], 0] > right[0, J["pelvis"], 0]  # a forward salto travels to the front
 
 
+def _standing_frame(look, facing: int, size: int = 64) -> tuple[np.ndarray, float, slice]:
+    """The figure standing (arms up) on a flat grey ground, ``(H, W, 3)`` float, with the column of its torso's
+    axis and the rows of its torso."""
+    zero = np.zeros(1)
+    track = Track(STAND[None], zero, zero, "ground", zero, zero)
+    placed = orient(place(track, world_joints(track)), 1, facing)
+    canvas = np.full((3, 1, size, size), 128.0, np.float32)
+    origin = np.array([[size / 2, 0.8 * size]])  # the figure's x = 0 on the image's vertical midline
+    rasterise(canvas, *segments_2d(placed, look, origin))
+    axis = origin[0, 0] + look.scale * placed[0, J["pelvis"], 0]
+    top, bottom = (origin[0, 1] - look.scale * placed[0, J[name], 1] for name in ("neck", "pelvis"))
+    return canvas[:, 0].transpose(1, 2, 0), axis, slice(int(np.ceil(top)), int(np.floor(bottom)))
+
+
+FRONT_MIN_PIXELS = 6  # accent pixels on the front half of the torso, at the smallest figure (UB, 15 px per unit)
+BACK_MAX_PIXELS = 3  # accent-coloured pixels on the back half (anti-aliasing at the axis)
+
+
+@pytest.mark.parametrize("event", list(syngym.EVENT_CODES))
+def test_the_front_of_the_torso_shows_at_64_px_whatever_the_facing(event):
+    """v3: the front half of the torso is drawn in the accent colour, far (in colour and luma) from the back."""
+    element = next(c for c in CLASSES if c.event == event)
+    for index in range(10):
+        look = clip_params(0, index, element, SIZES["default"])[0].look
+        back = 0.82 * look.leotard  # the torso as drawn (shaded at depth 0)
+        assert np.linalg.norm(look.accent - back) >= 100
+        assert abs(syngym._luma(look.accent) - syngym._luma(back)) >= 30
+        images = {}
+        for facing in (1, -1):
+            image, axis, rows = _standing_frame(look, facing)
+            images[facing] = image
+            to_accent = np.linalg.norm(image - look.accent, axis=-1)
+            accent = (to_accent < np.linalg.norm(image - back, axis=-1)) & (to_accent < 50)
+            front = (np.arange(image.shape[1]) + 0.5 - axis) * facing > 0
+            assert accent[rows][:, front].sum() >= FRONT_MIN_PIXELS, (index, facing)
+            assert accent[rows][:, ~front].sum() <= BACK_MAX_PIXELS, (index, facing)
+        np.testing.assert_allclose(images[-1], images[1][:, ::-1], atol=1e-3)  # facing left is the mirror image
+
+
+def test_glide_spreads_a_rotation_evenly():
+    q = np.linspace(0, 1, 2001)
+    for ramp in (0.15, 0.25):
+        g = glide(q, ramp)
+        assert g[0] == 0 and g[-1] == pytest.approx(1) and np.all(np.diff(g) >= 0)
+        assert np.diff(g).max() / np.diff(q).max() == pytest.approx(1 / (1 - ramp), rel=1e-3)
+        np.testing.assert_allclose(glide(1 - q, ramp), 1 - g, atol=1e-12)  # time-symmetric
+
+
+ALIAS_BOUND = 0.10  # at most this fraction of a class's clips may turn 180 degrees between sampled frames
+
+
+def test_no_class_turns_half_a_turn_between_sampled_frames():
+    """v3: at the evaluation sampling (8 segment centres) every class keeps each salto, twist and turn step
+    under 180 degrees in at least 90% of its clips (40 clips per class of the default size)."""
+    preset = SIZES["default"]
+    for element in CLASSES:
+        perfs = [clip_params(0, index, element, preset)[1] for index in range(40)]
+        fractions = syngym.aliasing(element, perfs, train_draws=2)
+        assert fractions["eval"] <= ALIAS_BOUND, (element.name, fractions)
+        if element.rotations == 2 or element.turns == 2:  # 720 degrees: spread over nearly the whole clip
+            assert fractions["eval_median_max"] < 140, (element.name, fractions)
+            assert fractions["fine"] == 1.0  # (f1, f5) spans half the clip: unavoidable, documented
+
+
+def test_rotation_steps_measure_the_largest_angle_change():
+    angles = np.array([[0, 0], [100, 10], [300, 20], [310, -200]], float)
+    np.testing.assert_allclose(syngym.rotation_steps(angles, np.arange(4)), [100, 200, 220])
+    np.testing.assert_allclose(syngym.rotation_steps(angles, np.array([0, 2, 3]), [(0, 2)]), [310])
+    forward, backward = CLASSES[5], CLASSES[12]  # double salto forward / backward tucked
+    perf = clip_params(0, 1, forward, SIZES["default"])[1]
+    np.testing.assert_allclose(syngym.clip_angles(backward, perf), syngym.clip_angles(forward, perf)[::-1])
+
+
 def test_counts_differ_only_in_how_far_the_body_turns():
     perf = Performance(num_frames=40, lead_in=4, element_frames=30, warp=0.2, facing=1, height=0.7, travel=0.4,
                        spin_sign=-1)
@@ -378,10 +451,24 @@ def test_bench_runs_end_to_end_on_tiny(tiny, tmp_path):
     out, _ = tiny
     report = tmp_path / "difficulty.json"
     assert _bench().main(["--data", str(out), "--steps", "2", "--batch", "4", "--out", str(report)]) == 0
-    results = json.loads(report.read_text())["data"]["results"]
-    assert list(results) == ["single_frame", "temporal", "temporal_10pct"]
-    assert [r["frames"] for r in results.values()] == [1, 8, 8]
+    record = json.loads(report.read_text())
+    results = record["data"]["results"]
+    assert list(results) == ["single_frame", "temporal", "temporal_10pct", "pose_oracle"]
+    assert [r["frames"] for r in results.values()] == [1, 8, 8, 8]
     assert results["temporal_10pct"]["train_clips"] == len(CLASSES)  # at least one clip per class
+    per_class = record["data"]["per_class"]  # the second table: aliasing and the oracle per class
+    assert [r["label"] for r in per_class] == [c.label for c in CLASSES] and len(record["tables"]) == 2
+    assert all(r["eval"] == 0 and r["clips"] == TINY.train_per_class + TINY.val_per_class for r in per_class)
+
+
+def test_bench_pose_features_are_facing_normalised():
+    bench = _bench()
+    element = CLASSES[5]
+    perf = clip_params(0, 2, element, SIZES["default"])[1]
+    left, right = (bench.pose_features(element, dataclasses.replace(perf, facing=f)) for f in (-1, 1))
+    np.testing.assert_allclose(left, right, atol=1e-9)
+    backward = bench.pose_features(CLASSES[12], perf)
+    assert np.abs(backward - right).max() > 0.1  # the reversed sibling gives other features
 
 
 def test_tables_pair_metrics_at_element_and_set_level():

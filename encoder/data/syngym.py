@@ -39,7 +39,8 @@ import numpy as np
 
 from common.errors import ConfigError
 from common.jsonio import dumps
-from encoder.data.syngym_motion import Performance, figure_motion, rest_motion
+from encoder.data.sampling import ElementLayout, segment_frame_indices
+from encoder.data.syngym_motion import Performance, element_track, figure_motion, rest_motion
 from encoder.data.syngym_render import Scene, render_frames
 
 __all__ = [
@@ -48,22 +49,27 @@ __all__ = [
     "SET_NAMES",
     "SIZES",
     "VERSION",
+    "ALIAS_DEG",
     "ElementClass",
     "SizePreset",
     "broadcast_video",
+    "aliasing",
     "build_plan",
     "category_line",
+    "clip_angles",
     "clip_params",
     "direction_pairs",
     "format_summary",
     "render_clip",
+    "rotation_steps",
     "sample_performance",
     "sample_scene",
     "synthesize",
     "write_video",
 ]
 
-VERSION = 2  # 2: own YUV conversion and x264 without mb-tree, so that files are byte-identical everywhere
+VERSION = 3  # 2: own YUV conversion and x264 without mb-tree, so that files are byte-identical everywhere;
+# 3: the front of the body visible at 64 px, and no rotation of 180 degrees or more between sampled frames
 EVENT_CODES = {"FX": 2, "BB": 3, "UB": 4}
 SET_NAMES = {22: "FX_turns", 24: "FX_front_salto", 25: "FX_back_salto", 32: "BB_turns", 33: "BB_flight_salto",
              41: "UB_circles"}
@@ -183,22 +189,47 @@ def _hsv(h: float, s: float, v: float) -> tuple[float, float, float]:
     return tuple(float(x) for x in 255.0 * rgb)
 
 
+def _luma(rgb) -> float:
+    """BT.601 luma of an RGB colour in 0..255."""
+    return float(np.dot([0.299, 0.587, 0.114], rgb))
+
+
+def front_colours(leotard: tuple[float, float, float], hue: float, skin: np.ndarray, u: float
+                  ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The accent (front of the torso) and hair colours that stand out from the back of the body (v3).
+
+    The accent takes the leotard's opposite hue and, of a bright and a dark version, the one whose luma is
+    farther from the leotard's as drawn (shaded by 0.82), so that the front still shows after 4:2:0 chroma
+    subsampling. The hair cap is dark on light skin and light on dark skin.
+    """
+    drawn = 0.82 * _luma(leotard)
+    accent = max((_hsv((hue + 0.5) % 1.0, 0.9, v) for v in (1.0, 0.45)), key=lambda c: abs(_luma(c) - drawn))
+    if _luma(skin) >= 120:
+        hair = _hsv(0.05 + 0.05 * u, 0.5, 0.1 + 0.12 * u)  # black to dark brown
+    else:
+        hair = _hsv(0.1 + 0.03 * u, 0.25 + 0.2 * u, 0.85 + 0.1 * u)  # blond to grey
+    return accent, hair
+
+
 def sample_scene(rng: np.random.Generator, event: str, frame_size: int) -> Scene:
     """Draw the nuisances of one clip (or one broadcast event). Always consumes the same random numbers."""
-    u = rng.random(10)
+    u = rng.random(11)
     seeds = rng.integers(0, 2**32, 3)
     lo, hi = _SCALE[event]
     g_lo, g_hi = _GROUND[event]
-    skin = _SKIN[int(u[5] * len(_SKIN))] + 20.0 * (u[6] - 0.5)
+    skin = np.clip(_SKIN[int(u[5] * len(_SKIN))] + 20.0 * (u[6] - 0.5), 0, 255)
+    leotard = _hsv(u[3], 0.5 + 0.45 * u[4], 0.6 + 0.4 * u[7])
+    accent, hair = front_colours(leotard, u[3], skin, u[10])
     return Scene(
         event=event,
         frame_size=frame_size,
         scale=frame_size * (lo + (hi - lo) * u[0]),
         ground_row=frame_size * (g_lo + (g_hi - g_lo) * u[1]),
         centre_col=frame_size * (0.44 + 0.12 * u[2]),
-        leotard=_hsv(u[3], 0.5 + 0.45 * u[4], 0.6 + 0.4 * u[7]),
-        accent=_hsv((u[3] + 0.5) % 1.0, 0.9, 1.0),
-        skin=tuple(float(x) for x in np.clip(skin, 0, 255)),
+        leotard=leotard,
+        accent=accent,
+        skin=tuple(float(x) for x in skin),
+        hair=hair,
         background_seed=int(seeds[0]),
         low_bar_side=1 if u[8] < 0.5 else -1,
         camera_amplitude=1.5 * u[9] * frame_size / 64,
@@ -208,17 +239,23 @@ def sample_scene(rng: np.random.Generator, event: str, frame_size: int) -> Scene
     )
 
 
+# Element speed (v3): the element fills 90-100% of the clip and its speed varies within it by at most +-15%, so
+# that no rotation turns 180 degrees or more between two sampled frames (v2: 62-85% and +-35%; docs/syngym.md).
+ELEMENT_FILL = (0.90, 1.0)
+WARP = 0.15
+
+
 def sample_performance(rng: np.random.Generator, preset: SizePreset, element: ElementClass) -> Performance:
     """Draw the timing nuisances of one clip. Consumes the same random numbers for every class."""
     num_frames = int(rng.integers(preset.min_frames, preset.max_frames + 1))
-    element_frames = int(round(num_frames * rng.uniform(0.62, 0.85)))
+    element_frames = int(round(num_frames * rng.uniform(*ELEMENT_FILL)))
     lead_in = int(rng.integers(0, num_frames - element_frames + 1))
     u = rng.random(5)
     return Performance(
         num_frames=num_frames,
         lead_in=lead_in,
         element_frames=element_frames,
-        warp=0.7 * (u[0] - 0.5),
+        warp=2 * WARP * (u[0] - 0.5),
         facing=1 if u[1] < 0.5 else -1,
         height=0.55 + 0.25 * u[2] + 0.2 * (element.rotations > 1),
         travel=0.3 + 0.3 * u[3],
@@ -237,6 +274,76 @@ def render_clip(element: ElementClass, scene: Scene, perf: Performance) -> np.nd
     """Render one clip: ``(perf.num_frames, S, S, 3)`` uint8 RGB."""
     placed = figure_motion(element.motion, element.shape, element.direction, element.rotations, element.turns, perf)
     return render_frames(scene, placed)
+
+
+# ----------------------------------------------------------------------------------------------- aliasing
+
+#: A rotation of this many degrees or more between two sampled frames is ambiguous: the shorter way round
+#: is the other sense, so the frames show the element turning backwards.
+ALIAS_DEG = 180.0
+NUM_SAMPLED = 8  # frames SeFAR samples per clip (one per equal segment)
+DUAL_COMBO = "2-2-4"  # the default dual-level layout
+
+
+def clip_angles(element: ElementClass, perf: Performance) -> np.ndarray:
+    """Salto and twist/turn angles (degrees) of every frame of a performed clip, in the clip's time order,
+    ``(T, 2)``. A backward clip is the forward clip reversed, so its angles are the forward ones reversed."""
+    track = element_track(element.motion, element.shape, element.rotations, element.turns, perf)
+    angles = np.stack([track.salto, track.twist], axis=1)
+    return angles[::-1] if element.direction < 0 else angles
+
+
+def rotation_steps(angles: np.ndarray, indices: np.ndarray, pairs: Iterable[tuple[int, int]] | None = None
+                   ) -> np.ndarray:
+    """The largest absolute change of the salto or twist angle between pairs of sampled frames, ``(P,)``.
+
+    ``angles`` ``(T, 2)`` from :func:`clip_angles`; ``indices`` the sampled frame indices ``(K,)``; ``pairs``
+    positions into ``indices`` (default: consecutive frames, ``(0, 1), (1, 2), ...``).
+    """
+    pairs = list(pairs) if pairs is not None else [(i, i + 1) for i in range(len(indices) - 1)]
+    a = np.array([p[0] for p in pairs])
+    b = np.array([p[1] for p in pairs])
+    sampled = angles[np.asarray(indices)]
+    return np.abs(sampled[b] - sampled[a]).max(axis=1)
+
+
+def _element_pairs(combo: str = DUAL_COMBO) -> dict[str, list[tuple[int, int]]]:
+    """Frames adjacent inside the dual-level elements of ``combo``: ``{"fine": [...], "context": [...]}``."""
+    layout = ElementLayout.from_combo(combo)
+    def adjacent(elements):
+        return [(e[i], e[i + 1]) for e in elements for i in range(len(e) - 1)]
+
+    return {"fine": adjacent(layout.fine), "context": adjacent([layout.context])}
+
+
+def aliasing(element: ElementClass, perfs: Iterable[Performance], train_draws: int = 10,
+             seed: int = 0) -> dict[str, float]:
+    """Fractions of clips of ``element`` (performed as ``perfs``) in which some step between sampled frames
+    turns by :data:`ALIAS_DEG` or more.
+
+    ``eval``: the 8 segment-centre frames, consecutive pairs (the evaluation sampling); ``train``: one random
+    frame per segment (the training sampling), ``train_draws`` draws per clip; ``fine`` and ``context``: frames
+    adjacent inside the fine elements and inside the context element of ``{2-2-4}`` (segment centres).
+    Also ``eval_median_max``: over clips, the median of the largest consecutive step (degrees).
+    """
+    rng = np.random.default_rng(seed)
+    within = _element_pairs()
+    hits = {"eval": [], "train": [], "fine": [], "context": []}
+    steps = []
+    for perf in perfs:
+        angles = clip_angles(element, perf)
+        centres = segment_frame_indices(perf.num_frames, NUM_SAMPLED, train=False)
+        eval_steps = rotation_steps(angles, centres)
+        steps.append(eval_steps.max())
+        hits["eval"].append(eval_steps.max() >= ALIAS_DEG)
+        for name, pairs in within.items():
+            hits[name].append(rotation_steps(angles, centres, pairs).max() >= ALIAS_DEG)
+        for _ in range(train_draws):
+            drawn = segment_frame_indices(perf.num_frames, NUM_SAMPLED, train=True, rng=rng)
+            hits["train"].append(rotation_steps(angles, drawn).max() >= ALIAS_DEG)
+    out = {name: float(np.mean(values)) for name, values in hits.items()}
+    out["eval_median_max"] = float(np.median(steps))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ writing

@@ -60,40 +60,66 @@ def plateau(q: np.ndarray, ramp: float) -> np.ndarray:
     return smoothstep(np.minimum(q, 1.0 - q) / ramp)
 
 
+def glide(q: np.ndarray, ramp: float) -> np.ndarray:
+    """Monotone ``[0, 1] -> [0, 1]`` map at constant speed ``1 / (1 - ramp)`` except within ``ramp`` of each end,
+    where the speed rises from (and falls back to) 0 smoothly (its speed is :func:`smoothstep` shaped).
+
+    Spreading a rotation this way keeps its largest step per frame within ``1 / (1 - ramp)`` of the mean.
+    """
+    q = np.clip(q, 0.0, 1.0)
+    def rise(x):  # the integral of smoothstep over [0, x]
+        return x**3 - 0.5 * x**4
+
+    head = ramp * rise(np.minimum(q, ramp) / ramp)
+    tail = ramp * rise(np.minimum(1.0 - q, ramp) / ramp)
+    middle = np.clip(q, ramp, 1.0 - ramp) - ramp
+    return (head + middle + (0.5 * ramp - tail)) / (1.0 - ramp)
+
+
+# Timing of the rotations (v3). A rotation of 180 degrees or more between two sampled frames reads as the other
+# sense, so every rotation spreads at almost constant speed over almost the whole element (docs/syngym.md).
+SALTO_EDGE = 0.10  # take-off and landing (crouch) take this fraction of the element each
+SPIN_RAMP = 0.15  # salto rotation: speeds up over the first 15% of the element, slows down over the last 15%
+TWIST_RAMP = 0.25  # twists (over the flight) and a circle's turn
+TURN_EDGE = 0.18  # rising onto the supporting leg and coming down
+CIRCLE_EASE = 0.3  # a circle's speed varies by +-30% (faster at the bottom)
+CIRCLE_TURN_START = 0.35  # a circle's turn spreads over the element's last 65%
+
+
 def salto(s: np.ndarray, shape: str, rotations: float, twists: float, height: float, travel: float,
           twist_sign: float) -> Track:
     """Take-off, a flight of ``rotations`` saltos (and ``twists`` twists) in ``shape``, landing.
 
     ``height`` (body units) is the flight's extra lift at its apex; ``travel`` (body units) the forward
-    displacement; ``twist_sign`` (+1/-1) the twist direction.
+    displacement; ``twist_sign`` (+1/-1) the twist direction. The rotation begins in the take-off and ends in
+    the landing (:data:`SPIN_RAMP`), so that it is spread over the whole element.
     """
-    edge = 0.14  # take-off and landing take this fraction of the element each
+    edge = SALTO_EDGE
     q = np.clip((s - edge) / (1.0 - 2.0 * edge), 0.0, 1.0)  # flight phase
     near_ground = np.minimum(s, 1.0 - s)
     crouch = np.where(near_ground < edge, np.sin(np.pi * near_ground / edge), 0.0)  # dips at take-off and landing
     poses = blend(STAND, SALTO_SHAPES[shape], plateau(q, 0.22))
     poses = poses + crouch[:, None] * (CROUCH - STAND)[None, :]
-    spin = 360.0 * rotations * ease(q)
-    twist = 360.0 * twists * twist_sign * smoothstep((q - 0.15) / 0.7)
+    spin = 360.0 * rotations * glide(s, SPIN_RAMP)
+    twist = 360.0 * twists * twist_sign * glide(q, TWIST_RAMP)
     lift = height * 4.0 * q * (1.0 - q)
     return Track(poses, spin, twist, "ground", travel * smoothstep(s), lift)
 
 
 def turn(s: np.ndarray, shape: str, turns: float, turn_sign: float) -> Track:
-    """Rise onto the right leg in ``shape``, turn ``turns`` times about the vertical, come down."""
-    edge = 0.18
-    q = np.clip((s - edge) / (1.0 - 2.0 * edge), 0.0, 1.0)
-    poses = blend(STAND, TURN_SHAPES[shape], plateau(s, edge))
-    yaw = 360.0 * turns * turn_sign * ease(q, 0.4)
+    """Rise onto the right leg in ``shape``, turn ``turns`` times about the vertical, come down; the turn
+    spreads over the whole element (it starts while rising)."""
+    poses = blend(STAND, TURN_SHAPES[shape], plateau(s, TURN_EDGE))
+    yaw = 360.0 * turns * turn_sign * glide(s, SPIN_RAMP)
     zeros = np.zeros_like(s)
     return Track(poses, zeros, yaw, "pivot", zeros, zeros)
 
 
 def circle(s: np.ndarray, shape: str, turns: float, turn_sign: float) -> Track:
-    """A full circle around the bar from handstand to handstand in ``shape``; ``turns`` turns at the end."""
+    """A full circle around the bar from handstand to handstand in ``shape``; ``turns`` turns in its second part."""
     poses = blend(HANDSTAND, CIRCLE_SHAPES[shape], plateau(s, 0.3))
-    spin = 180.0 + 360.0 * ease(s, 0.5)
-    twist = 360.0 * turns * turn_sign * smoothstep((s - 0.78) / 0.2)
+    spin = 180.0 + 360.0 * ease(s, CIRCLE_EASE)
+    twist = 360.0 * turns * turn_sign * glide((s - CIRCLE_TURN_START) / (1.0 - CIRCLE_TURN_START), TWIST_RAMP)
     zeros = np.zeros_like(s)
     return Track(poses, spin, twist, "hands", zeros, zeros)
 

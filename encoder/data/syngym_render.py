@@ -5,7 +5,9 @@ Everything here is plain numpy and deterministic for given inputs.
 Coordinates. The figure is built in *body units* (a standing figure measures about 1.2 units from sole to
 crown) in a world frame with ``x`` to the image right, ``y`` up and ``z`` towards the camera, and is projected
 orthographically onto ``(x, y)``; ``z`` only orders the drawing (far parts first) and darkens far limbs.
-The canonical figure faces ``+x``: its chest marker and nose point that way, so the *front* is visible.
+The canonical figure faces ``+x``. Its front is drawn in other colours than its back, wide enough to span
+pixels at 64 px whatever the facing: the front half of the torso in the accent colour (the back half in the
+leotard's), the face in skin under a hair cap on the back of the head, and a nose.
 
 Poses are ``(T, 10)`` float arrays of joint angles in degrees, columns :data:`POSE_COLUMNS`:
 shoulder flexion ``a`` (0 = arm down, 180 = overhead), elbow ``e``, hip flexion ``b`` (0 = straight,
@@ -26,40 +28,47 @@ POSE_COLUMNS = ("a_l", "e_l", "a_r", "e_r", "b_l", "k_l", "p_l", "b_r", "k_r", "
 
 # Body-part lengths in body units.
 TORSO, HEAD_UP, UPPER_ARM, FOREARM, THIGH, SHIN, FOOT = 0.32, 0.13, 0.23, 0.21, 0.30, 0.28, 0.09
-SHOULDER_W, HIP_W, CHEST_OUT, NOSE_OUT = 0.08, 0.06, 0.07, 0.09
+SHOULDER_W, HIP_W, NOSE_OUT = 0.08, 0.06, 0.09
+TORSO_R, HEAD_R = 0.12, 0.10  # torso and head radii
+# v3: the front half of the torso is a capsule of radius TORSO_R / 2 centred TORSO_R / 2 in front of the
+# torso's axis, so it covers exactly the front half in profile; the hair cap sits on the back of the head.
+CHEST_OUT, CHEST_LO, CHEST_HI = 0.5 * TORSO_R, 0.03, 0.29
+HAIR_BACK, HAIR_UP, HAIR_R = 0.04, 0.015, 0.08
 
 JOINTS = (
-    "pelvis", "neck", "head", "nose", "chest_lo", "chest_hi",
+    "pelvis", "neck", "head", "nose", "hair", "chest_lo", "chest_hi",
     "shoulder_l", "elbow_l", "hand_l", "shoulder_r", "elbow_r", "hand_r",
     "hip_l", "knee_l", "ankle_l", "toe_l", "hip_r", "knee_r", "ankle_r", "toe_r",
 )  # fmt: skip
 J = {name: i for i, name in enumerate(JOINTS)}
 FEET = [J["ankle_l"], J["toe_l"], J["ankle_r"], J["toe_r"]]
 
-# Segments: (joint a, joint b, radius in body units, colour role). Role 0 = leotard, 1 = accent (the front
-# markers), 2 = skin.
+# Segments: (joint a, joint b, radius in body units, colour role, depth bias). Roles: 0 = leotard, 1 = accent
+# (the front of the torso, the nose), 2 = skin, 3 = hair. The bias moves a part a little nearer in the drawing
+# order, so that the front half of the torso and the hair cap show over the torso and the head in profile and
+# disappear behind them once they turn away from the camera.
 SEGMENTS = (
-    (J["pelvis"], J["neck"], 0.10, 0),
-    (J["chest_lo"], J["chest_hi"], 0.06, 1),
-    (J["head"], J["head"], 0.10, 2),
-    (J["nose"], J["nose"], 0.045, 1),
-    (J["shoulder_l"], J["elbow_l"], 0.055, 2),
-    (J["elbow_l"], J["hand_l"], 0.05, 2),
-    (J["shoulder_r"], J["elbow_r"], 0.055, 2),
-    (J["elbow_r"], J["hand_r"], 0.05, 2),
-    (J["hip_l"], J["knee_l"], 0.07, 2),
-    (J["knee_l"], J["ankle_l"], 0.06, 2),
-    (J["ankle_l"], J["toe_l"], 0.045, 2),
-    (J["hip_r"], J["knee_r"], 0.07, 2),
-    (J["knee_r"], J["ankle_r"], 0.06, 2),
-    (J["ankle_r"], J["toe_r"], 0.045, 2),
+    (J["pelvis"], J["neck"], TORSO_R, 0, 0.0),
+    (J["chest_lo"], J["chest_hi"], 0.5 * TORSO_R, 1, 0.01),
+    (J["head"], J["head"], HEAD_R, 2, 0.0),
+    (J["hair"], J["hair"], HAIR_R, 3, 0.01),
+    (J["nose"], J["nose"], 0.045, 1, 0.03),
+    (J["shoulder_l"], J["elbow_l"], 0.055, 2, 0.0),
+    (J["elbow_l"], J["hand_l"], 0.05, 2, 0.0),
+    (J["shoulder_r"], J["elbow_r"], 0.055, 2, 0.0),
+    (J["elbow_r"], J["hand_r"], 0.05, 2, 0.0),
+    (J["hip_l"], J["knee_l"], 0.07, 2, 0.0),
+    (J["knee_l"], J["ankle_l"], 0.06, 2, 0.0),
+    (J["ankle_l"], J["toe_l"], 0.045, 2, 0.0),
+    (J["hip_r"], J["knee_r"], 0.07, 2, 0.0),
+    (J["knee_r"], J["ankle_r"], 0.06, 2, 0.0),
+    (J["ankle_r"], J["toe_r"], 0.045, 2, 0.0),
 )
 SEG_A = np.array([s[0] for s in SEGMENTS])
 SEG_B = np.array([s[1] for s in SEGMENTS])
 SEG_RADIUS = np.array([s[2] for s in SEGMENTS], dtype=np.float32)
 SEG_ROLE = np.array([s[3] for s in SEGMENTS])
-# Markers sit a little in front of the torso in depth order so that they show when the front faces sideways.
-SEG_DEPTH_BIAS = np.where(SEG_ROLE == 1, 0.03, 0.0).astype(np.float32)
+SEG_DEPTH_BIAS = np.array([s[4] for s in SEGMENTS], dtype=np.float32)
 
 
 def pose(a: float, e: float, b: float, k: float, p: float, *,
@@ -104,8 +113,9 @@ def body_joints(poses: np.ndarray) -> np.ndarray:
     out[:, J["neck"], 1] = TORSO
     out[:, J["head"], 1] = TORSO + HEAD_UP
     out[:, J["nose"]] = (NOSE_OUT, TORSO + HEAD_UP, 0.0)
-    out[:, J["chest_lo"]] = (CHEST_OUT, 0.10, 0.0)
-    out[:, J["chest_hi"]] = (CHEST_OUT, 0.24, 0.0)
+    out[:, J["hair"]] = (-HAIR_BACK, TORSO + HEAD_UP + HAIR_UP, 0.0)
+    out[:, J["chest_lo"]] = (CHEST_OUT, CHEST_LO, 0.0)
+    out[:, J["chest_hi"]] = (CHEST_OUT, CHEST_HI, 0.0)
     for side, sign, col in (("l", 1.0, 0), ("r", -1.0, 2)):
         a, e = poses[:, col], poses[:, col + 1]
         shoulder = np.array([0.0, TORSO - 0.03, sign * SHOULDER_W])
@@ -181,6 +191,7 @@ class Look:
     leotard: np.ndarray
     accent: np.ndarray
     skin: np.ndarray
+    hair: np.ndarray
     scale: float
 
 
@@ -195,7 +206,7 @@ def segments_2d(placed: np.ndarray, look: Look, origin: np.ndarray) -> tuple[np.
     pts = np.stack([px, py], axis=-1)
     p0, p1 = pts[:, SEG_A], pts[:, SEG_B]  # (T, S, 2)
     depth = 0.5 * (placed[:, SEG_A, 2] + placed[:, SEG_B, 2]) + SEG_DEPTH_BIAS  # (T, S)
-    base = np.stack([look.leotard, look.accent, look.skin])[SEG_ROLE]  # (S, 3)
+    base = np.stack([look.leotard, look.accent, look.skin, look.hair])[SEG_ROLE]  # (S, 3)
     shade = np.clip(0.82 + 1.2 * depth, 0.55, 1.0)[..., None]  # far limbs darker
     shade = np.where((SEG_ROLE == 1)[None, :, None], 1.0, shade)
     colour = base[None] * shade
@@ -308,6 +319,7 @@ class Scene:
     leotard: tuple[float, float, float]
     accent: tuple[float, float, float]
     skin: tuple[float, float, float]
+    hair: tuple[float, float, float]
     background_seed: int
     low_bar_side: int
     camera_amplitude: float
@@ -317,7 +329,8 @@ class Scene:
 
     @property
     def look(self) -> Look:
-        return Look(np.array(self.leotard), np.array(self.accent), np.array(self.skin), self.scale)
+        return Look(np.array(self.leotard), np.array(self.accent), np.array(self.skin), np.array(self.hair),
+                    self.scale)
 
 
 def background(scene: Scene, pad: int) -> np.ndarray:
