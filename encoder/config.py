@@ -180,8 +180,9 @@ def validate(cfg: RunConfig, earlier: Sequence[str] = ()) -> None:
         p.append("ssl.threshold is required for ssl.mode=fixmatch; set ssl.threshold=0.95")
     if cfg.ssl.threshold is not None and not 0.0 < cfg.ssl.threshold <= 1.0:
         p.append(f"ssl.threshold={cfg.ssl.threshold}: must be in (0, 1]")
-    if not 0.0 < cfg.data.label_ratio < 1.0 and cfg.data.labeled_list is None:
-        p.append(f"data.label_ratio={cfg.data.label_ratio}: must be in (0, 1), or set data.labeled_list")
+    if not 0.0 < cfg.data.label_ratio <= 1.0 and cfg.data.labeled_list is None:
+        p.append(f"data.label_ratio={cfg.data.label_ratio}: must be in (0, 1] (1: every train clip labeled, "
+                 "ssl.mode=supervised only), or set data.labeled_list")
     if cfg.data.split_method not in ("stratified", "uniform"):
         p.append(f"data.split_method={cfg.data.split_method!r}: use stratified or uniform")
     if cfg.optim.micro_batch_size > 0 and cfg.optim.batch_size % cfg.optim.micro_batch_size:

@@ -63,6 +63,8 @@ def build_train_items(cfg: RunConfig) -> tuple[list[Sample], list[Sample]]:
         labeled = read_samples(cfg.data_path(cfg.data.labeled_list))
         names = {Path(s.path).stem for s in labeled}
         unlabeled = [s for s in train if Path(s.path).stem not in names]
+    elif cfg.data.label_ratio == 1.0:  # every train clip labeled: the supervised ceiling
+        labeled, unlabeled = train, []
     else:
         split = make_split(train, cfg.data.label_ratio, cfg.data.split_seed, cfg.data.split_method)
         labeled, unlabeled = split.labeled, split.unlabeled
