@@ -63,10 +63,14 @@ def requirements(cfg: BridgeConfig) -> list[Requirement]:
         w = Path(cfg.encoder.frames.weights)
         reqs.append(Requirement("encoder.frames.weights", str(w), "timm weights file", w.is_file()))
     d = cfg.data
-    for key, value, needs in (("data.train_questions", d.train_questions, "Gym-QA JSONL (sefar gymqa build)"),
-                              ("data.test_questions", d.test_questions, "Gym-QA JSONL (sefar gymqa build)"),
-                              ("data.train_list", d.train_list, "'path label' list of the train questions' clips"),
-                              ("data.test_list", d.test_list, "'path label' list of the test questions' clips")):
+    questions = "Gym-QA JSONL (sefar gymqa build) or the paper's Gym-QA JSON"
+    files = [("data.train_questions", d.train_questions, f"{questions} or free-form conversations"),
+             ("data.test_questions", d.test_questions, questions),
+             ("data.train_list", d.train_list, "'path label' list of the train questions' clips"),
+             ("data.test_list", d.test_list, "'path label' list of the test questions' clips")]
+    if _free_form(d.train_questions):  # its clip list is derived from the records
+        files.pop(2)
+    for key, value, needs in files:
         reqs.append(Requirement(key, value, needs, Path(value).is_file()))
     if d.videos:
         videos = Path(d.videos)
@@ -82,6 +86,17 @@ def requirements(cfg: BridgeConfig) -> list[Requirement]:
         reqs.append(Requirement("adapter.lavis_checkpoint", str(lc), "LAVIS / Video-LLaMA checkpoint", lc.is_file()))
     reqs.append(_llm(cfg.llm.path, cfg.llm.gguf_file))
     return reqs
+
+
+def _free_form(path: str) -> bool:
+    """Whether ``path`` is a readable file of free-form conversations."""
+    from bridge.datafile import detect_format
+    from common.errors import DataError
+
+    try:
+        return Path(path).is_file() and detect_format(path) == "freeform"
+    except (DataError, OSError):
+        return False
 
 
 def _feature_dim(cfg: BridgeConfig) -> int:

@@ -8,7 +8,7 @@
      "template": "chat" | "vicuna_v1.1",
      "features": {"kind": "sefar" | "frames", "source": "<encoder export or model name>",
                   "layout": [[frame indices of element 0], ...], "use_cls": true},
-     "prompt": {"question": "...", "objective": "name" | "letter"},
+     "prompt": {"question": "...", "objective": "name" | "letter" | "conversation"},
      "source": {"run": "<run folder>", "step": 300},
      "weights": {"file": "adapter.safetensors", "sha256": "<64 hex digits>", "bytes": int}}
 

@@ -2,7 +2,9 @@
 
 Shared by the training recipe and the evaluation. A question's clip is found in the feature cache by its
 ``clip_id`` (:func:`common.clipid.clip_id`, the same id the cache uses); a question whose clip has no features is
-skipped and counted, never an error.
+skipped and counted, never an error. Question files are our Gym-QA JSONL or the paper's Gym-QA JSON, told apart by
+content (:mod:`bridge.datafile`); training also takes free-form conversations (:mod:`bridge.conversations`), whose
+clip list is derived from the records and whose every clip must have features.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.config import BridgeConfig
+from bridge.conversations import ConversationSet, clip_list_text, read_conversations
+from bridge.datafile import ClipRecords, Example, detect_format, read_questions_file
 from bridge.featurecache import FeatureCache
 from bridge.features import extract_features
 from bridge.frames import FrameEncoderConfig
@@ -21,16 +25,16 @@ from common.errors import DataError
 from common.textio import write_text_atomic
 from encoder.data.cliplist import clip_id
 from encoder.data.splits import format_samples, read_samples
-from gymqa.question import Question, format_prompt, read_questions_jsonl
+from gymqa.question import Question, format_prompt
 
 __all__ = ["LETTER_INSTRUCTION", "direction_pair_names", "QuestionSet", "encoder_source", "feature_cache", "letter_prompt_question",
-           "read_question_set", "write_clip_sublist"]
+           "read_question_set", "read_training_set", "write_clip_sublist"]
 
 LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
 
 @dataclass
-class QuestionSet:
+class QuestionSet(ClipRecords):
     """Questions whose clip has cached features, how many were skipped for lack of them, the file they come from
     and each question's line in it (by id)."""
 
@@ -43,11 +47,31 @@ class QuestionSet:
         """Refuse a question or option longer than ``limits`` (characters only without ``tokenizer``)."""
         limits.check_questions(self.path, self.questions, self.lines, tokenizer)
 
+    def records(self) -> list[Question]:
+        return self.questions
+
+    @property
+    def first_question(self) -> str:
+        return self.questions[0].question
+
+    def examples(self, template, objective: str) -> list[Example]:
+        """The training :class:`Example` of every question: ``name`` asks the stem and targets the right option's
+        text, ``letter`` asks the lettered question and targets the letter."""
+        out = []
+        for q in self.questions:
+            if objective == "name":
+                text, target = q.question, q.answer_text
+            else:
+                text, target = letter_prompt_question(q), q.answer_letter
+            prompt, target = template.with_answer(text, target)
+            out.append(Example(q.clip_id, prompt, target, text))
+        return out
+
 
 def _chosen(path: str | os.PathLike, types: Sequence[str], limit: int | None = None,
             lines: dict[str, int] | None = None) -> list[Question]:
     """The original questions (rotation 0) of ``path`` of the given types, the first ``limit`` of them."""
-    everything = read_questions_jsonl(path, lines)
+    everything = read_questions_file(path, lines)
     if not everything:
         raise DataError(path, "empty: no questions in this file")
     chosen = [q for q in everything if q.type in types and q.rotation == 0]
@@ -76,6 +100,18 @@ def read_question_set(path: str | os.PathLike, types: Sequence[str], cache: Feat
     return qs
 
 
+def read_training_set(cfg: BridgeConfig, cache: FeatureCache, limits: TextLimits) -> QuestionSet | ConversationSet:
+    """``data.train_questions`` with features in ``cache``: Gym-QA questions (either format; those without
+    features skipped and counted) or free-form conversations (a clip without features is an error)."""
+    path = cfg.data.train_questions
+    if detect_format(path) != "freeform":
+        return read_question_set(path, cfg.data.types, cache, limits=limits)
+    data = ConversationSet(read_conversations(path), os.fspath(path))
+    data.check_lengths(limits)
+    data.check_features(cache)
+    return data
+
+
 def write_clip_sublist(list_path: str | os.PathLike, clip_ids: set[str], out: str | os.PathLike) -> Path:
     """Write the entries of ``list_path`` whose clip id is in ``clip_ids`` (list order kept) to ``out``."""
     samples = [s for s in read_samples(list_path) if clip_id(s) in clip_ids]
@@ -98,18 +134,23 @@ def feature_cache(cfg: BridgeConfig, split: str, root: str | os.PathLike, num_wo
     """The features of the ``split`` ("train" | "test") questions' clips, extracted first where missing.
 
     The cache covers exactly the clips the questions name (for "test", those of the first ``eval.max_questions``
-    questions; a sub-list of the split's clip list written beside it); extraction resumes shard by shard, with the
+    questions; a sub-list of the split's clip list written beside it; for free-form training data, the records'
+    videos with label 0, ``data.train_list`` unused); extraction resumes shard by shard, with the
     cache's own shard size (a cache begun by ``sefar bridge features`` on that sub-list is resumed too).
     """
     questions = cfg.data.train_questions if split == "train" else cfg.data.test_questions
     source_list = cfg.data.train_list if split == "train" else cfg.data.test_list
     folder = Path(root) / split
-    chosen = _chosen(questions, cfg.data.types, cfg.eval.max_questions if split == "test" else None)
-    ids = {q.clip_id for q in chosen}
-    sublist = write_clip_sublist(source_list, ids, folder.with_name(f"{split}_clips.txt"))
+    sublist = folder.with_name(f"{split}_clips.txt")
+    if split == "train" and detect_format(questions) == "freeform":  # the list is the records' videos, label 0
+        write_text_atomic(sublist, clip_list_text(read_conversations(questions)))
+        videos = cfg.data.videos or Path(questions).parent
+    else:
+        chosen = _chosen(questions, cfg.data.types, cfg.eval.max_questions if split == "test" else None)
+        write_clip_sublist(source_list, {q.clip_id for q in chosen}, sublist)
+        videos = cfg.data.videos or Path(source_list).parent
     manifest = folder / "manifest.json"
     if not manifest.is_file() or not FeatureCache(folder).manifest.get("complete"):
-        videos = cfg.data.videos or Path(source_list).parent
         extract_features(encoder_source(cfg), sublist, folder, videos, batch_size=8,
                          dtype=cfg.encoder.feature_dtype, num_workers=num_workers)
     return FeatureCache(folder)

@@ -11,6 +11,9 @@ build the adapter (Q-Former from BERT) -> an explicit loop over ``train.steps`` 
 * ``adapter.instruction: true`` (InstructBLIP): the question's text also enters the Q-Former, the stem for ``name``,
   the lettered question for ``letter`` (the text the LLM prompt asks); its BERT tokenizer is saved in
   ``RUN/checkpoints/qformer_tokenizer`` and in the export.
+* Free-form conversations (:mod:`bridge.conversations`, detected by content in ``data.train_questions``): every
+  assistant turn is a target, the conversation before it the prompt; ``train.objective`` does not apply and the
+  clip list is derived from the records. ``data.train_questions`` may also be the paper's Gym-QA JSON.
 * Resuming: ``RUN/checkpoints/last.safetensors`` holds the adapter, the AdamW state and the step, written
   atomically every ``train.save_every`` steps. Each step's batch and dropout draws come from generators seeded
   by ``(seed, step)``, so a run killed and resumed logs the same losses as one that never stopped.
@@ -23,8 +26,6 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import NamedTuple
-
 import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
@@ -35,7 +36,8 @@ from bridge.export import CHECKPOINT, read_checkpoint, write_adapter_export, wri
 from bridge.keymap import fit_to_checkpoint, lavis_shapes, load_lavis_checkpoint, read_lavis_state
 from bridge.llm import LLMConfig, load_llm
 from bridge.model import VideoLLM
-from bridge.qa import feature_cache, letter_prompt_question, read_question_set
+from bridge.conversations import ConversationSet
+from bridge.qa import feature_cache, read_training_set
 from bridge.tokens import visual_tokens
 from common.errors import ConfigError, DataError
 from common.jsonio import dumps, loads, write_json
@@ -54,37 +56,16 @@ def _lr_at(step: int, cfg: BridgeConfig) -> float:
     return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-class Example(NamedTuple):
-    """One training question for the objective: ``text`` is what the prompt asks (the Q-Former's instruction when
-    the adapter has that option)."""
-
-    clip_id: str
-    prompt: str
-    target: str
-    text: str
-
-
-def _examples(cfg: BridgeConfig, model: VideoLLM, questions) -> list[Example]:
-    """The :class:`Example` of every training question."""
-    out = []
-    for q in questions:
-        if cfg.train.objective == "name":
-            text, target = q.question, q.answer_text
-        else:
-            text, target = letter_prompt_question(q), q.answer_letter
-        prompt, target = model.template.with_answer(text, target)
-        out.append(Example(q.clip_id, prompt, target, text))
-    return out
-
-
-def run_metadata(cfg: BridgeConfig, model: VideoLLM, layout: list[list[int]], question: str) -> dict:
-    """What an export records besides the weights (see :mod:`bridge.export`)."""
+def run_metadata(cfg: BridgeConfig, model: VideoLLM, layout: list[list[int]], question: str,
+                 objective: str | None = None) -> dict:
+    """What an export records besides the weights (see :mod:`bridge.export`); ``objective``: the recorded one
+    when not ``train.objective`` (``"conversation"`` for free-form data)."""
     llm = LLMConfig(**vars(cfg.llm))
     source = cfg.encoder.export if cfg.encoder.kind == "sefar" else f"frames:{cfg.encoder.frames.model}"
     return {"llm": llm.to_dict(), "template": model.template.name,
             "features": {"kind": cfg.encoder.kind, "source": source, "layout": layout,
                          "use_cls": cfg.adapter.use_cls},
-            "prompt": {"question": question, "objective": cfg.train.objective}}
+            "prompt": {"question": question, "objective": objective or cfg.train.objective}}
 
 
 def _build_adapter(cfg: BridgeConfig, feature_dim: int, llm) -> QFormerAdapter:
@@ -193,10 +174,11 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
         write_text_atomic(run / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     began = time.perf_counter()
     cache = feature_cache(cfg, "train", cfg.data.features or run / "features")
-    qs = read_question_set(cfg.data.train_questions, cfg.data.types, cache, limits=text_limits(cfg))
+    qs = read_training_set(cfg, cache, text_limits(cfg))
+    free = isinstance(qs, ConversationSet)
     if main:
-        print(f"train questions: {len(qs.questions)} ({qs.skipped} skipped: no features)")
-    features = {cid: cache[cid] for cid in {q.clip_id for q in qs.questions}}
+        print(f"train {'conversations' if free else 'questions'}: {qs.count} ({qs.skipped} skipped: no features)")
+    features = {cid: cache[cid] for cid in qs.clip_ids}
     feature_seconds = time.perf_counter() - began
 
     if llm is None:
@@ -209,8 +191,8 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
     model = VideoLLM(adapter, llm)
     if cfg.train.gradient_checkpointing:
         model.enable_checkpointing()
-    examples = _examples(cfg, model, qs.questions)
-    meta = run_metadata(cfg, model, cache.layout, qs.questions[0].question)
+    examples = qs.examples(model.template, cfg.train.objective)
+    meta = run_metadata(cfg, model, cache.layout, qs.first_question, "conversation" if free else None)
     if main:
         write_qformer_tokenizer(run / "checkpoints", adapter)  # instruction adapters: `sefar bridge export` needs it
         write_text_atomic(run / "prompt.txt", examples[0].prompt + examples[0].target)
@@ -260,7 +242,8 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
                 if stop_after is not None and step >= stop_after:
                     return {"step": step, "losses": losses, "stopped": True}
     adapter = accelerator.unwrap_model(adapter_p)
-    summary = {"step": step, "losses": losses, "train_questions": len(qs.questions), "skipped": qs.skipped,
+    summary = {"step": step, "losses": losses, "train_questions": qs.count, "train_examples": len(examples),
+               "skipped": qs.skipped,
                "feature_seconds": round(feature_seconds, 1),
                "train_seconds": round(time.perf_counter() - train_began, 1), "world_size": world,
                "examples_per_rank": [step * len(range(r, batch_size, world)) for r in range(world)]}

@@ -42,7 +42,8 @@ def add_parser(subparsers, name: str, help_: str) -> None:
 
     ev = sub.add_parser("eval", help="score an adapter on Gym-QA questions (predictions JSONL + reports)")
     ev.add_argument("source", metavar="RUN_OR_EXPORT", help="a bridge run folder or an adapter export folder")
-    ev.add_argument("--questions", help="Gym-QA JSONL (default: the run's test questions)")
+    ev.add_argument("--questions", help="Gym-QA JSONL or the paper's Gym-QA JSON (default: the run's "
+                    "test questions)")
     ev.add_argument("--features", metavar="DIR", help="feature cache of the questions' clips (default: the run's)")
     ev.add_argument("--method", choices=("likelihood", "generate", "letter", "all"), default="all")
     ev.add_argument("--max-questions", type=_positive_int, help="score the first N questions only")
