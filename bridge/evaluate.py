@@ -110,7 +110,7 @@ def evaluate(model: VideoLLM, cache: FeatureCache, questions_path: str | os.Path
     originals = qs.questions
     everything = rotate(originals) if circular else originals
     model.eval()
-    summary = {"questions": len(originals), "skipped": qs.skipped, "methods": {}}
+    summary = {"questions": len(originals), "skipped": qs.skipped, "processes": shards.world, "methods": {}}
     if "likelihood" in methods:
         began = time.perf_counter()
         pairs = direction_pairs or {}
