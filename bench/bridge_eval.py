@@ -135,7 +135,7 @@ def main() -> None:
                           "speedup": round(baseline_s / seconds, 2), "max_abs_difference": diff}
             print(f"batch {size}: {runs[size]}")
     base_qps = len(qs) / baseline_s
-    table = Table("", ["scoring", "batch", "s", "questions/s", "speed-up", "max |score difference|"])
+    table = Table("", ["scoring", "batch", "s", "questions/s", "speed-up", "max abs score difference"])
     table.add("one question at a time", 1, f"{baseline_s:.1f}", f"{base_qps:.2f}", "1.00x", "-")
     for size, r in runs.items():
         table.add("batched (bridge.evaluate)", size, f"{r['seconds']:.1f}", f"{r['questions_per_s']:.2f}",
