@@ -82,9 +82,12 @@ class VideoChat:
     def load(cls, encoder_export: str | Path, adapter_export: str | Path | None, llm: str | Path | None,
              device: str = "cpu", quantization: str | None = None) -> "VideoChat":
         """Load the exports. ``llm``: a folder / GGUF file; None -> the adapter export's recorded LLM (the
-        embedded SmolLM2 when it records none or its recorded path is not on this machine)."""
+        embedded SmolLM2 when it records none or its recorded path is not on this machine). ``device`` is checked
+        first; the adapter follows the LLM's input embeddings (also under the adapter's recorded device map)."""
+        from bridge.devices import check_device
         from encoder.export import load as load_encoder
 
+        device = check_device(device)
         encoder = load_encoder(encoder_export, device=device)
         if adapter_export is None:
             return cls(encoder, None, None)

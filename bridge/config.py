@@ -111,6 +111,7 @@ class EvalSection:
     max_questions: Optional[int] = None  # first N test questions (None: all)
     circular: bool = True  # also score every rotation of the options (CircularEval)
     max_new_tokens: int = 24
+    batch_size: int = 16  # questions per LLM pass (bench/bridge_eval.py); the scores do not depend on it
 
 
 @dataclass
@@ -129,7 +130,7 @@ POSITIVE_KEYS = frozenset({
     "train.steps", "train.batch_size", "train.lr", "train.save_every", "train.log_every", "adapter.num_queries",
     "adapter.cross_attention_frequency", "adapter.max_elements", "adapter.max_frames", "encoder.frames.img_size",
     "encoder.frames.num_frames", "eval.max_new_tokens", "encoder.frames.std", "adapter.max_instruction_tokens",
-    "adapter.vision_width", "data.max_question_tokens", "data.max_option_tokens",
+    "adapter.vision_width", "data.max_question_tokens", "data.max_option_tokens", "eval.batch_size",
 })
 
 

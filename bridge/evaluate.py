@@ -6,14 +6,18 @@ Methods (one predictions file each, ``OUT/predictions_<method>.jsonl``; :func:`g
 an unparseable or empty answer counting as wrong):
 
 * ``likelihood`` (two files: ``likelihood_sum`` and ``likelihood_mean``): the prompt is the video and the
-  question's stem without options; each option's text (+ end of turn) is scored as the answer, the prompt computed once
-  and the options batched over its KV cache (:meth:`bridge.model.VideoLLM.option_loglikelihoods`). Scores do not
+  question's stem without options; each option's text (+ end of turn) is scored as the answer, the prompts computed
+  once and the options batched over their KV cache (:func:`bridge.batched.option_loglikelihoods`). Scores do not
   depend on the options' order, so the rotations of CircularEval reuse them.
 * ``generate``: the prompt lists the lettered options; the greedy answer is parsed by :func:`gymqa.parse_answer`.
 * ``letter``: the same prompt; the log-probabilities of the option letters as the next token, in one pass.
 
 An adapter with the instruction option (InstructBLIP) also gets the question asked: the stem for ``likelihood``,
 the lettered question for ``generate`` and ``letter``.
+
+Every method scores ``batch_size`` questions per LLM pass (:mod:`bridge.batched`: the same scores as one question at
+a time, up to float rounding). Under ``accelerate launch`` the processes score disjoint batches and the main process
+writes the merged files (:mod:`bridge.shards`), the same as one process writes.
 
 With ``circular`` every question's rotations are answered too (CircularEval). The report adds SynGym's
 direction-pair check when ``direction_pairs`` is given: for test clips of a forward/backward pair, how often the
@@ -27,12 +31,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
+import torch
 
+from bridge import batched
 from bridge.featurecache import FeatureCache, check_feature_width
 from bridge.limits import TextLimits
 from bridge.model import VideoLLM
 from bridge.qa import letter_prompt_question, read_question_set
+from bridge.shards import Shards
+from bridge.tokens import visual_tokens
 from common.results import Table
 from common.results import format_table as format_markdown
 from common.jsonio import write_json, write_jsonl
@@ -43,24 +50,23 @@ from gymqa.score import ScoreReport, read_predictions, score
 __all__ = ["METHOD_FILES", "evaluate", "format_table", "results_table"]
 
 METHOD_FILES = {"likelihood": ("likelihood_sum", "likelihood_mean"), "generate": ("generate",), "letter": ("letter",)}
+BATCH_SIZE = 16  # questions per LLM pass (bench/bridge_eval.py)
 
 
-def _likelihood(model, cache, questions, use_cls, pairs) -> tuple[dict, dict, dict]:
-    """Per question id: sum / mean option scores (rotations by option text); the direction-pair outcomes."""
-    sums, means, pair_wins = {}, {}, {}
-    for q in tqdm(questions, desc="likelihood", unit="q"):
-        prompt = model.template.render(q.question)
-        options = list(q.options)
-        sibling = pairs.get(q.answer_text)
-        if sibling is not None and sibling not in options:
-            options.append(sibling)
-        continuations = [model.template.with_answer(q.question, o)[1] for o in options]
-        queries = model.clip_queries(cache[q.clip_id], cache.layout, use_cls, q.question)
-        s, m = model.option_loglikelihoods(queries, prompt, continuations)
-        sums[q.id], means[q.id] = dict(zip(options, s)), dict(zip(options, m))
-        if sibling is not None:
-            pair_wins[q.id] = means[q.id][q.answer_text] > means[q.id][sibling]
-    return sums, means, pair_wins
+def _queries(model: VideoLLM, cache, qs: list[Question], texts: list[str], use_cls: bool) -> list:
+    """The query embeddings ``(Q, W)`` of each question's clip (``texts``: the adapter's instructions)."""
+    visual = visual_tokens([cache[q.clip_id] for q in qs], cache.layout, use_cls)
+    with torch.no_grad():
+        return list(model.queries(visual, model.instructions_for(texts)))
+
+
+def _likelihood(model, cache, qs: list[Question], use_cls: bool, pairs: dict) -> list[tuple]:
+    """Per question: its options (and the true name's time-reversed sibling), their sum and mean scores."""
+    options = [[*q.options, *([s] if (s := pairs.get(q.answer_text)) and s not in q.options else [])] for q in qs]
+    continuations = [[model.template.with_answer(q.question, o)[1] for o in opts] for q, opts in zip(qs, options)]
+    scores = batched.option_loglikelihoods(model, _queries(model, cache, qs, [q.question for q in qs], use_cls),
+                                           [model.template.render(q.question) for q in qs], continuations)
+    return [(opts, sums, means) for opts, (sums, means) in zip(options, scores)]
 
 
 def _letter_ids(model: VideoLLM, question: str, count: int) -> list[int]:
@@ -68,14 +74,15 @@ def _letter_ids(model: VideoLLM, question: str, count: int) -> list[int]:
             ["input_ids"][0] for i in range(count)]
 
 
-def _answer(model, cache, q: Question, method: str, use_cls: bool, max_new_tokens: int) -> object:
-    text = letter_prompt_question(q)
-    prompt = model.template.render(text)
-    queries = model.clip_queries(cache[q.clip_id], cache.layout, use_cls, text)
+def _answers(model, cache, qs: list[Question], method: str, use_cls: bool, max_new_tokens: int) -> list:
+    """``generate``: each question's greedy answer; ``letter``: its option letters' log-probabilities."""
+    texts = [letter_prompt_question(q) for q in qs]
+    queries = _queries(model, cache, qs, texts, use_cls)
+    prompts = [model.template.render(t) for t in texts]
     if method == "generate":
-        return model.generate(queries, prompt, max_new_tokens)
-    logprobs = model.next_token_logprobs(queries, prompt)
-    return [float(logprobs[i]) for i in _letter_ids(model, text, len(q.options))]
+        return batched.generate(model, queries, prompts, max_new_tokens)
+    logprobs = batched.next_token_logprobs(model, queries, prompts)
+    return [[float(lp[i]) for i in _letter_ids(model, t, len(q.options))] for lp, t, q in zip(logprobs, texts, qs)]
 
 
 def _write_predictions(path: Path, rows: list[dict]) -> None:
@@ -86,11 +93,16 @@ def evaluate(model: VideoLLM, cache: FeatureCache, questions_path: str | os.Path
              methods: Sequence[str] = ("likelihood",), types: Sequence[str] = ("element",),
              use_cls: bool = True,
              circular: bool = True, max_questions: int | None = None, max_new_tokens: int = 24,
-             direction_pairs: dict[str, str] | None = None, limits: TextLimits | None = None) -> dict:
+             direction_pairs: dict[str, str] | None = None, limits: TextLimits | None = None,
+             batch_size: int = BATCH_SIZE, shards: Shards | None = None) -> dict:
     """Answer the questions with each method, write predictions and reports into ``out``; returns the summary.
 
-    ``limits``: the longest question and option allowed, in tokens (checked before any model work)."""
+    ``limits``: the longest question and option allowed, in tokens (checked before any model work).
+    ``batch_size``: questions per LLM pass (the scores do not depend on it beyond float rounding). ``shards``: the
+    processes sharing the work (default: those of ``accelerate launch``, or this one alone); only the main one
+    writes."""
     out = Path(out)
+    shards = shards or Shards()
     limits = limits or TextLimits()
     qs = read_question_set(questions_path, types, cache, max_questions, limits)
     qs.check_lengths(limits, model.tokenizer)
@@ -98,34 +110,47 @@ def evaluate(model: VideoLLM, cache: FeatureCache, questions_path: str | os.Path
     originals = qs.questions
     everything = rotate(originals) if circular else originals
     model.eval()
-    summary = {"questions": len(originals), "skipped": qs.skipped, "methods": {}}
+    summary = {"questions": len(originals), "skipped": qs.skipped, "processes": shards.world, "methods": {}}
     if "likelihood" in methods:
         began = time.perf_counter()
-        sums, means, wins = _likelihood(model, cache, originals, use_cls, direction_pairs or {})
+        pairs = direction_pairs or {}
+        scored = shards.map(originals, batch_size, lambda b: _likelihood(model, cache, b, use_cls, pairs),
+                            "likelihood")
         seconds = time.perf_counter() - began
+        sums = {q.id: dict(zip(o, s)) for q, (o, s, _) in zip(originals, scored)}
+        means = {q.id: dict(zip(o, m)) for q, (o, _, m) in zip(originals, scored)}
+        wins = {q.id: means[q.id][q.answer_text] > means[q.id][pairs[q.answer_text]]
+                for q in originals if q.answer_text in pairs}
         for name, scores in (("likelihood_sum", sums), ("likelihood_mean", means)):
             rows = [{"id": q.id, "loglikelihoods": [scores[q.base_id][o] for o in q.options]} for q in everything]
             extra = {"direction_pairs": len(wins), "pair_accuracy": sum(wins.values()) / len(wins) if wins else None}
-            summary["methods"][name] = _score(out, name, everything, rows, seconds, extra)
+            summary["methods"][name] = _score(out, name, everything, rows, seconds, extra, shards)
     for method in (m for m in methods if m in ("generate", "letter")):
         began = time.perf_counter()
         key = "text" if method == "generate" else "loglikelihoods"
-        rows = [{"id": q.id, key: _answer(model, cache, q, method, use_cls, max_new_tokens)}
-                for q in tqdm(everything, desc=method, unit="q")]
-        summary["methods"][method] = _score(out, method, everything, rows, time.perf_counter() - began, {})
-    write_json(out / "results.json", summary, indent=1)
+        answers = shards.map(everything, batch_size,
+                             lambda b: _answers(model, cache, b, method, use_cls, max_new_tokens), method)
+        rows = [{"id": q.id, key: a} for q, a in zip(everything, answers)]
+        summary["methods"][method] = _score(out, method, everything, rows, time.perf_counter() - began, {}, shards)
+    if shards.main:
+        write_json(out / "results.json", summary, indent=1)
     return summary
 
 
-def _score(out: Path, name: str, questions: list[Question], rows: list[dict], seconds: float, extra: dict) -> dict:
+def _score(out: Path, name: str, questions: list[Question], rows: list[dict], seconds: float, extra: dict,
+           shards: Shards) -> dict:
+    """The main process writes the predictions and the reports; every process gets the summary."""
+    if not shards.main:
+        return shards.share(None)
     path = out / f"predictions_{name}.jsonl"
     _write_predictions(path, rows)
     report: ScoreReport = score(questions, read_predictions(path))  # scored from the file, as `gymqa score` does
     report.write(out / f"report_{name}.json", out / f"report_{name}.md")
-    return {"accuracy": report.overall.accuracy, "circular": (report.circular or {}).get("accuracy"),
-            "answered": report.answered, "n": report.overall.n, "seconds": round(seconds, 1),
-            "letters": {k: v["frequency"] for k, v in report.letters.items()}, **extra,
-            "by_type": {k: t.accuracy for k, t in report.by_type.items()}}
+    return shards.share({
+        "accuracy": report.overall.accuracy, "circular": (report.circular or {}).get("accuracy"),
+        "answered": report.answered, "n": report.overall.n, "seconds": round(seconds, 1),
+        "letters": {k: v["frequency"] for k, v in report.letters.items()}, **extra,
+        "by_type": {k: t.accuracy for k, t in report.by_type.items()}})
 
 
 def results_table(rows: Sequence[tuple[str, dict]], title: str = "") -> Table:

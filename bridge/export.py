@@ -166,24 +166,27 @@ def load_adapter(folder: str | os.PathLike, device: str = "cpu") -> tuple[QForme
     return adapter.to(device).eval(), config
 
 
-def load_video_llm(folder: str | os.PathLike, llm: str | os.PathLike | None = None, device: str = "cpu",
+def load_video_llm(folder: str | os.PathLike, llm: str | os.PathLike | None = None, device: str | None = "cpu",
                    quantization: str | None = None, loaded=None):
     """``(VideoLLM, config)``: the export's adapter on its LLM.
 
     ``llm``: a folder or GGUF file to use instead of the recorded one; None -> the recorded LLM, or the embedded
     SmolLM2 when the recorded path is not on this machine (with a one-line notice). ``loaded``: an already loaded
     :class:`~bridge.llm.LoadedLLM` to reuse (drivers that score several adapters on one LLM). The LLM's width
-    must be the adapter's.
+    must be the adapter's. ``device`` is checked (:func:`bridge.devices.check_device`); the adapter ends on the
+    device of the LLM's input embeddings, also when the recorded ``llm.device_map`` places the LLM.
     """
+    from bridge.devices import check_device
     from bridge.llm import EMBEDDED, LLMConfig, load_llm
     from bridge.model import VideoLLM
 
-    adapter, config = load_adapter(folder, device=device)
+    device = check_device(device)
+    adapter, config = load_adapter(folder)
     if loaded is not None:
         if loaded.width != adapter.cfg.llm_width:
             raise ConfigError(f"{folder}: the adapter projects to width {adapter.cfg.llm_width}, the LLM "
                               f"{loaded.source} has width {loaded.width}")
-        return VideoLLM(adapter.to(loaded.device), loaded), config
+        return VideoLLM(adapter, loaded), config
     llm_cfg = LLMConfig(**{**LLMConfig().to_dict(), **config.get("llm", {})})
     if llm is not None:
         llm_cfg.path, llm_cfg.gguf_file, llm_cfg.template = os.fspath(llm), None, "auto"

@@ -144,9 +144,12 @@ def load_llm(cfg: LLMConfig, device: str | torch.device = "cpu", width: int | No
     ``width``: the embedding width the LLM must have (an adapter's ``llm_width``), checked before the template."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from bridge.devices import check_device
+
     errors = cfg.validate()
     if errors:
         raise ConfigError("; ".join(errors))
+    device = check_device(device)
     folder, gguf_file = resolve_llm_source(cfg.path, cfg.gguf_file)
     check_source(folder, gguf_file)
     extra = {"gguf_file": gguf_file} if gguf_file else {}

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bridge.adapter import QFormerAdapter
+from bridge.batched import left_pad
 from bridge.llm import VIDEO_PLACEHOLDER, LoadedLLM, Prompt
 from bridge.tokens import VisualTokens, visual_tokens
 
@@ -69,7 +70,7 @@ class VideoLLM(nn.Module):
 
     def __init__(self, adapter: QFormerAdapter, llm: LoadedLLM) -> None:
         super().__init__()
-        self.adapter = adapter
+        self.adapter = adapter.to(llm.device)  # where the LLM's input embeddings are, also under a device map
         self.llm_model = llm.model
         self.tokenizer = llm.tokenizer
         self.template = llm.template
@@ -259,12 +260,11 @@ class VideoLLM(nn.Module):
 
     # -------------------------------------------------------------------------------------------- generation
 
-    def _generate_kwargs(self, queries: Tensor, prompt: str, max_new_tokens: int) -> dict:
-        embeds = self.prompt_embeds(queries, prompt)[None]
-        return dict(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
-                                                                   device=embeds.device),
-                    max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=self._stop_ids())
+    def _generate_kwargs(self, queries: Sequence[Tensor], prompts: Sequence[str], max_new_tokens: int) -> dict:
+        """``generate`` arguments of prompts (each with its ``(Q, W)`` queries), left-padded into one batch."""
+        embeds, mask = left_pad([self.prompt_embeds(q, p) for q, p in zip(queries, prompts)])
+        return dict(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self._stop_ids())
 
     def _stop_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -275,7 +275,7 @@ class VideoLLM(nn.Module):
     @torch.no_grad()
     def generate(self, queries: Tensor, prompt: str, max_new_tokens: int = 32) -> str:
         """Greedy answer text (special tokens removed)."""
-        out = self.llm_model.generate(**self._generate_kwargs(queries, prompt, max_new_tokens))
+        out = self.llm_model.generate(**self._generate_kwargs([queries], [prompt], max_new_tokens))
         return self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
     def stream(self, queries: Tensor, prompt: str, max_new_tokens: int = 128) -> Iterator[str]:
@@ -288,7 +288,7 @@ class VideoLLM(nn.Module):
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
         closed = threading.Event()
-        kwargs = self._generate_kwargs(queries.detach(), prompt, max_new_tokens) | {
+        kwargs = self._generate_kwargs([queries.detach()], [prompt], max_new_tokens) | {
             "streamer": streamer, "stopping_criteria": StoppingCriteriaList([_StopWhenSet(closed)])}
         errors: list[BaseException] = []
 

@@ -38,13 +38,16 @@ def read_compare(path: str | os.PathLike) -> tuple[str, str, dict[str, list[str]
     return str(data["base"]), str(data["out"]), {str(k): list(v) for k, v in runs.items()}
 
 
-def run_compare(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
-    """Train and score every run of the compare file; returns ``{run: evaluation summary}``."""
+def run_compare(path: str | os.PathLike, overrides: list[str] | None = None, device: str | None = None) -> dict:
+    """Train and score every run of the compare file; returns ``{run: evaluation summary}``. ``device``: where
+    the scoring loads the LLM (checked before any training; training places it as ``sefar bridge train`` does)."""
     from bridge.config import load_config
+    from bridge.devices import check_device
     from bridge.evaluate import format_table
-    from bridge.run import evaluate_run
+    from bridge.run import eval_device, evaluate_run
     from bridge.train import train
 
+    device = check_device(eval_device(device))
     base, out, runs = read_compare(path)
     configs = {name: load_config(base, [*extra, *(overrides or []), f"out={Path(out) / name}"])
                for name, extra in runs.items()}  # every config is validated before any training starts
@@ -52,7 +55,8 @@ def run_compare(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     for name, cfg in configs.items():
         print(f"== {name}")
         trained = train(cfg)
-        results[name] = evaluate_run(cfg.out) | {"train": {k: trained.get(k) for k in ("step", "train_seconds")}}
+        results[name] = evaluate_run(cfg.out, device=device) | {
+            "train": {k: trained.get(k) for k in ("step", "train_seconds")}}
     table = format_table(list(results.items()))
     print(table)
     write_text_atomic(Path(out) / "compare.json", dumps(results, indent=1) + "\n")

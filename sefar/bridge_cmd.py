@@ -54,11 +54,16 @@ def add_parser(subparsers, name: str, help_: str) -> None:
                     help="a longer question is an error (default: the run's data.max_question_tokens, else 256)")
     ev.add_argument("--max-option-tokens", type=_positive_int,
                     help="a longer option is an error (default: the run's data.max_option_tokens, else 64)")
+    _llm_placement(ev)
+    ev.add_argument("--batch-size", type=_positive_int,
+                    help="questions per LLM pass (default: the run's eval.batch_size, else 16)")
     ev.set_defaults(func=_eval)
 
     cp = sub.add_parser("compare", help="the same adapter recipe over several encoders (paper Tab. 5)")
     cp.add_argument("config", help="YAML under configs/bridge/compare_*.yaml")
     cp.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run")
+    _llm_placement(cp, scoring=True)
+    cp.add_argument("--batch-size", type=_positive_int, help="questions per LLM pass in scoring (eval.batch_size)")
     cp.set_defaults(func=_compare)
 
     ex = sub.add_parser("export", help="write an adapter export (config.json + adapter.safetensors)")
@@ -76,9 +81,18 @@ def add_parser(subparsers, name: str, help_: str) -> None:
     ask.add_argument("--max-question-tokens", type=_positive_int, default=256,
                      help="a longer question is an error (default 256)")
     ask.add_argument("--max-new-tokens", type=_positive_int, default=128)
-    ask.add_argument("--device", default="cpu")
-    ask.add_argument("--quantization", choices=("8bit", "4bit"))
+    _llm_placement(ask)
     ask.set_defaults(func=_ask)
+
+
+def _llm_placement(p: argparse.ArgumentParser, scoring: bool = False) -> None:
+    """``--device`` and ``--quantization`` of a command that loads an LLM (the adapter follows the LLM)."""
+    what = "scoring" if scoring else "the models"
+    p.add_argument("--device", default=None,
+                   help=f"torch device of {what}: cpu, cuda, cuda:N (checked; default cpu, or each process's GPU "
+                        "under accelerate launch); an llm.device_map places the LLM instead")
+    p.add_argument("--quantization", choices=("8bit", "4bit"),
+                   help="load the LLM quantized (bitsandbytes)" + (": every run's llm.quantization" if scoring else ""))
 
 
 def _features(args: argparse.Namespace) -> int:
@@ -119,7 +133,8 @@ def _eval(args: argparse.Namespace) -> int:
                                      methods=methods, max_questions=args.max_questions,
                                      circular=not args.no_circular, llm=args.llm, out=args.out,
                                      max_question_tokens=args.max_question_tokens,
-                                     max_option_tokens=args.max_option_tokens)
+                                     max_option_tokens=args.max_option_tokens, device=args.device,
+                                     quantization=args.quantization, batch_size=args.batch_size)
     print(table)
     return 0
 
@@ -127,7 +142,9 @@ def _eval(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from pipelines.compare import run_compare
 
-    run_compare(args.config, args.overrides)
+    overrides = [*args.overrides, *([f"llm.quantization={args.quantization}"] if args.quantization else []),
+                 *([f"eval.batch_size={args.batch_size}"] if args.batch_size else [])]
+    run_compare(args.config, overrides, device=args.device)
     return 0
 
 
@@ -143,10 +160,13 @@ def _ask(args: argparse.Namespace) -> int:
     from bridge.export import read_adapter_config
     from bridge.limits import TextLimits
 
+    from bridge.devices import check_device
+
+    check_device(args.device)  # before anything is read or loaded
     limits = TextLimits(question=args.max_question_tokens, flag="--max-question-tokens")
     limits.check_argument("question argument", args.question)  # characters, before anything is loaded
     encoder = args.encoder or read_adapter_config(args.export).get("features", {}).get("source")
-    chat = VideoChat.load(encoder, args.export, args.llm, device=args.device, quantization=args.quantization)
+    chat = VideoChat.load(encoder, args.export, args.llm, device=args.device or "cpu", quantization=args.quantization)
     limits.check_argument("question argument", args.question, chat.model.tokenizer)
     clip = chat.encode(args.video)
     for piece in chat.stream(clip, [], args.question, max_new_tokens=args.max_new_tokens):

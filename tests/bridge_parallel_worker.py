@@ -2,12 +2,12 @@
 
     python tests/bridge_parallel_worker.py WRITES.jsonl train key=value ...
     python tests/bridge_parallel_worker.py WRITES.jsonl train-until STEP key=value ...   (then stop, as if killed)
-    python tests/bridge_parallel_worker.py WRITES.jsonl eval RUN QUESTIONS OUT
+    python tests/bridge_parallel_worker.py WRITES.jsonl eval RUN QUESTIONS OUT [METHODS [BATCH_SIZE]]
 
 Every file the toolkit puts in place (``os.replace`` / ``os.rename``: every atomic write, the tokenizer folder)
 is logged to ``WRITES.jsonl`` as ``{"rank", "path"}``, so a test can check that each file was written by one
 process only. ``train`` runs :func:`bridge.train.train` on the config of the overrides; ``eval`` scores RUN's
-adapter on QUESTIONS by likelihood into OUT.
+adapter on QUESTIONS into OUT by the comma-separated METHODS (default likelihood), BATCH_SIZE questions a pass.
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def main() -> None:
         from bridge.run import evaluate_run
 
         run, questions, out = sys.argv[3:6]
-        summary = evaluate_run(run, questions=questions, methods=["likelihood"], circular=False, out=out)
+        methods = sys.argv[6].split(",") if len(sys.argv) > 6 else ["likelihood"]
+        batch = int(sys.argv[7]) if len(sys.argv) > 7 else None
+        summary = evaluate_run(run, questions=questions, methods=methods, circular=False, out=out, batch_size=batch)
         if RANK == 0:
             print("SUMMARY " + json.dumps(summary))
 

@@ -101,3 +101,36 @@ def test_a_run_resumes_under_two_processes(setup):
     assert stopped["stopped"] and stopped["step"] == 2 and not (root / "killed" / "adapter").exists()
     resumed = launch(2, root / "resumed.jsonl", "train", *killed)
     assert resumed["losses"] == pytest.approx(straight["losses"], abs=LOSS_TOLERANCE)
+
+
+def _predictions(folder: Path) -> dict[str, list[dict]]:
+    return {f.name: [json.loads(line) for line in f.read_text().splitlines()]
+            for f in sorted(folder.glob("predictions_*.jsonl"))}
+
+
+def test_sharded_evaluation_merges_into_the_predictions_of_one_process(setup):
+    root, overrides = setup
+    run = root / "scored"
+    launch(1, root / "scored.jsonl", "train", *overrides, f"out={run}")
+    test_questions = next(o.split("=", 1)[1] for o in overrides if o.startswith("data.test_questions="))
+    methods = "likelihood,letter,generate"
+    one = launch(1, root / "eval1.jsonl", "eval", str(run), test_questions, str(root / "eval1"), methods, "2")
+    two = launch(2, root / "eval2.jsonl", "eval", str(run), test_questions, str(root / "eval2"), methods, "2")
+    alone, merged = _predictions(root / "eval1"), _predictions(root / "eval2")
+    assert set(alone) == {f"predictions_{m}.jsonl" for m in
+                          ("likelihood_sum", "likelihood_mean", "letter", "generate")} == set(merged)
+    for name, rows in alone.items():
+        assert [r["id"] for r in merged[name]] == [r["id"] for r in rows] and len(rows) == 6, name
+        for a, b in zip(rows, merged[name]):
+            if "text" in a:
+                assert a["text"] == b["text"]
+            else:
+                assert b["loglikelihoods"] == pytest.approx(a["loglikelihoods"], abs=1e-5)
+    for method, result in one["methods"].items():
+        assert two["methods"][method]["accuracy"] == result["accuracy"], method
+    written = writes(root / "eval2.jsonl")
+    out_files = {p: ranks for p, ranks in written.items() if Path(p).is_relative_to(root / "eval2")}
+    assert one["processes"] == 1 and two["processes"] == 2
+    for name in ("predictions_letter.jsonl", "report_generate.json", "results.json"):
+        assert str(root / "eval2" / name) in out_files, name
+    assert all(ranks == {0} for ranks in out_files.values()), out_files

@@ -126,6 +126,6 @@ def test_instruction_adapter_trains_exports_and_scores(setup, monkeypatch):
     seen.clear()
     result = evaluate_run(run, methods=["likelihood", "letter"], max_questions=2, circular=False)
     assert result["questions"] == 2 and set(result["methods"]) == {"likelihood_sum", "likelihood_mean", "letter"}
-    stems = [batch[0] for batch in seen[:2]]  # likelihood: the stem; letter: the lettered question
-    assert stems == ["What gymnastics move is this athlete performing?"] * 2
-    assert all("? A." in batch[0] for batch in seen[2:]) and len(seen) == 4
+    likelihood, letter = seen  # one batch per method; likelihood: the stems; letter: the lettered questions
+    assert likelihood == ["What gymnastics move is this athlete performing?"] * 2
+    assert len(letter) == 2 and all(text.startswith("What gymnastics move") and "? A." in text for text in letter)
