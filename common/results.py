@@ -62,7 +62,7 @@ def _cell(value) -> str:
 def format_table(table: Table | dict) -> str:
     """A Markdown table (a float shows 2 decimals; format cells as strings for anything else)."""
     t = table if isinstance(table, Table) else Table(**table)
-    lines = ["| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
+    lines = ["| " + " | ".join(_cell(c) for c in t.columns) + " |", "|" + "---|" * len(t.columns)]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in t.rows]
     return "\n".join(lines)
 
