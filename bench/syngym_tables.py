@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
             results.setdefault(name, []).append({"seed": seed, **r})
             print(f"{name} seed {seed}: top-1 {100 * r['top1']:.1f}", flush=True)
 
+    ratio = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("data.label_ratio=")), "0.1")
+    labels = "all labels" if float(ratio) == 1.0 else f"{100 * float(ratio):g}% labels"
     tables = []
     for title, names in TABLES.items():
         names = [n for n in names if n in results]
@@ -174,13 +176,14 @@ def main(argv: list[str] | None = None) -> dict:
             table.add(label, steps, mean_std([r["top1"] for r in rs]), mean_std([r["student_top1"] for r in rs]),
                       mean_std([r["pair_top1"] for r in rs]), mean_std([r["pair_accuracy"] for r in rs]),
                       f"{min(seconds):.0f}-{max(seconds):.0f}" if len(seconds) > 1 else f"{seconds[0]:.0f}")
-        table.notes = (f"SynGym val, {args.level} level ({level['classes']} classes), 10% labels, mean ± std over "
+        table.notes = (f"SynGym val, {args.level} level ({level['classes']} classes), {labels}, mean ± std over "
                        f"seeds {', '.join(map(str, args.seeds))} (split seed = seed); "
                        f"{args.config.as_posix()}" + (f" with {' '.join(args.overrides)}" if args.overrides else "")
                        + ". Pair accuracy: the clip's class scored above its time-reversed sibling's (chance 50%).")
         tables.append(table)
     summary = {"level": args.level, "seeds": args.seeds, "overrides": args.overrides, "results": results}
-    write_result(args.out, f"SynGym semi-supervised tables ({args.level} level, 10% labels)", tables, summary,
+    title = "semi-supervised tables" if labels == "10% labels" else "supervised ceiling"
+    write_result(args.out, f"SynGym {title} ({args.level} level, {labels})", tables, summary,
                  started=started)
     return summary
 
