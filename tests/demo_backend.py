@@ -54,7 +54,7 @@ class ScriptedChat:
     def stream(self, clip: ScriptedClip, history: list[dict], question: str, max_new_tokens: int = 128):
         with self._lock:
             self.calls.append((clip.name, [dict(m) for m in history], question))
-        if VIDEO_PLACEHOLDER in question:  # as the real bridge does today: the prompt gets two placeholders
+        if VIDEO_PLACEHOLDER in question:  # a backend that fails on some text (the bridge once did on this)
             raise ValueError(f"the prompt must contain {VIDEO_PLACEHOLDER} exactly once")
         turn = sum(1 for m in history if m["role"] == "user") + 1
         for word in f"{clip.name} / turn {turn}: {question}".split(" ")[:max_new_tokens]:
