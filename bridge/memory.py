@@ -22,7 +22,6 @@ global batch) or ``device_map`` (the LLM's layers spread over the GPUs, the whol
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -229,16 +228,3 @@ def plan_memory(shape: LLMShape, *, dtype: str = "bfloat16", quantization: str |
     adapter = 16 * adapter_parameters
     return MemoryPlan(shape.name, gpus, placement, dtype, quantization, per_gpu_batch, checkpointing,
                       weight_share, adapter, kept + kv_cache + final, max(recompute, logits) + backward, context)
-
-
-def describe(plans: list[MemoryPlan]) -> str:
-    """The plans as a Markdown table."""
-    rows = [p.row() for p in plans]
-    head = list(rows[0])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(r[k]) for k in head) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def shape_json(shape: LLMShape) -> str:
-    return json.dumps(asdict(shape))

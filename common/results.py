@@ -117,10 +117,10 @@ def _commit() -> str:
 def _command(argv: list[str]) -> str:
     """The command as a user would type it again: repository paths relative, the interpreter as ``python``."""
     first = Path(argv[0])
-    if first.name in ("sefar", "__main__.py") or first.suffix != ".py":
-        head = ["sefar"] if first.name == "sefar" else [first.name]
-        if first.name == "__main__.py":
-            head = ["python", "-m", first.parent.name]
+    if first.name == "__main__.py":
+        head = ["python", "-m", first.parent.name]
+    elif first.suffix != ".py":  # a console script such as sefar
+        head = [first.name]
     else:
         try:
             rel = first.resolve().relative_to(REPO_ROOT)

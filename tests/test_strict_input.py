@@ -14,24 +14,11 @@ from common import jsonio
 from common.errors import DataError, ListFormatError
 from common.finegym import read_annotations
 from gymqa.paper_format import read_paper_json
-from sefar.cli import main
+from test_bad_input import _one_error_line, _run
 from test_gymqa_build import mini_clip, write_mini_finegym
 
 BIG_400 = "9" * 400
 BIG_5000 = "7" * 5000
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------------------ the strict reader
