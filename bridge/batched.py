@@ -8,9 +8,11 @@ larger forwards:
   head, its query embeddings, the text after the video) is right-padded into one forward with an attention mask
   that hides the padding and position ids that count real tokens only. The next-token distribution of each row
   is read at its last real position (only there does the output layer run).
-* **options** (:func:`option_loglikelihoods`): the prompt cache is selected once per option (its row repeated)
-  and every option of every question runs as one batch after it, each at the positions that follow its own prompt;
-  the output layer runs only where an option token is predicted.
+* **options** (:func:`option_loglikelihoods`): one forward for the whole batch, without the separate prompt
+  pass: each row holds the rest of its prompt followed by the prefix tree of its options (a prefix that options
+  share, such as "(FX) salto", runs once), under a tree attention mask: every token sees its prompt and its own
+  prefix, and its position id is its prompt's length plus its depth. No KV cache is copied per option, and the
+  output layer runs once per position that predicts an option token.
 * **generation** (:func:`generate`): the full prompts left-padded, greedy decoding through ``generate`` (which
   derives position ids from the attention mask).
 """
@@ -71,11 +73,7 @@ def prompt_pass(model, queries: Sequence[Tensor], prompts: Sequence[str]) -> Pro
     mask[:, :h] = 1
     for b, r in enumerate(rows):
         embeds[b, : r.shape[0]], mask[b, h : h + r.shape[0]] = r, 1
-    cache = None
-    if h:
-        head = splits[0][0][:h]
-        cache = model.llm_model(inputs_embeds=model._embed(head)[None], use_cache=True).cache
-        cache.batch_repeat_interleave(n)
+    cache = _head_cache(model, splits[0][0][:h], n)
     positions = torch.arange(h, h + length, device=device).expand(n, -1)
     out = model.llm_model.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                                         cache=cache, use_cache=True)
@@ -89,31 +87,89 @@ def next_token_logprobs(model, queries: Sequence[Tensor], prompts: Sequence[str]
     return prompt_pass(model, queries, prompts).next_logprobs
 
 
+def _head_cache(model, head: Sequence[int], rows: int):
+    """The KV cache of the shared prompt head, repeated over ``rows`` (None when there is no head)."""
+    if not head:
+        return None
+    cache = model.llm_model.get_decoder()(inputs_embeds=model._embed(head)[None], use_cache=True).cache
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
+def _prefix_tree(options: Sequence[Sequence[int]]) -> tuple[list[tuple[int, int]], list[list[int]]]:
+    """The options' token prefix tree: nodes ``(token, parent)`` (parent -1 at the root; a parent always comes
+    before its children) and each option's path of node indices. Options sharing a prefix share its nodes."""
+    nodes: list[tuple[int, int]] = []
+    index: dict[tuple[int, int], int] = {}
+    paths = []
+    for option in options:
+        node, path = -1, []
+        for token in option:
+            node = index.setdefault((node, token), len(nodes))
+            if node == len(nodes):
+                nodes.append((token, path[-1] if path else -1))
+            path.append(node)
+        paths.append(path)
+    return nodes, paths
+
+
 @torch.no_grad()
 def option_loglikelihoods(model, queries: Sequence[Tensor], prompts: Sequence[str],
                           continuations: Sequence[Sequence[str]]) -> list[tuple[list[float], list[float]]]:
-    """Per prompt, the sum and the mean per token of each of its continuations' log-likelihood."""
-    p = prompt_pass(model, queries, prompts)
-    ids = [model._ids(c) for conts in continuations for c in conts]
-    owner = torch.tensor([b for b, conts in enumerate(continuations) for _ in conts], device=model.device)
-    n, length = len(ids), max(len(i) for i in ids)
-    tokens = torch.full((n, length), model.tokenizer.pad_token_id, dtype=torch.long, device=model.device)
-    real = torch.zeros(n, length, dtype=torch.long, device=model.device)
-    for k, row in enumerate(ids):
-        tokens[k, : len(row)], real[k, : len(row)] = torch.tensor(row, device=model.device), 1
-    p.cache.batch_select_indices(owner)
-    positions = p.lengths[owner, None] + torch.arange(length, device=model.device)
-    hidden = model.llm_model.get_decoder()(input_ids=tokens, attention_mask=torch.cat([p.mask[owner], real], 1),
-                                           position_ids=positions, cache=p.cache, use_cache=True).last_hidden_state
-    rows, cols = real[:, 1:].nonzero(as_tuple=True)  # position t predicts option token t + 1
-    logits = model.llm_model.get_output_embeddings()(hidden[rows, cols]).float().log_softmax(-1)
-    later = logits.gather(1, tokens[rows, cols + 1, None])[:, 0]
-    totals = p.next_logprobs[owner, tokens[:, 0]].double().index_add(0, rows, later.double())
+    """Per prompt, the sum and the mean per token of each of its continuations' log-likelihood.
+
+    One forward for the whole batch: each row holds the rest of a prompt (after the shared head) followed by the
+    prefix tree of its options, under a tree attention mask (a token sees its prompt and its own prefix only; its
+    position id is its prompt's length plus its depth), so a prefix that options share runs once, and an option's
+    last token, which predicts nothing, not at all. The output layer runs only where an option token is predicted.
+    """
+    splits = [model._split_prompt(p) for p in prompts]
+    h = _common_prefix([before for before, _ in splits])
+    dtype, device = model.llm_model.get_input_embeddings().weight.dtype, model.device
+    trees = [_prefix_tree([model._ids(c) for c in conts]) for conts in continuations]
+    rows, prompt_lengths = [], []
+    slots = []  # per row, the position (after the prompt) of each tree node that has children; leaves need none
+    for q, (before, after), (nodes, _) in zip(queries, splits, trees):
+        prompt = torch.cat([model._embed(before[h:]), q.to(dtype), model._embed(after)])  # (r, W)
+        parents = sorted({parent for _, parent in nodes if parent >= 0})
+        slots.append({node: k for k, node in enumerate(parents)})
+        prompt_lengths.append(prompt.shape[0])
+        rows.append(torch.cat([prompt, model._embed([nodes[i][0] for i in parents])]))
+    n, length = len(rows), max(r.shape[0] for r in rows)
+    embeds = rows[0].new_zeros(n, length, rows[0].shape[1])
+    positions = torch.zeros(n, length, dtype=torch.long)
+    allowed = torch.zeros(n, length, h + length, dtype=torch.bool)  # query row attends to key column
+    allowed[:, :, :h] = True
+    allowed[:, torch.arange(length), h + torch.arange(length)] = True  # padding rows see themselves: no empty row
+    where, targets = [], []  # (row, position) predicting each tree node, and the node's token
+    for b, (row, r, (nodes, _), slot) in enumerate(zip(rows, prompt_lengths, trees, slots)):
+        embeds[b, : row.shape[0]] = row
+        positions[b, :r] = torch.arange(h, h + r)
+        allowed[b, :r, h : h + r] = torch.ones(r, r, dtype=torch.bool).tril()
+        allowed[b, r:, h : h + r] = True
+        depth = []
+        for i, (token, parent) in enumerate(nodes):
+            depth.append(0 if parent < 0 else depth[parent] + 1)
+            if i in slot:
+                positions[b, r + slot[i]] = h + r + depth[i]
+                if parent >= 0:  # the parent's prefix (and the parent itself)
+                    allowed[b, r + slot[i]] |= allowed[b, r + slot[parent]]
+            where.append((b, r - 1 if parent < 0 else r + slot[parent]))
+            targets.append(token)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+    hidden = model.llm_model.get_decoder()(
+        inputs_embeds=embeds, attention_mask=mask.to(device), position_ids=positions.to(device),
+        cache=_head_cache(model, splits[0][0][:h], n), use_cache=h > 0).last_hidden_state  # (B, L, W)
+    at = torch.tensor(where, device=device)  # (T, 2)
+    unique, inverse = at.unique(dim=0, return_inverse=True)  # each predicting position once
+    logits = model.llm_model.get_output_embeddings()(hidden[unique[:, 0], unique[:, 1]]).float()  # (U, V)
+    norm = logits.logsumexp(-1)  # (U,)
+    node_lp = (logits[inverse, torch.tensor(targets, device=device)] - norm[inverse]).double().tolist()
     out, k = [], 0
-    for conts in continuations:
-        sums = [float(totals[k + j]) for j in range(len(conts))]
-        out.append((sums, [s / len(ids[k + j]) for j, s in enumerate(sums)]))
-        k += len(conts)
+    for nodes, paths in trees:
+        sums = [float(sum(node_lp[k + i] for i in path)) for path in paths]
+        out.append((sums, [s / len(path) for s, path in zip(sums, paths)]))
+        k += len(nodes)
     return out
 
 

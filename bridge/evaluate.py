@@ -85,6 +85,17 @@ def _answers(model, cache, qs: list[Question], method: str, use_cls: bool, max_n
     return [[float(lp[i]) for i in _letter_ids(model, t, len(q.options))] for lp, t, q in zip(logprobs, texts, qs)]
 
 
+def _map_by_length(shards: Shards, qs: list[Question], batch_size: int, fn, desc: str) -> list:
+    """``shards.map`` over the questions from the shortest to the longest (question and options, in characters),
+    so that the rows of a batch pad little; the results come back in the order of ``qs``."""
+    order = sorted(range(len(qs)), key=lambda i: len(qs[i].question) + sum(len(o) for o in qs[i].options))
+    results = shards.map([qs[i] for i in order], batch_size, fn, desc)
+    out: list = [None] * len(qs)
+    for i, result in zip(order, results):
+        out[i] = result
+    return out
+
+
 def _write_predictions(path: Path, rows: list[dict]) -> None:
     write_jsonl(path, rows)  # refuses NaN: a score that is not a number is a bug, never written
 
@@ -114,8 +125,8 @@ def evaluate(model: VideoLLM, cache: FeatureCache, questions_path: str | os.Path
     if "likelihood" in methods:
         began = time.perf_counter()
         pairs = direction_pairs or {}
-        scored = shards.map(originals, batch_size, lambda b: _likelihood(model, cache, b, use_cls, pairs),
-                            "likelihood")
+        scored = _map_by_length(shards, originals, batch_size,
+                                lambda b: _likelihood(model, cache, b, use_cls, pairs), "likelihood")
         seconds = time.perf_counter() - began
         sums = {q.id: dict(zip(o, s)) for q, (o, s, _) in zip(originals, scored)}
         means = {q.id: dict(zip(o, m)) for q, (o, _, m) in zip(originals, scored)}
@@ -128,8 +139,8 @@ def evaluate(model: VideoLLM, cache: FeatureCache, questions_path: str | os.Path
     for method in (m for m in methods if m in ("generate", "letter")):
         began = time.perf_counter()
         key = "text" if method == "generate" else "loglikelihoods"
-        answers = shards.map(everything, batch_size,
-                             lambda b: _answers(model, cache, b, method, use_cls, max_new_tokens), method)
+        answers = _map_by_length(shards, everything, batch_size,
+                                 lambda b: _answers(model, cache, b, method, use_cls, max_new_tokens), method)
         rows = [{"id": q.id, key: a} for q, a in zip(everything, answers)]
         summary["methods"][method] = _score(out, method, everything, rows, time.perf_counter() - began, {}, shards)
     if shards.main:

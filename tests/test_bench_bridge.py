@@ -22,3 +22,23 @@ def test_untrained_export_loads_as_an_encoder(tmp_path):
     with torch.no_grad():
         tokens = encoder.features(encoder.preprocess(frames))
     assert tokens["element_cls"].shape == (1, 4, 96)
+
+
+def test_bridge_eval_bench_writes_equal_scores(tmp_path, monkeypatch):
+    """bench/bridge_eval.py on a tiny LLaMA: every batched run's scores equal the one-at-a-time ones."""
+    import sys
+
+    from bridge_fixtures import tiny_llama
+
+    from bench import bridge_eval
+    from common.results import read_result
+
+    out = tmp_path / "bridge_eval.json"
+    monkeypatch.setattr(sys, "argv", ["bridge_eval", "--llm", str(tiny_llama(tmp_path / "llama")), "--questions", "7",
+                                      "--batch-sizes", "1,3", "--out", str(out)])
+    bridge_eval.main()
+    data = read_result(out)["data"]
+    assert data["questions"] == 7 and set(data["batched"]) == {"1", "3"}
+    for run in data["batched"].values():
+        assert run["max_abs_difference"]["likelihood_sum"] < 1e-4
+        assert run["max_abs_difference"]["likelihood_mean"] < 1e-4

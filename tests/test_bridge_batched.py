@@ -68,3 +68,37 @@ def test_batched_generation_equals_one_at_a_time(model, queries):
     alone = [model.generate(queries[b], prompts[b], max_new_tokens=12) for b in range(len(prompts))]
     assert together == alone
     assert len(set(alone)) > 1  # the rows really differ
+
+
+def test_evaluation_batches_by_length_and_keeps_the_question_order():
+    from bridge.evaluate import _map_by_length
+    from bridge.shards import Shards
+    from gymqa.question import Question
+
+    lengths = [30, 5, 50, 12, 41, 7, 22]
+    qs = [Question(id=f"q{i}", clip_id=f"c{i}", question="x" * n, options=("a", "b"), answer=0, type="element",
+                   level="element", split="test") for i, n in enumerate(lengths)]
+    batches = []
+
+    def fn(batch):
+        batches.append([len(q.question) for q in batch])
+        return [q.id for q in batch]
+
+    assert _map_by_length(Shards(), qs, 3, fn, "test") == [q.id for q in qs]  # results in the given order
+    assert batches == [[5, 7, 12], [22, 30, 41], [50]]  # each batch holds neighbours in length: little padding
+
+
+def test_options_sharing_prefixes_score_as_alone(model, queries):
+    """The prefix tree: duplicates, an option that is a prefix of another, and shared stems."""
+    prompts = _prompts(model)[:2]
+    options = [["salto", "salto", "salto backward", "salto backward tucked", "turn"], ["A", "A B", "B"]]
+    continuations = [[model.template.with_answer("q", o)[1] for o in opts] for opts in options]
+    raw = [[" salto", " salto backward"], [" A", " A"]]  # without the template's end token: true prefixes
+    for conts in (continuations, raw):
+        together = batched.option_loglikelihoods(model, list(queries[:2]), prompts, conts)
+        for b in range(2):
+            sums, means = model.option_loglikelihoods(queries[b], prompts[b], conts[b])
+            assert together[b][0] == pytest.approx(sums, abs=1e-4)
+            assert together[b][1] == pytest.approx(means, abs=1e-4)
+    nodes, paths = batched._prefix_tree([[1, 2, 3], [1, 2], [1, 4], [1, 2, 3]])
+    assert nodes == [(1, -1), (2, 0), (3, 1), (4, 0)] and paths == [[0, 1, 2], [0, 1], [0, 3], [0, 1, 2]]
