@@ -491,3 +491,17 @@ def test_tables_pair_metrics_at_element_and_set_level():
     probs[:, 1], probs[:, 4] = 0.7, 0.2
     got = tables.pair_metrics(probs, labels, elements, pairs, mapping)
     assert got == {"pair_top1": pytest.approx(1 / 3), "pair_accuracy": pytest.approx(1 / 2)}
+
+
+def test_probe_bench_runs_every_variant_end_to_end_on_tiny(tiny, tmp_path):
+    """bench/syngym_probe.py: each variant (the real TimeSformer configs and the CNN) trains, evaluates, reports."""
+    out, _ = tiny
+    probe = _bench("syngym_probe")
+    report = tmp_path / "probe.json"
+    assert probe.main(["--data", str(out), "--steps", "2", "--batch", "2", "--eval-every", "1", "--threads", "1",
+                       "--out", str(report)]) == 0
+    results = json.loads(report.read_text())["data"]["results"]
+    assert list(results) == list(probe.VARIANTS)
+    for r in results.values():
+        assert [c["step"] for c in r["curve"]] == [1, 2] and 0 <= r["top1"] <= 100 and r["params"] > 0
+    assert results["embedded"]["params"] < results["conv16"]["params"]  # the ImageNet stem stays frozen
