@@ -6,8 +6,9 @@ Methods (one predictions file each, ``OUT/predictions_<method>.jsonl``; :func:`g
 an unparseable or empty answer counting as wrong):
 
 * ``likelihood`` (two files: ``likelihood_sum`` and ``likelihood_mean``): the prompt is the video and the
-  question's stem without options; each option's text (+ end of turn) is scored as the answer, the prompts computed
-  once and the options batched over their KV cache (:func:`bridge.batched.option_loglikelihoods`). Scores do not
+  question's stem without options; each option's text (+ end of turn) is scored as the answer, every prompt and
+  its options in one forward (:func:`bridge.batched.option_loglikelihoods`: options as a prefix tree after their
+  prompt, under a tree attention mask). Scores do not
   depend on the options' order, so the rotations of CircularEval reuse them.
 * ``generate``: the prompt lists the lettered options; the greedy answer is parsed by :func:`gymqa.parse_answer`.
 * ``letter``: the same prompt; the log-probabilities of the option letters as the next token, in one pass.
