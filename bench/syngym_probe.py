@@ -13,7 +13,9 @@ at five to ten times the cost per step.
 
 The TimeSformer variants are :func:`encoder.timesformer.create_model` exactly as the encoder trains it (dual-level
 elements ``{2-2-4}``, fusion head), changed only where the variant says (stem, patch size, depth, combo). The
-CNN row is :class:`bench.syngym_difficulty.FrameCNN` on the 8 frames stacked along channels (early fusion).
+CNN row is :class:`bench.syngym_difficulty.FrameCNN` on the 8 frames stacked along channels (early fusion); the
+``conv16_stem_linear`` row is the TimeSformer's own conv stem with a linear readout of every frame's tokens in
+time order (:class:`StemReadout`), which separates the stem from the attention blocks.
 Reported on the val split: top-1 and direction-pair accuracy (the true class scored above its time-reversed
 sibling; chance 50%), at every ``--eval-every`` steps too, so a reader sees whether a variant is still climbing.
 """
@@ -31,10 +33,10 @@ from bench.syngym_difficulty import NUM_FRAMES, FrameCNN, load_split, model_inpu
 from common.finegym import read_categories
 from common.results import Table, provenance, write_result
 from encoder.data.syngym import direction_pairs
-from encoder.timesformer import create_model
+from encoder.timesformer import PatchEmbed, create_model
 
-#: name -> (what it is, create_model overrides; None: the early-fusion CNN)
-VARIANTS: dict[str, tuple[str, dict | None]] = {
+#: name -> (what it is, create_model overrides; None: the early-fusion CNN; "stem": :class:`StemReadout`)
+VARIANTS: dict[str, tuple[str, dict | str | None]] = {
     "cnn": ("early-fusion CNN (8 frames on channels), the pixel reference", None),
     "embedded": ("today's embedded default: frozen ImageNet EfficientNet-Lite0 stem, stride 16, 2 blocks",
                  dict(stem="effnet_lite0", patch_size=16, depth=2, stem_weights="package", freeze_stem=True)),
@@ -43,13 +45,30 @@ VARIANTS: dict[str, tuple[str, dict | None]] = {
     "conv16_one_element": ("conv stem, patch 16, 2 blocks, one 8-frame element (combo 8: frames in order)",
                            dict(stem="conv", patch_size=16, depth=2, combo="8")),
     "conv32": ("conv stem, patch 32 (2x2 tokens), 2 blocks", dict(stem="conv", patch_size=32, depth=2)),
+    "conv16_stem_linear": ("the conv16 stem alone: its tokens of the 8 frames concatenated in time order, one "
+                           "linear classifier (no attention)", "stem"),
 }
+
+
+class StemReadout(torch.nn.Module):
+    """The TimeSformer's conv stem on each frame, then one linear map of all tokens of all frames, in order."""
+
+    def __init__(self, size: int, num_classes: int, patch: int = 16, dim: int = 96) -> None:
+        super().__init__()
+        self.stem = PatchEmbed(patch, 3, dim, "conv")
+        self.fc = torch.nn.Linear(NUM_FRAMES * (size // patch) ** 2 * dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, K, S, S)
+        tokens = self.stem(x.transpose(1, 2).flatten(0, 1))  # (B*K, N, D)
+        return self.fc(F.relu(tokens).reshape(x.shape[0], -1))
 
 
 def build(name: str, num_classes: int, size: int) -> torch.nn.Module:
     overrides = VARIANTS[name][1]
     if overrides is None:
         return FrameCNN(size, num_classes, frames=NUM_FRAMES)
+    if overrides == "stem":
+        return StemReadout(size, num_classes)
     kw = dict(overrides)
     return create_model("tiny", num_classes, combo=kw.pop("combo", "2-2-4"), img_size=size, drop_path_rate=0.0,
                         head_dropout=0.2, **kw)
