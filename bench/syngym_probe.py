@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,21 +35,6 @@ from common.finegym import read_categories
 from common.results import Table, provenance, write_result
 from encoder.data.syngym import direction_pairs
 from encoder.timesformer import PatchEmbed, create_model
-
-#: name -> (what it is, create_model overrides; None: the early-fusion CNN; "stem": :class:`StemReadout`)
-VARIANTS: dict[str, tuple[str, dict | str | None]] = {
-    "cnn": ("early-fusion CNN (8 frames on channels), the pixel reference", None),
-    "embedded": ("today's embedded default: frozen ImageNet EfficientNet-Lite0 stem, stride 16, 2 blocks",
-                 dict(stem="effnet_lite0", patch_size=16, depth=2, stem_weights="package", freeze_stem=True)),
-    "conv16": ("conv stem from scratch, patch 16 (4x4 tokens), 2 blocks", dict(stem="conv", patch_size=16, depth=2)),
-    "conv16_d4": ("conv stem, patch 16, 4 blocks", dict(stem="conv", patch_size=16, depth=4)),
-    "conv16_one_element": ("conv stem, patch 16, 2 blocks, one 8-frame element (combo 8: frames in order)",
-                           dict(stem="conv", patch_size=16, depth=2, combo="8")),
-    "conv32": ("conv stem, patch 32 (2x2 tokens), 2 blocks", dict(stem="conv", patch_size=32, depth=2)),
-    "conv16_stem_linear": ("the conv16 stem alone: its tokens of the 8 frames concatenated in time order, one "
-                           "linear classifier (no attention)", "stem"),
-}
-
 
 class StemReadout(torch.nn.Module):
     """The TimeSformer's conv stem on each frame, then one linear map of all tokens of all frames, in order."""
@@ -63,15 +49,30 @@ class StemReadout(torch.nn.Module):
         return self.fc(F.relu(tokens).reshape(x.shape[0], -1))
 
 
-def build(name: str, num_classes: int, size: int) -> torch.nn.Module:
-    overrides = VARIANTS[name][1]
-    if overrides is None:
-        return FrameCNN(size, num_classes, frames=NUM_FRAMES)
-    if overrides == "stem":
-        return StemReadout(size, num_classes)
-    kw = dict(overrides)
-    return create_model("tiny", num_classes, combo=kw.pop("combo", "2-2-4"), img_size=size, drop_path_rate=0.0,
-                        head_dropout=0.2, **kw)
+def _cnn(size: int, num_classes: int) -> torch.nn.Module:
+    return FrameCNN(size, num_classes, frames=NUM_FRAMES)
+
+
+def _timesformer(combo: str = "2-2-4", **overrides) -> Callable[[int, int], torch.nn.Module]:
+    """A factory of the encoder's ``tiny`` TimeSformer with ``overrides``, as the probe trains it."""
+    return lambda size, num_classes: create_model("tiny", num_classes, combo=combo, img_size=size,
+                                                  drop_path_rate=0.0, head_dropout=0.2, **overrides)
+
+
+#: name -> (what it is, model factory ``(size, num_classes) -> module``)
+VARIANTS: dict[str, tuple[str, Callable[[int, int], torch.nn.Module]]] = {
+    "cnn": ("early-fusion CNN (8 frames on channels), the pixel reference", _cnn),
+    "embedded": ("today's embedded default: frozen ImageNet EfficientNet-Lite0 stem, stride 16, 2 blocks",
+                 _timesformer(stem="effnet_lite0", patch_size=16, depth=2, stem_weights="package", freeze_stem=True)),
+    "conv16": ("conv stem from scratch, patch 16 (4x4 tokens), 2 blocks", _timesformer(stem="conv", patch_size=16,
+                                                                                       depth=2)),
+    "conv16_d4": ("conv stem, patch 16, 4 blocks", _timesformer(stem="conv", patch_size=16, depth=4)),
+    "conv16_one_element": ("conv stem, patch 16, 2 blocks, one 8-frame element (combo 8: frames in order)",
+                           _timesformer(combo="8", stem="conv", patch_size=16, depth=2)),
+    "conv32": ("conv stem, patch 32 (2x2 tokens), 2 blocks", _timesformer(stem="conv", patch_size=32, depth=2)),
+    "conv16_stem_linear": ("the conv16 stem alone: its tokens of the 8 frames concatenated in time order, one "
+                           "linear classifier (no attention)", StemReadout),
+}
 
 
 def inputs(model: torch.nn.Module, clips: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -113,7 +114,7 @@ def train(model, data, args) -> dict:
         if step % args.eval_every == 0 or step == args.steps:
             curve.append({"step": step, "train_s": round(seconds, 1), **evaluate(model, xv, yv)})
             print(f"  step {step}: {curve[-1]}", flush=True)
-    return {"params": sum(p.numel() for p in params), "train_s": round(seconds), **curve[-1], "curve": curve}
+    return {"params": sum(p.numel() for p in params), **curve[-1], "curve": curve}  # train_s: at the last step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,14 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     num_classes = len(read_categories(args.data / "categories.txt"))
     began = time.perf_counter()
-    data = (*load_split(args.data, "train_element.txt", args.size), *load_split(args.data, "val_element.txt", args.size))
+    data = (*load_split(args.data, "train_element.txt", args.size),
+            *load_split(args.data, "val_element.txt", args.size))
     print(f"loaded {len(data[0])} train + {len(data[2])} val clips in {time.perf_counter() - began:.0f} s")
 
     results = {}
     for name in args.variants:
         print(f"{name}: {VARIANTS[name][0]}", flush=True)
         torch.manual_seed(args.seed)
-        results[name] = train(build(name, num_classes, args.size), data, args)
+        results[name] = train(VARIANTS[name][1](args.size, num_classes), data, args)
 
     table = Table("", ["variant", "what", "trained params", "val top-1 (%)", "direction pairs (%)", "train s",
                        f"top-1 at steps {', '.join(str(c['step']) for c in next(iter(results.values()))['curve'])}"])

@@ -3,13 +3,13 @@
 The same numbers as :class:`bridge.model.VideoLLM`'s one-question methods (up to float rounding), in fewer and
 larger forwards:
 
-* **prompt pass** (:func:`prompt_pass`): the prompt text before the video that every row shares (system message,
-  chat markup) runs once and its KV cache is repeated over the rows; the rest of each prompt (the rest of its
-  head, its query embeddings, the text after the video) is right-padded into one forward with an attention mask
-  that hides the padding and position ids that count real tokens only. The next-token distribution of each row
-  is read at its last real position (only there does the output layer run).
-* **options** (:func:`option_loglikelihoods`): one forward for the whole batch, without the separate prompt
-  pass: each row holds the rest of its prompt followed by the prefix tree of its options (a prefix that options
+* **letters** (:func:`next_token_logprobs`): the prompt text before the video that every row shares (system
+  message, chat markup) runs once and its KV cache is repeated over the rows; the rest of each prompt (the rest of
+  its head, its query embeddings, the text after the video) is right-padded into one forward with an attention
+  mask that hides the padding and position ids that count real tokens only. The next-token distribution of each
+  row is read at its last real position (only there does the output layer run).
+* **options** (:func:`option_loglikelihoods`): the same shared head, then one forward for the whole batch: each
+  row holds the rest of its prompt followed by the prefix tree of its options (a prefix that options
   share, such as "(FX) salto", runs once), under a tree attention mask: every token sees its prompt and its own
   prefix, and its position id is its prompt's length plus its depth. No KV cache is copied per option, and the
   output layer runs once per position that predicts an option token.
@@ -20,12 +20,11 @@ larger forwards:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["PromptPass", "left_pad", "prompt_pass", "next_token_logprobs", "option_loglikelihoods", "generate"]
+__all__ = ["left_pad", "next_token_logprobs", "option_loglikelihoods", "generate"]
 
 
 def left_pad(rows: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -38,17 +37,6 @@ def left_pad(rows: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return embeds, mask
 
 
-@dataclass
-class PromptPass:
-    """The prompts of a batch run through the LLM: their KV cache, where their real tokens are, and the
-    log-probabilities ``(B, V)`` of the token that follows each."""
-
-    cache: object  # a transformers Cache holding (B, ..., L) keys and values
-    mask: Tensor  # (B, L) 1 on real prompt tokens
-    lengths: Tensor  # (B,) real prompt tokens of each row
-    next_logprobs: Tensor  # (B, V) float32
-
-
 def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
     n = min(len(r) for r in rows)
     for i in range(n):
@@ -57,15 +45,22 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
-@torch.no_grad()
-def prompt_pass(model, queries: Sequence[Tensor], prompts: Sequence[str]) -> PromptPass:
-    """Run ``prompts`` (each with its ``queries (Q, W)`` at the video) as one batch; see the module notes."""
+def _prompt_rows(model, queries: Sequence[Tensor], prompts: Sequence[str]) -> tuple[list[int], list[Tensor]]:
+    """The token ids that every prompt starts with (its text before the video, as far as all agree), and each
+    prompt's rest as embeddings ``(r, W)``: its own text before the video, its ``queries (Q, W)``, the text after."""
     splits = [model._split_prompt(p) for p in prompts]
     h = _common_prefix([before for before, _ in splits])
     dtype = model.llm_model.get_input_embeddings().weight.dtype
-    rows = [torch.cat([model._embed(before[h:]), q.to(dtype), model._embed(after)])
-            for q, (before, after) in zip(queries, splits)]
-    n, device = len(rows), model.device
+    return splits[0][0][:h], [torch.cat([model._embed(before[h:]), q.to(dtype), model._embed(after)])
+                              for q, (before, after) in zip(queries, splits)]
+
+
+@torch.no_grad()
+def next_token_logprobs(model, queries: Sequence[Tensor], prompts: Sequence[str]) -> Tensor:
+    """Log-probabilities ``(B, V)`` of the token after each prompt (letter scoring of a batch); see the module
+    notes."""
+    head, rows = _prompt_rows(model, queries, prompts)
+    h, n, device = len(head), len(rows), model.device
     rest = torch.tensor([r.shape[0] for r in rows], device=device)
     length = int(rest.max())
     embeds = rows[0].new_zeros(n, length, rows[0].shape[1])
@@ -73,18 +68,11 @@ def prompt_pass(model, queries: Sequence[Tensor], prompts: Sequence[str]) -> Pro
     mask[:, :h] = 1
     for b, r in enumerate(rows):
         embeds[b, : r.shape[0]], mask[b, h : h + r.shape[0]] = r, 1
-    cache = _head_cache(model, splits[0][0][:h], n)
     positions = torch.arange(h, h + length, device=device).expand(n, -1)
     out = model.llm_model.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                        cache=cache, use_cache=True)
+                                        cache=_head_cache(model, head, n), use_cache=h > 0)
     last = out.last_hidden_state[torch.arange(n, device=device), rest - 1]  # (B, W)
-    logprobs = model.llm_model.get_output_embeddings()(last).float().log_softmax(-1)
-    return PromptPass(out.cache, mask, h + rest, logprobs)
-
-
-def next_token_logprobs(model, queries: Sequence[Tensor], prompts: Sequence[str]) -> Tensor:
-    """Log-probabilities ``(B, V)`` of the token after each prompt (letter scoring of a batch)."""
-    return prompt_pass(model, queries, prompts).next_logprobs
+    return model.llm_model.get_output_embeddings()(last).float().log_softmax(-1)
 
 
 def _head_cache(model, head: Sequence[int], rows: int):
@@ -123,14 +111,12 @@ def option_loglikelihoods(model, queries: Sequence[Tensor], prompts: Sequence[st
     position id is its prompt's length plus its depth), so a prefix that options share runs once, and an option's
     last token, which predicts nothing, not at all. The output layer runs only where an option token is predicted.
     """
-    splits = [model._split_prompt(p) for p in prompts]
-    h = _common_prefix([before for before, _ in splits])
-    dtype, device = model.llm_model.get_input_embeddings().weight.dtype, model.device
+    head, prompt_rows = _prompt_rows(model, queries, prompts)
+    h, dtype, device = len(head), prompt_rows[0].dtype, model.device
     trees = [_prefix_tree([model._ids(c) for c in conts]) for conts in continuations]
     rows, prompt_lengths = [], []
     slots = []  # per row, the position (after the prompt) of each tree node that has children; leaves need none
-    for q, (before, after), (nodes, _) in zip(queries, splits, trees):
-        prompt = torch.cat([model._embed(before[h:]), q.to(dtype), model._embed(after)])  # (r, W)
+    for prompt, (nodes, _) in zip(prompt_rows, trees):  # prompt: (r, W)
         parents = sorted({parent for _, parent in nodes if parent >= 0})
         slots.append({node: k for k, node in enumerate(parents)})
         prompt_lengths.append(prompt.shape[0])
@@ -159,7 +145,7 @@ def option_loglikelihoods(model, queries: Sequence[Tensor], prompts: Sequence[st
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
     hidden = model.llm_model.get_decoder()(
         inputs_embeds=embeds, attention_mask=mask.to(device), position_ids=positions.to(device),
-        cache=_head_cache(model, splits[0][0][:h], n), use_cache=h > 0).last_hidden_state  # (B, L, W)
+        cache=_head_cache(model, head, n), use_cache=h > 0).last_hidden_state  # (B, L, W)
     at = torch.tensor(where, device=device)  # (T, 2)
     unique, inverse = at.unique(dim=0, return_inverse=True)  # each predicting position once
     logits = model.llm_model.get_output_embeddings()(hidden[unique[:, 0], unique[:, 1]]).float()  # (U, V)
