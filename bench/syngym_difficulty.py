@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import DataError
 from common.finegym import read_categories, read_element_list
 from common.results import Table, provenance, write_result
 from encoder.data import syngym
@@ -279,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
     args = p.parse_args(argv)
+    try:
+        identity = syngym.dataset_identity(args.data)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     started = provenance()
     torch.set_num_threads(args.threads)
 
@@ -325,9 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                       "frames, mirrored to face right (no pixels): what is learnable in principle."))
     report = {"data": args.data.name, "classes": num_classes, "val_clips": len(x_val), "args": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "results": results,
-        "wall_s": round(time.perf_counter() - began)}
+        "wall_s": round(time.perf_counter() - began), **identity}
     if params is not None:
-        report["syngym_version"] = syngym.VERSION
         report["per_class"] = per_class
     write_result(args.out, "SynGym is a fine-grained problem: frame-wise vs temporal pixel models", [table, *tables],
                  report, started=started)

@@ -23,6 +23,7 @@ sibling; chance 50%), at every ``--eval-every`` steps too, so a reader sees whet
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,9 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from bench.syngym_difficulty import NUM_FRAMES, FrameCNN, load_split, model_input, scores
+from common.errors import DataError
 from common.finegym import read_categories
 from common.results import Table, provenance, write_result
-from encoder.data.syngym import direction_pairs
+from encoder.data.syngym import dataset_identity, direction_pairs
 from encoder.timesformer import PatchEmbed, create_model
 
 class StemReadout(torch.nn.Module):
@@ -130,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("bench/results/syngym_probe.json"))
     args = p.parse_args(argv)
+    try:
+        identity = dataset_identity(args.data)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     started = provenance()
     torch.set_num_threads(args.threads)
     num_classes = len(read_categories(args.data / "categories.txt"))
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                    "classes (chance 3.0%). Frames held in memory (segment centres), flips only: see the module notes.")
     write_result(args.out, "Which encoder learns SynGym on a CPU: TimeSformer variants vs the early-fusion CNN",
                  [table], {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                           "results": results}, started=started)
+                           "results": results, **identity}, started=started)
     return 0
 
 

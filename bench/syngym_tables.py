@@ -37,7 +37,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from common.errors import DataError
 from common.results import Table, provenance, write_result
+from encoder.data.syngym import dataset_identity
 
 ROWS: dict[str, list[str]] = {
     "supervised-only": ["ssl.mode=supervised"],
@@ -147,6 +149,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. a shorter budget)")
     args = parser.parse_args(argv)
 
+    try:
+        identity = dataset_identity(args.data)
+    except DataError as err:
+        raise SystemExit(f"error: {err}") from None
     started = provenance()
     args.runs = args.runs or Path("outputs/bench") / f"syngym_tables_{args.level}"
     args.out = args.out or Path("bench/results") / f"syngym_tables_{args.level}.json"
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
                        f"{args.config.as_posix()}" + (f" with {' '.join(args.overrides)}" if args.overrides else "")
                        + ". Pair accuracy: the clip's class scored above its time-reversed sibling's (chance 50%).")
         tables.append(table)
-    summary = {"level": args.level, "seeds": args.seeds, "overrides": args.overrides, "results": results}
+    summary = {"level": args.level, "seeds": args.seeds, "overrides": args.overrides, "results": results, **identity}
     title = "semi-supervised tables" if labels == "10% labels" else "supervised ceiling"
     write_result(args.out, f"SynGym {title} ({args.level} level, {labels})", tables, summary,
                  started=started)

@@ -89,14 +89,43 @@ def _gymqa(data: Path, labeled: Path, out: Path, seed: int) -> dict:
 
 
 def encoder_table(rows: list[dict]) -> Table:
-    """Both models of each run: the student and its EMA teacher (top-5 and mean class accuracy: the teacher's)."""
+    """Both models of each run: the student and its EMA teacher (top-5, mean class accuracy, direction pairs:
+    the teacher's; pseudo-labels: the teacher's accuracy on the unlabeled clips it labelled in the last epoch)."""
     table = Table("Encoders (SynGym val, element level)", ["model", "labeled clips", "steps", "top-1 student",
-                  "top-1 teacher", "top-5", "mean class acc", "train s"])
+                  "top-1 teacher", "top-5", "mean class acc", "direction pairs", "pseudo-label acc", "train s"])
     for r in rows:
+        pseudo = r.get("pseudo_label_accuracy")
         table.add(r["mode"], r["labeled"], r["step"], f"{100 * r['student']['top1']:.1f}",
                   f"{100 * r['teacher']['top1']:.1f}", f"{100 * r['teacher']['top5']:.1f}",
-                  f"{100 * r['teacher']['mean_class_accuracy']:.1f}", f"{r['train_seconds']:.0f}")
+                  f"{100 * r['teacher']['mean_class_accuracy']:.1f}", f"{100 * r['direction_pairs']:.1f}",
+                  "-" if pseudo is None else f"{100 * pseudo:.1f}", f"{r['train_seconds']:.0f}")
     return table
+
+
+def direction_pair_accuracy(run: Path, pairs: list[tuple[int, int]]) -> float:
+    """How often the teacher scores a val clip's class above its time-reversed sibling (clips of paired classes)."""
+    from safetensors.torch import load_file
+
+    pred = load_file(run / "final" / "val_predictions_teacher.safetensors")
+    probs, labels = pred["probs"], pred["labels"].long()
+    sibling = {a: b for a, b in pairs} | {b: a for a, b in pairs}
+    rows = [i for i, label in enumerate(labels.tolist()) if label in sibling]
+    if not rows:
+        raise ValueError(f"{run}: no val clip of a direction-pair class")
+    wins = [bool(probs[i, labels[i]] > probs[i, sibling[int(labels[i])]]) for i in rows]
+    return sum(wins) / len(wins)
+
+
+def pseudo_label_accuracy(run: Path, steps_per_epoch: int) -> float | None:
+    """Mean of the logged pseudo-label accuracy over the last epoch's records (None for a supervised run)."""
+    from common.jsonio import read_jsonl
+
+    records = [r for _, r in read_jsonl(run / "metrics.jsonl") if r.get("pseudo_accuracy") is not None]
+    if not records:
+        return None
+    last = records[-1]["step"]
+    tail = [r["pseudo_accuracy"] for r in records if r["step"] > last - steps_per_epoch]
+    return sum(tail) / len(tail)
 
 
 def _bridge(out: Path, name: str, overrides: list[str], llms: dict) -> dict:
@@ -149,8 +178,13 @@ def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
     for i, mode in enumerate(("supervised", "sefar")):
         print(f"[{2 + i}/6] training {mode} on 10% labels")
         result = _train(Path(config), data, out / "encoder" / mode, [f"ssl.mode={mode}", *(overrides or [])])
-        split = read_json_object(out / "encoder" / mode / "split" / "split.json")
-        rows.append({"mode": mode, "labeled": split["num_labeled"], **result})
+        run = out / "encoder" / mode
+        split = read_json_object(run / "split" / "split.json")
+        pairs = [tuple(p) for p in read_json_object(data / "manifest.json")["direction_pairs"]]
+        steps_per_epoch = load_config(run / "config.yaml", []).optim.steps_per_epoch or 1
+        rows.append({"mode": mode, "labeled": split["num_labeled"], **result,
+                     "direction_pairs": direction_pair_accuracy(run, pairs),
+                     "pseudo_label_accuracy": pseudo_label_accuracy(run, steps_per_epoch)})
     print("[4/6] exporting the SeFAR teacher and building Gym-QA on SynGym")
     export(out / "encoder" / "sefar", out / "export" / "sefar_tiny")
     export(out / "encoder" / "supervised", out / "export" / "supervised_tiny")  # for sefar bridge compare

@@ -4,13 +4,14 @@ The adapters run on a tiny random LLaMA here (the embedded SmolLM2 is exercised 
 slow end-to-end bridge test), so this test checks the wiring of every stage, not accuracy.
 """
 
+import json
 
 import pytest
 from bridge_fixtures import tiny_llama
 from safetensors.torch import load_file
 
 from common.results import format_table, read_result
-from pipelines.quickstart import encoder_table, run_quickstart
+from pipelines.quickstart import direction_pair_accuracy, encoder_table, pseudo_label_accuracy, run_quickstart
 
 
 @pytest.mark.slow
@@ -34,6 +35,9 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, capsys, monkeypatch):
             assert saved["probs"].shape == (33, 33)
             accuracy = (saved["probs"].argmax(1) == saved["labels"]).float().mean().item()
             assert row[which]["top1"] == pytest.approx(accuracy)
+        assert 0.0 <= row["direction_pairs"] <= 1.0
+    assert summary["rows"][0]["pseudo_label_accuracy"] is None  # supervised: no pseudo-labels
+    assert 0.0 <= summary["rows"][1]["pseudo_label_accuracy"] <= 1.0
     assert (tmp_path / "export" / "sefar_tiny" / "model.safetensors").is_file()
     assert summary["gymqa"]["train"] == 33 and summary["gymqa"]["test"] == 33
     record = read_result(tmp_path / "quickstart.json")  # a result file, with what made it
@@ -56,5 +60,34 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, capsys, monkeypatch):
 def test_format_table():
     rows = [{"mode": "sefar", "labeled": 10, "step": 5, "train_seconds": 12.3,
              "student": {"top1": 0.25, "top5": 0.8, "mean_class_accuracy": 0.2},
-             "teacher": {"top1": 0.5, "top5": 0.9, "mean_class_accuracy": 0.4}}]
-    assert format_table(encoder_table(rows)).splitlines()[-1] == "| sefar | 10 | 5 | 25.0 | 50.0 | 90.0 | 40.0 | 12 |"
+             "teacher": {"top1": 0.5, "top5": 0.9, "mean_class_accuracy": 0.4},
+             "direction_pairs": 0.75, "pseudo_label_accuracy": 0.125}]
+    assert (format_table(encoder_table(rows)).splitlines()[-1]
+            == "| sefar | 10 | 5 | 25.0 | 50.0 | 90.0 | 40.0 | 75.0 | 12.5 | 12 |")
+    rows[0]["pseudo_label_accuracy"] = None
+    assert "| 75.0 | - | 12 |" in format_table(encoder_table(rows))
+
+
+def test_direction_pair_accuracy_compares_the_reversed_sibling_only(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "final").mkdir()
+    probs = torch.tensor([[0.5, 0.2, 0.3, 0.0],   # label 0, sibling 1: wins
+                          [0.5, 0.2, 0.3, 0.0],   # label 1, sibling 0: loses
+                          [0.1, 0.6, 0.1, 0.2],   # label 2, sibling 3: loses (top-1 is class 1, not the pair)
+                          [0.9, 0.0, 0.0, 0.1]])  # label 3 against 2: wins although top-1 is wrong
+    save_file({"probs": probs, "labels": torch.tensor([0, 1, 2, 3])},
+              str(tmp_path / "final" / "val_predictions_teacher.safetensors"))
+    assert direction_pair_accuracy(tmp_path, [(0, 1), (2, 3)]) == 0.5
+    assert direction_pair_accuracy(tmp_path, [(0, 1)]) == 0.5
+    with pytest.raises(ValueError, match="no val clip"):
+        direction_pair_accuracy(tmp_path, [(5, 6)])
+
+
+def test_pseudo_label_accuracy_is_the_last_epoch_mean(tmp_path):
+    records = [{"step": s, "pseudo_accuracy": None if s <= 2 else s / 10} for s in range(1, 7)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert pseudo_label_accuracy(tmp_path, steps_per_epoch=2) == pytest.approx(0.55)  # steps 5 and 6
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "pseudo_accuracy": None}) + "\n")
+    assert pseudo_label_accuracy(tmp_path, steps_per_epoch=2) is None

@@ -23,7 +23,7 @@ from common.finegym import (
     read_element_list,
     read_set_categories,
 )
-from encoder.data.syngym import CLASSES, SIZES, clip_params, direction_pairs, render_clip
+from encoder.data.syngym import CLASSES, SIZES, VERSION, clip_params, direction_pairs, render_clip
 from encoder.data.syngym_motion import STAND, Performance, element_track, figure_motion, glide, orient
 from encoder.data.syngym_render import J, Track, place, rasterise, segments_2d, world_joints
 from encoder.data.video import read_frames, video_info
@@ -505,3 +505,26 @@ def test_probe_bench_runs_every_variant_end_to_end_on_tiny(tiny, tmp_path):
     for r in results.values():
         assert [c["step"] for c in r["curve"]] == [1, 2] and 0 <= r["top1"] <= 100 and r["params"] > 0
     assert results["embedded"]["params"] < results["conv16"]["params"]  # the ImageNet stem stays frozen
+
+
+def test_benches_refuse_a_folder_of_another_syngym_version(tiny, tmp_path, capsys):
+    """Numbers measured on clips of another generator version must not be published as this version's."""
+    from common.errors import DataError
+    from encoder.data.syngym import dataset_identity
+
+    out, _ = tiny
+    identity = dataset_identity(out)
+    assert identity["syngym_version"] == VERSION and len(identity["content_sha256"]) == 64
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((out / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "version": VERSION - 1}))
+    with pytest.raises(DataError, match=f"SynGym version {VERSION - 1}, but this code writes version {VERSION}"):
+        dataset_identity(old)
+    assert _bench("syngym_probe").main(["--data", str(old), "--out", str(tmp_path / "r.json")]) == 2
+    assert _bench("syngym_difficulty").main(["--data", str(old), "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith(f"error: {old / 'manifest.json'}: SynGym version") for line in err)
+    with pytest.raises(SystemExit, match="^error: .*SynGym version"):
+        _bench("syngym_tables").main(["--data", str(old)])
+    assert not (tmp_path / "r.json").exists()

@@ -37,8 +37,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from common.errors import ConfigError
-from common.jsonio import dumps
+from common.errors import ConfigError, DataError
+from common.jsonio import dumps, read_json_object
 from encoder.data.sampling import ElementLayout, segment_frame_indices
 from encoder.data.syngym_motion import Performance, element_track, figure_motion, rest_motion
 from encoder.data.syngym_render import Scene, render_frames
@@ -58,6 +58,7 @@ __all__ = [
     "category_line",
     "clip_angles",
     "clip_params",
+    "dataset_identity",
     "direction_pairs",
     "format_summary",
     "render_clip",
@@ -739,6 +740,23 @@ def _write_broadcast_lists(out: Path, videos: list[tuple]) -> dict[str, str]:
         "broadcast/annotation.json": _write_json(out / "broadcast" / "annotation.json", annotation),
         "broadcast/element_list.txt": _write_text(out / "broadcast" / "element_list.txt", lines),
     }
+
+
+def dataset_identity(folder: str | os.PathLike) -> dict:
+    """``{"syngym_version", "seed", "size", "content_sha256"}`` of a SynGym folder, read from its manifest.
+
+    Raises :class:`~common.errors.DataError` when the folder has no manifest or was written by another
+    version of the generator: numbers measured on it would describe other clips than this code's (a benchmark
+    records this identity next to its results, so a reader can tell which dataset they came from).
+    """
+    path = Path(folder) / "manifest.json"
+    manifest = read_json_object(path, missing="no SynGym manifest: generate the data with `sefar data synth --out DIR`")
+    version = manifest.get("version")
+    if version != VERSION:
+        raise DataError(path, f"SynGym version {version}, but this code writes version {VERSION}: regenerate the "
+                              f"folder with `sefar data synth --out {Path(folder)}`")
+    return {"syngym_version": version, "seed": manifest.get("seed"), "size": manifest.get("size"),
+            "content_sha256": manifest.get("content_sha256")}
 
 
 def format_summary(summary: dict) -> str:
