@@ -8,7 +8,8 @@ OUT="${OUT:-bench/results}"
 DATA="${DATA:-/tmp/syngym}"
 RUNS="${RUNS:-outputs/bench}"  # run folders (checkpoints); the result file goes to $OUT
 mkdir -p "$OUT" "$RUNS"
-if [ ! -f "$DATA/manifest.json" ]; then
+# (re)generate unless DATA holds SynGym of this code's version
+if ! python3 -c 'import sys; from encoder.data.syngym import dataset_identity; dataset_identity(sys.argv[1])' "$DATA" 2>/dev/null; then
   python3 -m sefar data synth --out "$DATA" --size default --workers "$(nproc)"
 fi
 common=(optim.epochs=40 optim.steps_per_epoch=40 "optim.milestones=[34]" optim.batch_size=16

@@ -98,7 +98,8 @@ class OptimConfig:
     nesterov: bool = True
     weight_decay: float = 1e-3
     epochs: int = 30
-    milestones: tuple[int, ...] = (25, 28)  # lr × gamma at these epochs
+    schedule: str = "step"  # step: × lr_gamma at each milestone (the paper's) | cosine: half a cosine to 0 over all epochs
+    milestones: tuple[int, ...] = (25, 28)  # lr × gamma at these epochs (schedule=step)
     lr_gamma: float = 0.1
     warmup_steps: int = 0
     batch_size: int = 64  # global labeled batch (all processes, after gradient accumulation)
@@ -190,6 +191,8 @@ def validate(cfg: RunConfig, earlier: Sequence[str] = ()) -> None:
             f"optim.batch_size={cfg.optim.batch_size} is not a multiple of optim.micro_batch_size="
             f"{cfg.optim.micro_batch_size}; make it one"
         )
+    if cfg.optim.schedule not in ("step", "cosine"):
+        p.append(f"optim.schedule={cfg.optim.schedule!r}: use step or cosine")
     if cfg.optim.name not in ("sgd", "adamw"):
         p.append(f"optim.name={cfg.optim.name!r}: use sgd or adamw")
     if cfg.mixed_precision not in ("no", "bf16"):

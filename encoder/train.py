@@ -157,10 +157,16 @@ def build_optimizer(cfg: RunConfig, model: TimeSformer) -> torch.optim.Optimizer
 
 
 def learning_rate(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
-    """Step decay ×lr_gamma at each milestone epoch, after an optional linear warm-up."""
+    """Step decay ×lr_gamma at each milestone epoch (``schedule=step``) or half a cosine from ``lr`` at the end of
+    the warm-up to 0 at the last step (``schedule=cosine``), after an optional linear warm-up."""
     o = cfg.optim
     epoch = step / steps_per_epoch
-    lr = o.lr * o.lr_gamma ** sum(epoch >= m for m in o.milestones)
+    if o.schedule == "cosine":
+        start, total = o.warmup_steps, o.epochs * steps_per_epoch
+        progress = min(1.0, max(0.0, (step - start) / max(1, total - start)))
+        lr = 0.5 * o.lr * (1.0 + math.cos(math.pi * progress))
+    else:
+        lr = o.lr * o.lr_gamma ** sum(epoch >= m for m in o.milestones)
     if o.warmup_steps and step < o.warmup_steps:
         lr *= (step + 1) / o.warmup_steps
     return lr

@@ -330,3 +330,23 @@ def test_sefar_equals_supervised_only_during_the_supervised_epochs(toy, tmp_path
         got[mode] = losses(run)
     assert [row[:3] for row in got["sefar"]] == [row[:3] for row in got["supervised"]]
     assert all(row[3] == 0.0 and row[4] == 0.0 for row in got["sefar"])
+
+
+def test_learning_rate_schedules():
+    from encoder.train import learning_rate
+
+    def lr(step, *overrides):
+        cfg = load_config(None, ["optim.lr=0.1", "optim.epochs=10", "optim.milestones=[5,8]", *overrides])
+        return learning_rate(cfg, step, steps_per_epoch=10)
+
+    # step decay (the paper's): x0.1 at epochs 5 and 8
+    assert [lr(s) for s in (0, 49, 50, 79, 80, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    # linear warm-up first
+    assert lr(0, "optim.warmup_steps=10") == pytest.approx(0.01) and lr(10, "optim.warmup_steps=10") == 0.1
+    # cosine: full lr at the end of the warm-up, half way through the rest 0.05, 0 at the last step
+    cos = ["optim.schedule=cosine", "optim.warmup_steps=20"]
+    assert lr(19, *cos) == pytest.approx(0.1) and lr(20, *cos) == pytest.approx(0.1)
+    assert lr(60, *cos) == pytest.approx(0.05) and lr(100, *cos) == pytest.approx(0.0, abs=1e-12)
+    assert lr(40, *cos) > lr(60, *cos) > lr(80, *cos)
+    with pytest.raises(ConfigError, match="optim.schedule='linear': use step or cosine"):
+        load_config(None, ["optim.schedule=linear"])
