@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     params = clip_performances(args.data)
     tables = []
     if params is None:
-        print(f"{args.data}: not made by SynGym v{syngym.VERSION}; no pose oracle or aliasing table")
+        print(f"{args.data}: size preset not known to this code; no pose oracle or aliasing table")
     else:
         train_items = read_element_list(args.data / "train_element.txt")
         val_items = read_element_list(args.data / "val_element.txt")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -90,14 +91,25 @@ def pair_metrics(probs: torch.Tensor, labels: torch.Tensor, elements: list[int],
     return {"pair_top1": top1, "pair_accuracy": binary}
 
 
-def run_one(config: Path, data: Path, out: Path, overrides: list[str], seed: int, level: dict) -> dict:
+def run_one(config: Path, data: Path, out: Path, overrides: list[str], seed: int, level: dict,
+            identity: dict | None = None) -> dict:
+    """Train (resuming) or reuse the run in ``out``; ``identity``: the dataset's (:func:`dataset_identity`), kept
+    in ``out/dataset.json`` so that a finished run of other clips is refused instead of reused."""
     from encoder.config import load_config
     from encoder.train import train
 
     results = out / "final" / "results.json"
+    stamp = out / "dataset.json"
+    if identity is not None and stamp.is_file() and json.loads(stamp.read_text()) != identity:
+        raise DataError(stamp, f"this run was trained on other clips than {data} holds now "
+                               f"({json.loads(stamp.read_text()).get('content_sha256', '?')[:16]}... vs "
+                               f"{identity['content_sha256'][:16]}...): remove {out} or pass another --runs")
     if not results.is_file():
         cfg = load_config(config, [f"data.root={level['root']}", f"out={out}", f"seed={seed}",
                                    f"data.split_seed={seed}", *level["overrides"], *overrides])
+        if identity is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(json.dumps(identity) + "\n")
         train(cfg, resume=True)
     result = json.loads(results.read_text())
     pred = load_file(out / "final" / "val_predictions_teacher.safetensors")
@@ -152,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         identity = dataset_identity(args.data)
     except DataError as err:
-        raise SystemExit(f"error: {err}") from None
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     started = provenance()
     args.runs = args.runs or Path("outputs/bench") / f"syngym_tables_{args.level}"
     args.out = args.out or Path("bench/results") / f"syngym_tables_{args.level}.json"
@@ -161,7 +174,11 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.rows:
         for seed in args.seeds:
             out = args.runs / f"{slug(name)}_seed{seed}"
-            r = run_one(args.config, args.data, out, ROWS[name] + args.overrides, seed, level)
+            try:
+                r = run_one(args.config, args.data, out, ROWS[name] + args.overrides, seed, level, identity)
+            except DataError as err:
+                print(f"error: {err}", file=sys.stderr)
+                raise SystemExit(2) from None
             results.setdefault(name, []).append({"seed": seed, **r})
             print(f"{name} seed {seed}: top-1 {100 * r['top1']:.1f}", flush=True)
 

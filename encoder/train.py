@@ -158,7 +158,8 @@ def build_optimizer(cfg: RunConfig, model: TimeSformer) -> torch.optim.Optimizer
 
 def learning_rate(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
     """Step decay ×lr_gamma at each milestone epoch (``schedule=step``) or half a cosine from ``lr`` at the end of
-    the warm-up to 0 at the last step (``schedule=cosine``), after an optional linear warm-up."""
+    the warm-up to 0 one step past the last update (``schedule=cosine``, which ignores ``milestones``), after an
+    optional linear warm-up."""
     o = cfg.optim
     epoch = step / steps_per_epoch
     if o.schedule == "cosine":
@@ -394,7 +395,10 @@ def _check_resumable(run: Path, cfg: RunConfig, allow_change: bool) -> None:
     saved_path = run / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+    try:  # keys added to the config since the run started take their defaults, as the run did
+        saved = load_config(saved_path).to_dict()
+    except ConfigError:  # a key since removed or renamed: compare the file as it is
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
     changed = [d for d in config_differences(saved, cfg.to_dict()) if d.split(":")[0] not in RESUME_FREE]
     if not changed:
         return

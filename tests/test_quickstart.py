@@ -86,8 +86,8 @@ def test_direction_pair_accuracy_compares_the_reversed_sibling_only(tmp_path):
 
 
 def test_pseudo_label_accuracy_is_the_last_epoch_mean(tmp_path):
-    records = [{"step": s, "pseudo_accuracy": None if s <= 2 else s / 10} for s in range(1, 7)]
+    records = [{"step": s, "epoch": s / 2, "pseudo_accuracy": None if s <= 2 else s / 10} for s in range(1, 7)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert pseudo_label_accuracy(tmp_path, steps_per_epoch=2) == pytest.approx(0.55)  # steps 5 and 6
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "pseudo_accuracy": None}) + "\n")
-    assert pseudo_label_accuracy(tmp_path, steps_per_epoch=2) is None
+    assert pseudo_label_accuracy(tmp_path) == pytest.approx(0.55)  # epochs 2.5 and 3.0: steps 5 and 6
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "epoch": 0.5, "pseudo_accuracy": None}) + "\n")
+    assert pseudo_label_accuracy(tmp_path) is None

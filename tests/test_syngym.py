@@ -523,8 +523,27 @@ def test_benches_refuse_a_folder_of_another_syngym_version(tiny, tmp_path, capsy
         dataset_identity(old)
     assert _bench("syngym_probe").main(["--data", str(old), "--out", str(tmp_path / "r.json")]) == 2
     assert _bench("syngym_difficulty").main(["--data", str(old), "--out", str(tmp_path / "r.json")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith(f"error: {old / 'manifest.json'}: SynGym version") for line in err)
-    with pytest.raises(SystemExit, match="^error: .*SynGym version"):
-        _bench("syngym_tables").main(["--data", str(old)])
-    assert not (tmp_path / "r.json").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        _bench("syngym_tables").main(["--data", str(old), "--runs", str(tmp_path / "runs"), "--out",
+                                      str(tmp_path / "r.json")])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 3 and all(line.startswith(f"error: {old / 'manifest.json'}: SynGym version 2,") for line in err)
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "runs").exists()
+    with pytest.raises(DataError, match="not a folder"):
+        dataset_identity(old / "manifest.json")
+
+
+def test_tables_refuse_to_reuse_a_run_trained_on_other_clips(tiny, tmp_path):
+    from common.errors import DataError
+    from encoder.data.syngym import dataset_identity
+
+    out, _ = tiny
+    tables = _bench("syngym_tables")
+    identity = dataset_identity(out)
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "results.json").write_text("{}")
+    (run / "dataset.json").write_text(json.dumps({**identity, "content_sha256": "0" * 64}))
+    with pytest.raises(DataError, match="trained on other clips"):
+        tables.run_one(Path("unused.yaml"), out, run, [], 0, {}, identity)

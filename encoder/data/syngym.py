@@ -749,12 +749,15 @@ def dataset_identity(folder: str | os.PathLike) -> dict:
     version of the generator: numbers measured on it would describe other clips than this code's (a benchmark
     records this identity next to its results, so a reader can tell which dataset they came from).
     """
-    path = Path(folder) / "manifest.json"
-    manifest = read_json_object(path, missing="no SynGym manifest: generate the data with `sefar data synth --out DIR`")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "not a folder: give the SynGym folder written by `sefar data synth --out DIR`")
+    path = folder / "manifest.json"
+    manifest = read_json_object(path, missing=f"no SynGym manifest: generate the data with `sefar data synth --out {folder}`")
     version = manifest.get("version")
     if version != VERSION:
-        raise DataError(path, f"SynGym version {version}, but this code writes version {VERSION}: regenerate the "
-                              f"folder with `sefar data synth --out {Path(folder)}`")
+        raise DataError(path, f"SynGym version {version!r}, but this code writes version {VERSION}: regenerate the "
+                              f"folder with `sefar data synth --out {folder}`")
     return {"syngym_version": version, "seed": manifest.get("seed"), "size": manifest.get("size"),
             "content_sha256": manifest.get("content_sha256")}
 
