@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from common.distributed import release_process_group
     from common.errors import ConfigError, DataError
 
     try:
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a missing, unreadable or unwritable file named on the command line
         print(f"error: {_os_error_line(err)}", file=sys.stderr)
         return 2
+    finally:
+        release_process_group()  # under accelerate launch: no abort at exit after the work is done
     return int(result or 0)
 
 

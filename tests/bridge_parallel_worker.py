@@ -57,4 +57,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common.distributed import release_process_group
+
+    try:
+        main()
+    finally:
+        release_process_group()

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-MODULES = ["common.errors", "common.textio", "common.clipid", "common.finegym", "gymqa.build", "gymqa.score", "gymqa.stats", "gymqa.paper_format", "common.finegym",
+MODULES = ["common.errors", "common.distributed", "common.textio", "common.clipid", "common.finegym", "gymqa.build", "gymqa.score", "gymqa.stats", "gymqa.paper_format", "common.finegym",
            "encoder.data.splits", "encoder.data.lists", "encoder.data.finediving", "encoder.data.sampling"]
 
 
