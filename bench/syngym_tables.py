@@ -100,9 +100,10 @@ def run_one(config: Path, data: Path, out: Path, overrides: list[str], seed: int
 
     results = out / "final" / "results.json"
     stamp = out / "dataset.json"
-    if identity is not None and stamp.is_file() and json.loads(stamp.read_text()) != identity:
+    trained_on = json.loads(stamp.read_text()) if identity is not None and stamp.is_file() else identity
+    if trained_on != identity:
         raise DataError(stamp, f"this run was trained on other clips than {data} holds now "
-                               f"({json.loads(stamp.read_text()).get('content_sha256', '?')[:16]}... vs "
+                               f"({trained_on.get('content_sha256', '?')[:16]}... vs "
                                f"{identity['content_sha256'][:16]}...): remove {out} or pass another --runs")
     if not results.is_file():
         cfg = load_config(config, [f"data.root={level['root']}", f"out={out}", f"seed={seed}",

@@ -176,14 +176,13 @@ def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
     out = Path(out).resolve()
     began = time.perf_counter()
     data = out / "syngym"
-    _synth(data, seed, size)
+    pairs = [tuple(p) for p in _synth(data, seed, size)["direction_pairs"]]
     rows = []
     for i, mode in enumerate(("supervised", "sefar")):
         print(f"[{2 + i}/6] training {mode} on 10% labels")
         result = _train(Path(config), data, out / "encoder" / mode, [f"ssl.mode={mode}", *(overrides or [])])
         run = out / "encoder" / mode
         split = read_json_object(run / "split" / "split.json")
-        pairs = [tuple(p) for p in read_json_object(data / "manifest.json")["direction_pairs"]]
         rows.append({"mode": mode, "labeled": split["num_labeled"], **result,
                      "direction_pairs": direction_pair_accuracy(run, pairs),
                      "pseudo_label_accuracy": pseudo_label_accuracy(run)})
