@@ -39,7 +39,17 @@ _KEY = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate and non-string mapping keys."""
+    """``yaml.SafeLoader`` that refuses duplicate and non-string mapping keys, and reads booleans as YAML 1.2
+    does: only ``true``/``false`` (any case), so ``mixed_precision: no`` is the string ``no``, not false."""
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_BOOL_WORDS = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(_BOOL_TAG, _BOOL_WORDS, list("tTfF"))
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -177,16 +187,20 @@ def _merge_problem(key: str, value: object, err: Exception) -> str:
 
 
 def _override_leaves(overrides: Sequence[str], problems: list[str]) -> list[tuple[str, object]]:
-    """``key=value`` strings as leaves (values parsed as YAML, as OmegaConf's dot-lists are)."""
+    """``key=value`` strings as leaves (values parsed as YAML, as OmegaConf's dot-lists are, but with YAML 1.2's
+    booleans, as in files: ``mixed_precision=no`` is the string ``no``)."""
     leaves = []
     for text in overrides:
-        key, sep, _ = text.partition("=")
+        key, sep, raw = text.partition("=")
         if not sep or not _KEY.fullmatch(key.strip()):
             problems.append(f"override {_shown(text)}: expected key=value with a dotted key such as optim.lr=0.01")
             continue
         try:
             parsed = OmegaConf.to_container(OmegaConf.from_dotlist([text]))
-            leaves.extend(_leaves(parsed))
+            parsed_leaves = list(_leaves(parsed))
+            if len(parsed_leaves) == 1 and isinstance(parsed_leaves[0][1], bool) and not _BOOL_WORDS.match(raw.strip()):
+                parsed_leaves = [(parsed_leaves[0][0], raw.strip())]  # yes/no/on/off: YAML 1.1's booleans
+            leaves.extend(parsed_leaves)
         except (OmegaConfBaseException, yaml.YAMLError, ValueError, RecursionError) as err:
             problems.append(f"override {_shown(text)}: {' '.join(str(err).split()[:30])}")
     return leaves

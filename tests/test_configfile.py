@@ -39,6 +39,25 @@ def test_empty_yaml_means_the_defaults(tmp_path):
     assert load_config(tmp_path / "empty.yaml") == load_config(None)
 
 
+def test_yes_and_no_are_strings_in_files_and_overrides_as_in_yaml_1_2(tmp_path):
+    """YAML 1.1 reads no/yes/on/off as booleans (so ``mixed_precision=no``, the documented value, became 'False'
+    and was refused); only true/false are booleans here, in files and in overrides alike."""
+    path = tmp_path / "run.yaml"
+    path.write_text("mixed_precision: no\noptim:\n  nesterov: False\naug:\n  flip: TRUE\n")
+    cfg = load_config(path)
+    assert (cfg.mixed_precision, cfg.optim.nesterov, cfg.aug.flip) == ("no", False, True)
+    cfg = load_config(None, ["mixed_precision=no", "optim.nesterov=true", "aug.flip=false"])
+    assert (cfg.mixed_precision, cfg.optim.nesterov, cfg.aug.flip) == ("no", True, False)
+    assert load_config(path, ["mixed_precision=bf16"]).mixed_precision == "bf16"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["aug.flip=yes", "optim.nesterov=off", "mixed_precision=off"])
+    assert _problems(err) == ["aug.flip='yes': must be true or false", "optim.nesterov='off': must be true or false",
+                              "mixed_precision='off': use no or bf16"]
+    path.write_text("aug:\n  flip: on\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: aug.flip='on': must be true or false"):
+        load_config(path)
+
+
 def test_every_bad_value_is_listed_with_its_key():
     with pytest.raises(ConfigError) as err:
         load_config(SHIPPED, ["optim.epochs=-1", "optim.batch_size=0", "optim.milestones=[abc]", "optim.lrr=1",
