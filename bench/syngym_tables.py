@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 from common.results import Table, provenance, write_result
 from encoder.data.syngym import dataset_identity
 
@@ -94,9 +94,10 @@ def pair_metrics(probs: torch.Tensor, labels: torch.Tensor, elements: list[int],
 def run_one(config: Path, data: Path, out: Path, overrides: list[str], seed: int, level: dict,
             identity: dict | None = None) -> dict:
     """Train (resuming) or reuse the run in ``out``; ``identity``: the dataset's (:func:`dataset_identity`), kept
-    in ``out/dataset.json`` so that a finished run of other clips is refused instead of reused."""
+    in ``out/dataset.json`` so that a finished run of other clips is refused instead of reused. A finished run
+    trained with another config (an older recipe) is refused too (:class:`ConfigError`)."""
     from encoder.config import load_config
-    from encoder.train import train
+    from encoder.train import check_resumable, train
 
     results = out / "final" / "results.json"
     stamp = out / "dataset.json"
@@ -105,9 +106,11 @@ def run_one(config: Path, data: Path, out: Path, overrides: list[str], seed: int
         raise DataError(stamp, f"this run was trained on other clips than {data} holds now "
                                f"({trained_on.get('content_sha256', '?')[:16]}... vs "
                                f"{identity['content_sha256'][:16]}...): remove {out} or pass another --runs")
-    if not results.is_file():
-        cfg = load_config(config, [f"data.root={level['root']}", f"out={out}", f"seed={seed}",
-                                   f"data.split_seed={seed}", *level["overrides"], *overrides])
+    cfg = load_config(config, [f"data.root={level['root']}", f"out={out}", f"seed={seed}",
+                               f"data.split_seed={seed}", *level["overrides"], *overrides])
+    if results.is_file():
+        check_resumable(out, cfg, allow_change=False)
+    else:
         if identity is not None:
             out.mkdir(parents=True, exist_ok=True)
             stamp.write_text(json.dumps(identity) + "\n")
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
             out = args.runs / f"{slug(name)}_seed{seed}"
             try:
                 r = run_one(args.config, args.data, out, ROWS[name] + args.overrides, seed, level, identity)
-            except DataError as err:
+            except (DataError, ConfigError) as err:
                 print(f"error: {err}", file=sys.stderr)
                 raise SystemExit(2) from None
             results.setdefault(name, []).append({"seed": seed, **r})

@@ -390,7 +390,7 @@ RESUME_FREE = ("out", "max_steps", "save_every", "keep_checkpoints", "log_every"
                "eval_temporal_views", "eval_spatial_crops")
 
 
-def _check_resumable(run: Path, cfg: RunConfig, allow_change: bool) -> None:
+def check_resumable(run: Path, cfg: RunConfig, allow_change: bool) -> None:
     """Stop when ``cfg`` differs from the run's saved config (beyond :data:`RESUME_FREE`), unless allowed."""
     saved_path = run / "config.yaml"
     if not saved_path.is_file():
@@ -467,7 +467,7 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
     run = Path(cfg.out)
     checkpoint = latest_checkpoint(run) if resume else None
     if checkpoint is not None:
-        _check_resumable(run, cfg, allow_config_change)
+        check_resumable(run, cfg, allow_config_change)
 
     _seed_everything(cfg.seed)
     layout = ElementLayout.from_combo(cfg.model.combo)  # parsed once: data, transforms and model share it

@@ -547,3 +547,26 @@ def test_tables_refuse_to_reuse_a_run_trained_on_other_clips(tiny, tmp_path):
     (run / "dataset.json").write_text(json.dumps({**identity, "content_sha256": "0" * 64}))
     with pytest.raises(DataError, match="trained on other clips"):
         tables.run_one(Path("unused.yaml"), out, run, [], 0, {}, identity)
+
+
+def test_tables_refuse_to_reuse_a_run_trained_with_another_config(tiny, tmp_path):
+    """A finished run of an older recipe must not be published as the current recipe's."""
+    import yaml
+
+    from common.errors import ConfigError
+    from encoder.config import load_config
+    from encoder.data.syngym import dataset_identity
+
+    out, _ = tiny
+    tables = _bench("syngym_tables")
+    identity = dataset_identity(out)
+    config = Path(__file__).resolve().parents[1] / "configs" / "encoder" / "syngym_tiny.yaml"
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "results.json").write_text("{}")
+    (run / "dataset.json").write_text(json.dumps(identity))
+    level = {"root": out, "overrides": []}
+    saved = load_config(config, [f"data.root={out}", f"out={run}", "seed=0", "data.split_seed=0", "optim.lr=0.001"])
+    (run / "config.yaml").write_text(yaml.safe_dump(saved.to_dict()))
+    with pytest.raises(ConfigError, match=r"started with another config; differing keys:\n  - optim.lr"):
+        tables.run_one(config, out, run, [], 0, level, identity)

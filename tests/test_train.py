@@ -356,14 +356,14 @@ def test_a_run_saved_before_a_config_key_existed_still_resumes(tmp_path):
     """A key added since the run started (here optim.schedule) takes its default, as the run did: no refusal."""
     import yaml
 
-    from encoder.train import _check_resumable
+    from encoder.train import check_resumable
 
     cfg = load_config(None, ["optim.lr=0.1"])
     saved = cfg.to_dict()
     del saved["optim"]["schedule"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    _check_resumable(tmp_path, cfg, allow_change=False)
+    check_resumable(tmp_path, cfg, allow_change=False)
     with pytest.raises(ConfigError, match="optim.lr"):
-        _check_resumable(tmp_path, load_config(None, ["optim.lr=0.2"]), allow_change=False)
+        check_resumable(tmp_path, load_config(None, ["optim.lr=0.2"]), allow_change=False)
     with pytest.raises(ConfigError, match="optim.schedule"):
-        _check_resumable(tmp_path, load_config(None, ["optim.lr=0.1", "optim.schedule=cosine"]), allow_change=False)
+        check_resumable(tmp_path, load_config(None, ["optim.lr=0.1", "optim.schedule=cosine"]), allow_change=False)
