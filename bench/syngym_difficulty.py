@@ -139,15 +139,13 @@ def evaluate(model: FrameCNN, x: torch.Tensor, y: torch.Tensor, frames: int, pai
 
 def scores(logits: torch.Tensor, y: torch.Tensor, pairs: list[tuple[int, int]]) -> dict:
     """Top-1 and direction-pair accuracy of ``logits`` ``(N, C)`` for labels ``y`` ``(N,)``, in percent."""
-    sibling = {f: b for f, b in pairs} | {b: f for f, b in pairs}
-    in_pair = torch.tensor([int(label) in sibling for label in y])
-    other = torch.tensor([sibling.get(int(label), 0) for label in y])
-    rows = torch.arange(len(y))
-    wins = logits[rows, y] > logits[rows, other]
+    from encoder.evaluate import direction_pair_accuracy, direction_partners
+
+    pair_accuracy, clips = direction_pair_accuracy(logits, y, direction_partners(y.tolist(), pairs))
     return {
         "top1": round(100.0 * (logits.argmax(1) == y).float().mean().item(), 1),
-        "direction_pairs": round(100.0 * wins[in_pair].float().mean().item(), 1),
-        "direction_clips": int(in_pair.sum()),
+        "direction_pairs": None if pair_accuracy is None else round(100.0 * pair_accuracy, 1),
+        "direction_clips": clips,
     }
 
 

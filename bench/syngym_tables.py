@@ -76,18 +76,14 @@ def pair_metrics(probs: torch.Tensor, labels: torch.Tensor, elements: list[int],
     """Top-1 on the clips of direction-pair element classes, and the accuracy of choosing between the clip's
     label and its time-reversed sibling's label (only where the level keeps the two apart: at set level, the
     FX front and back saltos). ``elements`` are the clips' element labels, ``mapping`` element -> trained label."""
-    partner = {a: b for a, b in pairs} | {b: a for a, b in pairs}
-    keep = torch.tensor([e in partner for e in elements])
+    from encoder.evaluate import direction_pair_accuracy, direction_partners
+
+    paired = {c for pair in pairs for c in pair}
+    keep = torch.tensor([e in paired for e in elements])
     if not keep.any():
         return {"pair_top1": None, "pair_accuracy": None}
     top1 = (probs[keep].argmax(1) == labels[keep]).float().mean().item()
-    apart = [i for i, e in enumerate(elements) if e in partner and mapping[partner[e]] != mapping[e]]
-    if not apart:
-        return {"pair_top1": top1, "pair_accuracy": None}
-    idx = torch.tensor(apart)
-    other = torch.tensor([mapping[partner[elements[i]]] for i in apart])
-    p, y = probs[idx], labels[idx]
-    binary = (p.gather(1, y[:, None]) > p.gather(1, other[:, None])).float().mean().item()
+    binary, _ = direction_pair_accuracy(probs, labels, direction_partners(elements, pairs, mapping))
     return {"pair_top1": top1, "pair_accuracy": binary}
 
 

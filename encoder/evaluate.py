@@ -39,6 +39,8 @@ from encoder.ssl import PseudoLabels, head_passes, pseudo_labels
 from encoder.timesformer import TimeSformer
 
 __all__ = [
+    "direction_pair_accuracy",
+    "direction_partners",
     "predict",
     "compute_metrics",
     "confusion_matrix",
@@ -143,6 +145,31 @@ def confusion_matrix(probs: Tensor, labels: Tensor) -> Tensor:
     c = probs.shape[1]
     pred = probs.argmax(1)
     return torch.bincount(labels * c + pred, minlength=c * c).view(c, c)  # (C_true, C_pred)
+
+
+def direction_partners(
+    elements: Sequence[int], pairs: Sequence[tuple[int, int]], mapping: dict[int, int] | None = None
+) -> Tensor:
+    """Per clip, the trained label of its time-reversed sibling class, or -1 where it has none: ``elements`` are
+    the clips' element labels, ``pairs`` the (forward, backward) element classes (SynGym's manifest), ``mapping``
+    element -> trained label for a coarser level (-1 also where the level merges the two siblings)."""
+    sibling = {a: b for a, b in pairs} | {b: a for a, b in pairs}
+    label = (lambda e: e) if mapping is None else mapping.__getitem__
+    out = [label(sibling[e]) if e in sibling and label(sibling[e]) != label(e) else -1 for e in map(int, elements)]
+    return torch.tensor(out, dtype=torch.long)
+
+
+def direction_pair_accuracy(scores: Tensor, labels: Tensor, partners: Tensor) -> tuple[float | None, int]:
+    """How often a clip's class scores strictly above its time-reversed sibling's (a tie counts as a loss), over
+    the clips with a sibling (``partners >= 0``, see :func:`direction_partners`): ``(accuracy, clips)``, accuracy
+    None when no clip has one. ``scores (N, C)``: logits or probabilities; ``labels``, ``partners``: ``(N,)``."""
+    keep = partners >= 0
+    n = int(keep.sum())
+    if n == 0:
+        return None, 0
+    rows = keep.nonzero().flatten()
+    wins = scores[rows, labels[rows]] > scores[rows, partners[rows]]
+    return wins.float().mean().item(), n
 
 
 class NonFiniteScores(ValueError):

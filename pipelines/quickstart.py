@@ -108,14 +108,14 @@ def direction_pair_accuracy(run: Path, pairs: list[tuple[int, int]]) -> float:
     a tie counts as a loss, as in the SynGym benches."""
     from safetensors.torch import load_file
 
+    from encoder.evaluate import direction_pair_accuracy as pair_accuracy, direction_partners
+
     pred = load_file(run / "final" / "val_predictions_teacher.safetensors")
-    probs, labels = pred["probs"], pred["labels"].long()
-    sibling = {a: b for a, b in pairs} | {b: a for a, b in pairs}
-    rows = [i for i, label in enumerate(labels.tolist()) if label in sibling]
-    if not rows:
+    labels = pred["labels"].long()
+    accuracy, _ = pair_accuracy(pred["probs"], labels, direction_partners(labels.tolist(), pairs))
+    if accuracy is None:
         raise ValueError(f"{run}: no val clip of a direction-pair class")
-    wins = [bool(probs[i, labels[i]] > probs[i, sibling[int(labels[i])]]) for i in rows]
-    return sum(wins) / len(wins)
+    return accuracy
 
 
 def pseudo_label_accuracy(run: Path) -> float | None:

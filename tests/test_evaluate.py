@@ -171,3 +171,26 @@ def test_confusion_plot_for_many_classes(tmp_path):
     labels = torch.arange(900) % c
     path = plot_confusion(confusion_matrix(probs, labels), [f"class {i}" for i in range(c)], tmp_path / "cm.png")
     assert path.stat().st_size > 0
+
+
+def test_direction_pair_accuracy_counts_ties_as_losses_and_skips_clips_without_a_sibling():
+    from encoder.evaluate import direction_pair_accuracy, direction_partners
+
+    pairs = [(2, 9), (3, 10)]
+    elements = [2, 9, 3, 10, 0]  # the last clip's class has no time-reversed sibling
+    partners = direction_partners(elements, pairs)
+    assert partners.tolist() == [9, 2, 10, 3, -1]
+    scores = torch.zeros(5, 11)
+    scores[0, 2], scores[1, 2] = 0.9, 0.9  # clip 0 wins; clip 1 (class 9) loses to its sibling 2
+    scores[2, 3] = scores[2, 10] = 0.5  # a tie is a loss
+    scores[3, 10] = 0.2  # wins
+    assert direction_pair_accuracy(scores, torch.tensor(elements), partners) == (pytest.approx(0.5), 4)
+    # a coarser level that merges 3 and 10 (and maps 2 and 9 apart) compares only the clips it keeps apart
+    mapping = {0: 0, 2: 1, 9: 2, 3: 3, 10: 3}
+    partners = direction_partners(elements, pairs, mapping)
+    assert partners.tolist() == [2, 1, -1, -1, -1]
+    coarse = torch.zeros(5, 4)
+    coarse[:, 1] = 1.0
+    labels = torch.tensor([mapping[e] for e in elements])
+    assert direction_pair_accuracy(coarse, labels, partners) == (pytest.approx(0.5), 2)
+    assert direction_pair_accuracy(coarse, labels, torch.full((5,), -1)) == (None, 0)
