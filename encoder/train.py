@@ -439,6 +439,10 @@ class Schedule:
         accum = o.batch_size // (o.micro_batch_size * world)
         per_epoch = o.steps_per_epoch or max(1, labeled_batches_per_epoch // accum)
         total = o.epochs * per_epoch
+        if o.warmup_steps >= total > 0:
+            raise ConfigError(f"optim.warmup_steps={o.warmup_steps}: the warm-up must be shorter than the run's "
+                              f"{total} optimizer steps ({o.epochs} epochs of {per_epoch}), or lr never reaches "
+                              f"optim.lr")
         last = min(total, cfg.max_steps) if cfg.max_steps else total
         return cls(accum, per_epoch, total, last, math.ceil(cfg.ssl.supervised_epochs * per_epoch))
 

@@ -352,6 +352,21 @@ def test_learning_rate_schedules():
         load_config(None, ["optim.schedule=linear"])
 
 
+def test_a_warm_up_as_long_as_the_run_is_refused():
+    """With warmup_steps >= the run's steps the lr never reaches optim.lr: refused before any work, from the config
+    when steps_per_epoch is set, else when the schedule is built from the labeled set's size."""
+    from encoder.train import Schedule
+
+    with pytest.raises(ConfigError, match=r"optim.warmup_steps=20: the warm-up must be shorter than the run's 20 "):
+        load_config(None, ["optim.epochs=2", "optim.steps_per_epoch=10", "optim.warmup_steps=20"])
+    load_config(None, ["optim.epochs=2", "optim.steps_per_epoch=10", "optim.warmup_steps=19"])
+    cfg = load_config(None, ["optim.epochs=2", "optim.warmup_steps=20", "optim.batch_size=4",
+                             "optim.micro_batch_size=4"])
+    assert Schedule.build(cfg, labeled_batches_per_epoch=11, world=1).total_steps == 22
+    with pytest.raises(ConfigError, match=r"warm-up must be shorter than the run's 20 optimizer steps \(2 epochs of 10\)"):
+        Schedule.build(cfg, labeled_batches_per_epoch=10, world=1)
+
+
 def test_a_run_saved_before_a_config_key_existed_still_resumes(tmp_path):
     """A key added since the run started (here optim.schedule) takes its default, as the run did: no refusal."""
     import yaml
