@@ -104,8 +104,8 @@ def run_one(config: Path, data: Path, out: Path, overrides: list[str], seed: int
                                f"{identity['content_sha256'][:16]}...): remove {out} or pass another --runs")
     cfg = load_config(config, [f"data.root={level['root']}", f"out={out}", f"seed={seed}",
                                f"data.split_seed={seed}", *level["overrides"], *overrides])
-    if results.is_file():
-        check_resumable(out, cfg, allow_change=False)
+    if results.is_file():  # where the clips are may be spelled otherwise: dataset.json has shown they are the same
+        check_resumable(out, cfg, allow_change=False, free=("data.root", "data.videos"))
     else:
         if identity is not None:
             out.mkdir(parents=True, exist_ok=True)

@@ -39,17 +39,21 @@ _KEY = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate and non-string mapping keys, and reads booleans as YAML 1.2
-    does: only ``true``/``false`` (any case), so ``mixed_precision: no`` is the string ``no``, not false."""
+    """``yaml.SafeLoader`` that refuses duplicate and non-string mapping keys, and reads booleans and exponent
+    numbers as YAML 1.2 does: only ``true``/``false`` (also ``True``, ``TRUE``, ...) are booleans, so
+    ``mixed_precision: no`` is the string ``no``, not false; ``1e-3`` is a number, not a string."""
 
 
 _BOOL_TAG = "tag:yaml.org,2002:bool"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"  # no config value is a date: 2026-01-01 stays a string
 _BOOL_WORDS = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 _StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL_TAG, _TIMESTAMP_TAG)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _StrictLoader.add_implicit_resolver(_BOOL_TAG, _BOOL_WORDS, list("tTfF"))
+_StrictLoader.add_implicit_resolver(  # YAML 1.1 wants a dot in a float: 1e-3 would be a string
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -187,8 +191,8 @@ def _merge_problem(key: str, value: object, err: Exception) -> str:
 
 
 def _override_leaves(overrides: Sequence[str], problems: list[str]) -> list[tuple[str, object]]:
-    """``key=value`` strings as leaves (values parsed as YAML, as OmegaConf's dot-lists are, but with YAML 1.2's
-    booleans, as in files: ``mixed_precision=no`` is the string ``no``)."""
+    """``key=value`` strings as leaves, each value read as YAML by the loader of config files (so
+    ``mixed_precision=no`` is the string ``no`` there as here, and ``ssl={adaptive: false}`` sets a section)."""
     leaves = []
     for text in overrides:
         key, sep, raw = text.partition("=")
@@ -196,12 +200,9 @@ def _override_leaves(overrides: Sequence[str], problems: list[str]) -> list[tupl
             problems.append(f"override {_shown(text)}: expected key=value with a dotted key such as optim.lr=0.01")
             continue
         try:
-            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([text]))
-            parsed_leaves = list(_leaves(parsed))
-            if len(parsed_leaves) == 1 and isinstance(parsed_leaves[0][1], bool) and not _BOOL_WORDS.match(raw.strip()):
-                parsed_leaves = [(parsed_leaves[0][0], raw.strip())]  # yes/no/on/off: YAML 1.1's booleans
-            leaves.extend(parsed_leaves)
-        except (OmegaConfBaseException, yaml.YAMLError, ValueError, RecursionError) as err:
+            value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else None  # noqa: S506 (SafeLoader)
+            leaves.extend(_leaves(_nested(key.strip(), value)))
+        except (yaml.YAMLError, ValueError, RecursionError) as err:
             problems.append(f"override {_shown(text)}: {' '.join(str(err).split()[:30])}")
     return leaves
 

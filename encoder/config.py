@@ -196,9 +196,10 @@ def validate(cfg: RunConfig, earlier: Sequence[str] = ()) -> None:
     if cfg.optim.name not in ("sgd", "adamw"):
         p.append(f"optim.name={cfg.optim.name!r}: use sgd or adamw")
     o = cfg.optim
-    if o.steps_per_epoch and o.warmup_steps and o.warmup_steps >= o.epochs * o.steps_per_epoch:
+    total = o.epochs * (o.steps_per_epoch or 0)  # unknown (0) until the labeled set is read
+    if total > 0 and o.warmup_steps >= total:
         p.append(f"optim.warmup_steps={o.warmup_steps}: the warm-up must be shorter than the run's "
-                 f"{o.epochs * o.steps_per_epoch} optimizer steps (optim.epochs × optim.steps_per_epoch)")
+                 f"{total} optimizer steps (optim.epochs × optim.steps_per_epoch)")
     if cfg.mixed_precision not in ("no", "bf16"):
         p.append(f"mixed_precision={cfg.mixed_precision!r}: use no or bf16")
     if cfg.data.short_side is not None and cfg.model.img_size > cfg.data.short_side:

@@ -390,8 +390,9 @@ RESUME_FREE = ("out", "max_steps", "save_every", "keep_checkpoints", "log_every"
                "eval_temporal_views", "eval_spatial_crops")
 
 
-def check_resumable(run: Path, cfg: RunConfig, allow_change: bool) -> None:
-    """Stop when ``cfg`` differs from the run's saved config (beyond :data:`RESUME_FREE`), unless allowed."""
+def check_resumable(run: Path, cfg: RunConfig, allow_change: bool, free: tuple[str, ...] = ()) -> None:
+    """Stop when ``cfg`` differs from the run's saved config (beyond :data:`RESUME_FREE` and ``free``), unless
+    allowed."""
     saved_path = run / "config.yaml"
     if not saved_path.is_file():
         return
@@ -399,7 +400,7 @@ def check_resumable(run: Path, cfg: RunConfig, allow_change: bool) -> None:
         saved = load_config(saved_path).to_dict()
     except ConfigError:  # a key since removed or renamed: compare the file as it is
         saved = OmegaConf.to_container(OmegaConf.load(saved_path))
-    changed = [d for d in config_differences(saved, cfg.to_dict()) if d.split(":")[0] not in RESUME_FREE]
+    changed = [d for d in config_differences(saved, cfg.to_dict()) if d.split(":")[0] not in (*RESUME_FREE, *free)]
     if not changed:
         return
     if not allow_change:
@@ -441,8 +442,8 @@ class Schedule:
         total = o.epochs * per_epoch
         if o.warmup_steps >= total > 0:
             raise ConfigError(f"optim.warmup_steps={o.warmup_steps}: the warm-up must be shorter than the run's "
-                              f"{total} optimizer steps ({o.epochs} epochs of {per_epoch}), or lr never reaches "
-                              f"optim.lr")
+                              f"{total} optimizer steps ({o.epochs} epochs of {per_epoch}), or the run ends before "
+                              f"the lr has decayed from optim.lr")
         last = min(total, cfg.max_steps) if cfg.max_steps else total
         return cls(accum, per_epoch, total, last, math.ceil(cfg.ssl.supervised_epochs * per_epoch))
 
@@ -477,8 +478,6 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
     layout = ElementLayout.from_combo(cfg.model.combo)  # parsed once: data, transforms and model share it
     labeled_items, unlabeled_items = build_train_items(cfg)
     names = class_names(cfg, labeled_items + unlabeled_items)
-    if accelerator.is_main_process:
-        _write_run_files(run, cfg, names, labeled_items, unlabeled_items)
     ssl = s.mode != "supervised"
     if ssl and not unlabeled_items:
         raise ConfigError("no unlabeled clips: use ssl.mode=supervised or a smaller data.label_ratio")
@@ -493,6 +492,8 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
                          seed=cfg.seed, short_side=cfg.data.short_side)
     lab_sampler = EpochBatchSampler(len(lab_ds), micro, seed=cfg.seed, rank=rank, world_size=world)
     sched = Schedule.build(cfg, lab_sampler.batches_per_epoch, world)
+    if accelerator.is_main_process:  # once the run is known to be valid
+        _write_run_files(run, cfg, names, labeled_items, unlabeled_items)
     if ssl:
         unl_ds = ClipDataset(unlabeled_items, layout.num_frames, UnlabeledTransform(cfg, layout), train=True,
                              seed=cfg.seed + 1, short_side=cfg.data.short_side)

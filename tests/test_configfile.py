@@ -53,6 +53,13 @@ def test_yes_and_no_are_strings_in_files_and_overrides_as_in_yaml_1_2(tmp_path):
         load_config(None, ["aug.flip=yes", "optim.nesterov=off", "mixed_precision=off"])
     assert _problems(err) == ["aug.flip='yes': must be true or false", "optim.nesterov='off': must be true or false",
                               "mixed_precision='off': use no or bf16"]
+    cfg = load_config(None, ["ssl={adaptive: false, mix: true}", "optim.lr=2e-3", "data.root=2026-01-01",
+                             "aug.randaug_magnitude=1_0"])
+    assert (cfg.ssl.adaptive, cfg.ssl.mix, cfg.optim.lr, cfg.data.root) == (False, True, 0.002, "2026-01-01")
+    assert cfg.aug.randaug_magnitude == 10
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data={categories: no, label_ratio: 1e-1}", "ssl={adaptive: yes}"])
+    assert _problems(err) == ["ssl.adaptive='yes': must be true or false"]
     path.write_text("aug:\n  flip: on\n")
     with pytest.raises(ConfigError, match=r"run.yaml: aug.flip='on': must be true or false"):
         load_config(path)

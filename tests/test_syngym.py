@@ -570,3 +570,17 @@ def test_tables_refuse_to_reuse_a_run_trained_with_another_config(tiny, tmp_path
     (run / "config.yaml").write_text(yaml.safe_dump(saved.to_dict()))
     with pytest.raises(ConfigError, match=r"started with another config; differing keys:\n  - optim.lr"):
         tables.run_one(config, out, run, [], 0, level, identity)
+    # the same recipe, with the clips' folder spelled another way: reused, not retrained
+    import torch
+    from safetensors.torch import save_file
+
+    same = load_config(config, [f"data.root={out}/.", f"out={run}", "seed=0", "data.split_seed=0"])
+    (run / "config.yaml").write_text(yaml.safe_dump(same.to_dict()))
+    result = {"teacher": {"top1": 0.5}, "student": {"top1": 0.25}, "step": 320, "train_seconds": 1.0}
+    (run / "final" / "results.json").write_text(json.dumps(result))
+    save_file({"probs": torch.tensor([[0.7, 0.3], [0.6, 0.4]]), "labels": torch.tensor([0, 1])},
+              run / "final" / "val_predictions_teacher.safetensors")
+    level = {**level, "elements": [0, 1], "pairs": [(0, 1)], "mapping": {0: 0, 1: 1}}
+    got = tables.run_one(config, out, run, [], 0, level, identity)
+    assert got == {"top1": 0.5, "student_top1": 0.25, "step": 320, "train_seconds": 1.0, "pair_top1": 0.5,
+                   "pair_accuracy": 0.5}

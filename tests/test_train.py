@@ -367,6 +367,16 @@ def test_a_warm_up_as_long_as_the_run_is_refused():
         Schedule.build(cfg, labeled_batches_per_epoch=10, world=1)
 
 
+def test_a_run_refused_by_its_schedule_writes_nothing(toy, tmp_path):
+    from encoder.train import train
+
+    run = tmp_path / "run"
+    cfg = load_config(None, tiny_overrides(toy, run, "optim.steps_per_epoch=null", "optim.warmup_steps=1000"))
+    with pytest.raises(ConfigError, match="optim.warmup_steps=1000: the warm-up must be shorter"):
+        train(cfg)
+    assert not run.exists() or not any(run.iterdir())
+
+
 def test_a_run_saved_before_a_config_key_existed_still_resumes(tmp_path):
     """A key added since the run started (here optim.schedule) takes its default, as the run did: no refusal."""
     import yaml
