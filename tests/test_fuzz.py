@@ -343,10 +343,15 @@ def overrides(draw) -> list[tuple[str, str]]:
 OVERRIDES = overrides()
 
 
+YAML12_BOOLS = ("true", "True", "TRUE", "false", "False", "FALSE")
+
+
 def _expected(value_text: str) -> object:
     """What a plain scalar override means, or ``None`` when it is not a plain scalar."""
     try:
         value = yaml.safe_load(value_text)
+        if isinstance(value, bool) and (scalar := yaml.compose(value_text).value) not in YAML12_BOOLS:
+            value = scalar  # configs read booleans as YAML 1.2 does: no/yes/on/off are strings
     except yaml.YAMLError:
         return None
     return value if isinstance(value, (bool, int, float, str)) else None
