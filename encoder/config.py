@@ -155,6 +155,16 @@ POSITIVE_KEYS = frozenset({
 BELOW_ONE_KEYS = frozenset({"optim.momentum", "model.drop_path_rate", "model.head_dropout"})
 
 
+def warmup_problem(optim: OptimConfig, steps_per_epoch: int) -> str | None:
+    """Why ``optim.warmup_steps`` does not fit the run (epochs of ``steps_per_epoch`` optimizer steps), or None:
+    a warm-up as long as the run ends it before the lr has decayed from ``optim.lr``."""
+    total = optim.epochs * steps_per_epoch
+    if total <= 0 or optim.warmup_steps < total:
+        return None
+    return (f"optim.warmup_steps={optim.warmup_steps}: the warm-up must be shorter than the run's {total} optimizer "
+            f"steps ({optim.epochs} epochs of {steps_per_epoch})")
+
+
 def validate(cfg: RunConfig, earlier: Sequence[str] = ()) -> None:
     """Raise one :class:`ConfigError` listing every problem and its fix (``earlier`` ones, from reading the
     config, first)."""
@@ -195,11 +205,8 @@ def validate(cfg: RunConfig, earlier: Sequence[str] = ()) -> None:
         p.append(f"optim.schedule={cfg.optim.schedule!r}: use step or cosine")
     if cfg.optim.name not in ("sgd", "adamw"):
         p.append(f"optim.name={cfg.optim.name!r}: use sgd or adamw")
-    o = cfg.optim
-    total = o.epochs * (o.steps_per_epoch or 0)  # unknown (0) until the labeled set is read
-    if total > 0 and o.warmup_steps >= total:
-        p.append(f"optim.warmup_steps={o.warmup_steps}: the warm-up must be shorter than the run's "
-                 f"{total} optimizer steps (optim.epochs × optim.steps_per_epoch)")
+    if cfg.optim.steps_per_epoch and (problem := warmup_problem(cfg.optim, cfg.optim.steps_per_epoch)):
+        p.append(problem)  # else steps per epoch are known once the labeled set is read: Schedule.build checks
     if cfg.mixed_precision not in ("no", "bf16"):
         p.append(f"mixed_precision={cfg.mixed_precision!r}: use no or bf16")
     if cfg.data.short_side is not None and cfg.model.img_size > cfg.data.short_side:

@@ -50,7 +50,7 @@ from common.errors import ConfigError, DataError
 from common.jsonio import dumps, loads, read_json_object
 from common.textio import write_text_atomic
 from encoder import augment
-from encoder.config import RunConfig, SSLConfig, load_config
+from encoder.config import RunConfig, SSLConfig, load_config, warmup_problem
 from encoder.data.dataset import ClipDataset, EpochBatchSampler, collate
 from encoder.data.sampling import ElementLayout
 from encoder.data.splits import Split, write_split
@@ -440,10 +440,8 @@ class Schedule:
         accum = o.batch_size // (o.micro_batch_size * world)
         per_epoch = o.steps_per_epoch or max(1, labeled_batches_per_epoch // accum)
         total = o.epochs * per_epoch
-        if o.warmup_steps >= total > 0:
-            raise ConfigError(f"optim.warmup_steps={o.warmup_steps}: the warm-up must be shorter than the run's "
-                              f"{total} optimizer steps ({o.epochs} epochs of {per_epoch}), or the run ends before "
-                              f"the lr has decayed from optim.lr")
+        if problem := warmup_problem(o, per_epoch):
+            raise ConfigError(problem)
         last = min(total, cfg.max_steps) if cfg.max_steps else total
         return cls(accum, per_epoch, total, last, math.ceil(cfg.ssl.supervised_epochs * per_epoch))
 
