@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.syngym_difficulty import NUM_FRAMES, FrameCNN, load_split, model_input, scores
+from bench.syngym_difficulty import NUM_FRAMES, FrameCNN, load_split, model_input, scores, stratified
 from common.errors import DataError
 from common.finegym import read_categories
 from common.results import Table, provenance, write_result
@@ -126,12 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64, help="frame size (px; the embedded config's 64)")
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps per variant")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--label-ratio", type=float, default=1.0,
+                   help="train on this class-stratified share of the train clips (drawn with --seed); 1 = all")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("bench/results/syngym_probe.json"))
     args = p.parse_args(argv)
+    if not 0.0 < args.label_ratio <= 1.0:
+        p.error(f"--label-ratio {args.label_ratio}: use a share in (0, 1]")
     try:
         identity = dataset_identity(args.data)
     except DataError as err:
@@ -144,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     data = (*load_split(args.data, "train_element.txt", args.size),
             *load_split(args.data, "val_element.txt", args.size))
     print(f"loaded {len(data[0])} train + {len(data[2])} val clips in {time.perf_counter() - began:.0f} s")
+    if args.label_ratio < 1.0:
+        keep = stratified(data[1], args.label_ratio, args.seed)
+        data = (data[0][keep], data[1][keep], *data[2:])
+        print(f"training on {len(keep)} labeled clips ({args.label_ratio:.0%} of each class)")
 
     results = {}
     for name in args.variants:
@@ -156,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         table.add(name, VARIANTS[name][0], f"{r['params']:,}", r["top1"], r["direction_pairs"], r["train_s"],
                   " / ".join(str(c["top1"]) for c in r["curve"]))
-    table.notes = (f"All labels ({len(data[0])} train clips), {args.steps} steps of {args.batch} clips, lr {args.lr}, "
+    labels = "All labels" if args.label_ratio == 1.0 else f"{args.label_ratio:.0%} of the labels"
+    table.notes = (f"{labels} ({len(data[0])} train clips), {args.steps} steps of {args.batch} clips, lr {args.lr}, "
                    f"{args.size} px, {args.threads} threads, seed {args.seed}; {len(data[2])} val clips, {num_classes} "
                    "classes (chance 3.0%). Frames held in memory (segment centres), flips only: see the module notes.")
     write_result(args.out, "Which encoder learns SynGym on a CPU: TimeSformer variants vs the early-fusion CNN",

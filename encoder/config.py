@@ -34,6 +34,9 @@ class DataConfig:
     split_method: str = "stratified"  # stratified | uniform
     split_seed: int = 0
     short_side: Optional[int] = None  # resize frames on reading (short side, pixels); None keeps the decoded size
+    # training: each segment's frame is drawn from the middle `frame_jitter` share of the segment (1: anywhere in it,
+    # TSN's and the paper's sampling; 0: its centre, as in evaluation)
+    frame_jitter: float = 1.0
     num_workers: int = 2
 
 
@@ -194,6 +197,9 @@ def validate(cfg: RunConfig, earlier: Sequence[str] = ()) -> None:
     if not 0.0 < cfg.data.label_ratio <= 1.0 and cfg.data.labeled_list is None:
         p.append(f"data.label_ratio={cfg.data.label_ratio}: must be in (0, 1] (1: every train clip labeled, "
                  "ssl.mode=supervised only), or set data.labeled_list")
+    if not 0.0 <= cfg.data.frame_jitter <= 1.0:
+        p.append(f"data.frame_jitter={cfg.data.frame_jitter}: must be in [0, 1] (1: a frame anywhere in each "
+                 "segment, 0: its centre)")
     if cfg.data.split_method not in ("stratified", "uniform"):
         p.append(f"data.split_method={cfg.data.split_method!r}: use stratified or uniform")
     if cfg.optim.micro_batch_size > 0 and cfg.optim.batch_size % cfg.optim.micro_batch_size:

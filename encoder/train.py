@@ -487,14 +487,15 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
 
     # data streams: one labeled micro-batch (and μ× unlabeled) per forward
     lab_ds = ClipDataset(labeled_items, layout.num_frames, LabeledTransform(cfg), train=True,
-                         seed=cfg.seed, short_side=cfg.data.short_side)
+                         seed=cfg.seed, short_side=cfg.data.short_side, jitter=cfg.data.frame_jitter)
     lab_sampler = EpochBatchSampler(len(lab_ds), micro, seed=cfg.seed, rank=rank, world_size=world)
     sched = Schedule.build(cfg, lab_sampler.batches_per_epoch, world)
     if accelerator.is_main_process:  # once the run is known to be valid
         _write_run_files(run, cfg, names, labeled_items, unlabeled_items)
     if ssl:
         unl_ds = ClipDataset(unlabeled_items, layout.num_frames, UnlabeledTransform(cfg, layout), train=True,
-                             seed=cfg.seed + 1, short_side=cfg.data.short_side)
+                             seed=cfg.seed + 1, short_side=cfg.data.short_side,
+                             jitter=cfg.data.frame_jitter)
         unl_sampler = EpochBatchSampler(len(unl_ds), micro * s.unlabeled_ratio, seed=cfg.seed + 1,
                                         rank=rank, world_size=world)
 

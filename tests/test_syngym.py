@@ -566,7 +566,7 @@ def test_tables_refuse_to_reuse_a_run_trained_with_another_config(tiny, tmp_path
     (run / "final" / "results.json").write_text("{}")
     (run / "dataset.json").write_text(json.dumps(identity))
     level = {"root": out, "overrides": []}
-    saved = load_config(config, [f"data.root={out}", f"out={run}", "seed=0", "data.split_seed=0", "optim.lr=0.001"])
+    saved = load_config(config, [f"data.root={out}", f"out={run}", "seed=0", "data.split_seed=0", "optim.lr=0.002"])
     (run / "config.yaml").write_text(yaml.safe_dump(saved.to_dict()))
     with pytest.raises(ConfigError, match=r"started with another config; differing keys:\n  - optim.lr"):
         tables.run_one(config, out, run, [], 0, level, identity)

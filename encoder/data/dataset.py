@@ -44,6 +44,8 @@ class ClipDataset(Dataset):
         short_side: resize frames on reading so that the short side has this many pixels.
         temporal_views: evaluation only: each index ``i`` of the dataset is view ``i % temporal_views`` of
             clip ``i // temporal_views``.
+        jitter: training only: each segment's frame is drawn from the middle ``jitter`` share of the segment
+            (1: anywhere in it; 0: its centre), see :func:`~encoder.data.sampling.segment_frame_indices`.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class ClipDataset(Dataset):
         seed: int = 0,
         short_side: int | None = None,
         temporal_views: int = 1,
+        jitter: float = 1.0,
     ):
         if not items:
             raise ValueError("a dataset needs at least one clip")
@@ -65,6 +68,7 @@ class ClipDataset(Dataset):
         self.train = train
         self.seed = seed
         self.short_side = short_side
+        self.jitter = jitter
         self.temporal_views = 1 if train else temporal_views
         self._skipped = mp.Value("i", 0)
 
@@ -106,7 +110,8 @@ class ClipDataset(Dataset):
     def _read(self, item: Sample, rng: np.random.Generator, view: int) -> torch.Tensor:
         def indices(n: int) -> np.ndarray:
             return segment_frame_indices(
-                n, self.num_frames, train=self.train, rng=rng, views=self.temporal_views, view=view
+                n, self.num_frames, train=self.train, rng=rng, views=self.temporal_views, view=view,
+                jitter=self.jitter,
             )
 
         frames = read_frames(item.path, indices, start=item.start, end=item.end, short_side=self.short_side)

@@ -100,21 +100,29 @@ def segment_frame_indices(
     rng: np.random.Generator | None = None,
     views: int = 1,
     view: int = 0,
+    jitter: float = 1.0,
 ) -> np.ndarray:
     """Frame indices (K,) into a video of ``num_video_frames`` frames: one per equal segment.
 
-    In training a uniformly random frame inside each segment (``rng`` required); in evaluation a fixed frame:
-    with ``views`` temporal views, view ``v`` takes the point at fraction ``(v + 0.5) / views`` of each segment
-    (so one view is the centre). A video shorter than K frames repeats frames instead of failing.
+    In training a uniformly random frame inside each segment (``rng`` required), drawn from the middle
+    ``jitter`` share of it: 1 is anywhere in the segment (TSN's sampling, the paper's), 0.5 the middle half, 0 its
+    centre. In evaluation a fixed frame: with ``views`` temporal views, view ``v`` takes the point at fraction
+    ``(v + 0.5) / views`` of each segment (so one view is the centre). A video shorter than K frames repeats frames
+    instead of failing.
     """
     if num_video_frames < 1:
         raise ValueError("a video needs at least one frame")
+    if not 0.0 <= jitter <= 1.0:
+        raise ValueError(f"jitter={jitter}: use a share of the segment in [0, 1]")
     bounds = np.linspace(0.0, num_video_frames, num_segments + 1)  # (K + 1,) segment edges in frames
     starts, ends = bounds[:-1], bounds[1:]
     if train:
         if rng is None:
             raise ValueError("training-mode sampling needs an rng")
-        points = starts + rng.random(num_segments) * (ends - starts)
+        draws = rng.random(num_segments)  # always drawn, so the rng advances alike whatever the jitter
+        if jitter != 1.0:
+            draws = 0.5 + jitter * (draws - 0.5)
+        points = starts + draws * (ends - starts)
     else:
         if not 0 <= view < views:
             raise ValueError(f"view {view} out of range for {views} views")
