@@ -3,10 +3,11 @@
     sefar data synth --out outputs/syngym
     python -m bench.syngym_probe --data outputs/syngym                     # every variant, about 15 min on 2 cores
     python -m bench.syngym_probe --data outputs/syngym --variants conv32   # one of them
+    python -m bench.syngym_probe --data outputs/syngym --label-ratio 0.1 --variants cnn embedded  # 10% of the labels
 
 A probe for choosing the embedded encoder, not a training recipe: every clip is read once (the 8 segment-centre
 frames that SeFAR samples at evaluation, at ``--size`` px, kept in memory), and each variant trains from scratch
-with all labels, supervised only, on the same batches: AdamW with a one-cycle schedule, gradient clipping at 1,
+with all labels (or a class-stratified ``--label-ratio`` of them, drawn with ``--seed``), supervised only, on the same batches: AdamW with a one-cycle schedule, gradient clipping at 1,
 label smoothing 0.1, a random left-right flip (SynGym classes are flip-invariant). No frame jitter, no scale
 jitter, no decoding per step: a variant that cannot learn here will not learn in ``sefar encoder train`` either,
 at five to ten times the cost per step.

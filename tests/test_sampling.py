@@ -68,3 +68,48 @@ def test_short_clips_repeat_frames():
 def test_single_element_combo_is_plain_clip():
     layout = ElementLayout.from_combo("8")
     assert layout.fine == () and layout.context == tuple(range(8))
+
+
+def test_train_jitter_narrows_the_draw_towards_segment_centres():
+    centres = segment_frame_indices(80, 8, train=False)
+    # jitter 0: the evaluation centres, and the rng still advances as with any jitter
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    assert (segment_frame_indices(80, 8, train=True, rng=rng_a, jitter=0.0) == centres).all()
+    segment_frame_indices(80, 8, train=True, rng=rng_b, jitter=0.7)
+    assert rng_a.random() == rng_b.random()
+    # jitter 1 (the default) is the whole segment, drawn exactly as before the option existed
+    rng = np.random.default_rng(7)
+    u = np.random.default_rng(7).random(8)
+    expected = np.floor(np.arange(8) * 10.0 + u * 10.0).astype(np.int64)
+    assert (segment_frame_indices(80, 8, train=True, rng=rng) == expected).all()
+    assert (segment_frame_indices(80, 8, train=True, rng=np.random.default_rng(7), jitter=1.0) == expected).all()
+    # jitter 0.5: the middle half of each 10-frame segment, frames 2.5..7.5 of it, and more than one of them
+    rng = np.random.default_rng(0)
+    seen = np.stack([segment_frame_indices(80, 8, train=True, rng=rng, jitter=0.5) for _ in range(200)])
+    offsets = seen - np.arange(8) * 10
+    assert offsets.min() >= 2 and offsets.max() <= 7 and len(np.unique(offsets)) >= 4
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="jitter"):
+            segment_frame_indices(80, 8, train=True, rng=rng, jitter=bad)
+
+
+def test_clip_dataset_reads_centre_frames_in_training_with_jitter_zero(tmp_path):
+    from videos import frame_value, write_video
+
+    from encoder.data.dataset import ClipDataset
+    from encoder.data.splits import Sample
+
+    path = write_video(tmp_path / "clip.mp4", n=40)
+
+    def frames(ds):
+        return [round(v / 8) * 8 for v in ds[0]["video"][:, 0].float().mean(dim=(1, 2)).tolist()]
+
+    def keep(x, generator):
+        return {"video": x}
+
+    sample = Sample(path=str(path), label=0)
+    centre = [frame_value(int(i)) for i in segment_frame_indices(40, 8, train=False)]
+    assert frames(ClipDataset([sample], 8, keep, train=False)) == centre
+    assert frames(ClipDataset([sample], 8, keep, train=True, jitter=0.0)) == centre
+    drawn = [frames(ClipDataset([sample], 8, keep, train=True, seed=s)) for s in range(4)]
+    assert any(d != centre for d in drawn)

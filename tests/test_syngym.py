@@ -507,6 +507,23 @@ def test_probe_bench_runs_every_variant_end_to_end_on_tiny(tiny, tmp_path):
     assert results["embedded"]["params"] < results["conv16"]["params"]  # the ImageNet stem stays frozen
 
 
+def test_probe_bench_trains_on_a_stratified_share_of_the_labels(tiny, tmp_path, capsys):
+    out, _ = tiny
+    probe = _bench("syngym_probe")
+    report = tmp_path / "probe.json"
+    assert probe.main(["--data", str(out), "--variants", "cnn", "--steps", "1", "--batch", "2", "--threads", "1",
+                       "--label-ratio", "0.5", "--out", str(report)]) == 0
+    assert "training on 33 labeled clips (50% of each class)" in capsys.readouterr().out  # 1 of the 2 per class
+    written = json.loads(report.read_text())
+    assert written["data"]["args"]["label_ratio"] == 0.5
+    assert "50% of the labels (33 train clips)" in json.dumps(written["tables"])
+    for bad in ("0", "1.5"):
+        with pytest.raises(SystemExit) as exit_info:
+            probe.main(["--data", str(out), "--label-ratio", bad, "--out", str(report)])
+        assert exit_info.value.code == 2
+    assert "--label-ratio" in capsys.readouterr().err
+
+
 def test_benches_refuse_a_folder_of_another_syngym_version(tiny, tmp_path, capsys):
     """Numbers measured on clips of another generator version must not be published as this version's."""
     from common.errors import DataError

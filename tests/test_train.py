@@ -54,9 +54,11 @@ def test_every_shipped_config_builds_its_model(config):
 
 def test_config_errors_are_collected_with_fixes():
     with pytest.raises(ConfigError) as err:
-        load_config(None, ["ssl.mode=bogus", "model.combo=2-x", "ssl.passes=1", "optim.micro_batch_size=5"])
+        load_config(None, ["ssl.mode=bogus", "model.combo=2-x", "ssl.passes=1", "optim.micro_batch_size=5",
+                           "data.frame_jitter=2"])
     text = str(err.value)
     assert "ssl.mode='bogus'" in text and "model.combo" in text and "micro_batch_size" in text
+    assert "data.frame_jitter=2.0: must be in [0, 1]" in text
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("no/such/config.yaml")
     with pytest.raises(ConfigError, match="key=value"):
