@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     table.notes = (f"{labels} ({len(data[0])} train clips), {args.steps} steps of {args.batch} clips, lr {args.lr}, "
                    f"{args.size} px, {args.threads} threads, seed {args.seed}; {len(data[2])} val clips, {num_classes} "
                    "classes (chance 3.0%). Frames held in memory (segment centres), flips only: see the module notes.")
-    write_result(args.out, "Which encoder learns SynGym on a CPU: TimeSformer variants vs the early-fusion CNN",
+    title = "Which encoder learns SynGym on a CPU: TimeSformer variants vs the early-fusion CNN"
+    write_result(args.out, title if args.label_ratio == 1.0 else f"{title}, {args.label_ratio:.0%} of the labels",
                  [table], {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                            "results": results, **identity}, started=started)
     return 0

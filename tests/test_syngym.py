@@ -515,7 +515,7 @@ def test_probe_bench_trains_on_a_stratified_share_of_the_labels(tiny, tmp_path, 
                        "--label-ratio", "0.5", "--out", str(report)]) == 0
     assert "training on 33 labeled clips (50% of each class)" in capsys.readouterr().out  # 1 of the 2 per class
     written = json.loads(report.read_text())
-    assert written["data"]["args"]["label_ratio"] == 0.5
+    assert written["data"]["args"]["label_ratio"] == 0.5 and written["title"].endswith(", 50% of the labels")
     assert "50% of the labels (33 train clips)" in json.dumps(written["tables"])
     for bad in ("0", "1.5"):
         with pytest.raises(SystemExit) as exit_info:
