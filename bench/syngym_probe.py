@@ -7,10 +7,10 @@
 
 A probe for choosing the embedded encoder, not a training recipe: every clip is read once (the 8 segment-centre
 frames that SeFAR samples at evaluation, at ``--size`` px, kept in memory), and each variant trains from scratch
-with all labels (or a class-stratified ``--label-ratio`` of them, drawn with ``--seed``), supervised only, on the same batches: AdamW with a one-cycle schedule, gradient clipping at 1,
-label smoothing 0.1, a random left-right flip (SynGym classes are flip-invariant). No frame jitter, no scale
-jitter, no decoding per step: a variant that cannot learn here will not learn in ``sefar encoder train`` either,
-at five to ten times the cost per step.
+with all labels (or a class-stratified ``--label-ratio`` of them, drawn with ``--seed``), supervised only, on the
+same batches: AdamW with a one-cycle schedule, gradient clipping at 1, label smoothing 0.1, a random left-right
+flip (SynGym classes are flip-invariant). No frame jitter, no scale jitter, no decoding per step: a variant that
+cannot learn here will not learn in ``sefar encoder train`` either, at five to ten times the cost per step.
 
 The TimeSformer variants are :func:`encoder.timesformer.create_model` exactly as the encoder trains it (dual-level
 elements ``{2-2-4}``, fusion head), changed only where the variant says (stem, patch size, depth, combo). The

@@ -113,3 +113,5 @@ def test_clip_dataset_reads_centre_frames_in_training_with_jitter_zero(tmp_path)
     assert frames(ClipDataset([sample], 8, keep, train=True, jitter=0.0)) == centre
     drawn = [frames(ClipDataset([sample], 8, keep, train=True, seed=s)) for s in range(4)]
     assert any(d != centre for d in drawn)
+    with pytest.raises(ValueError, match="jitter=2"):
+        ClipDataset([sample], 8, keep, train=True, jitter=2)

@@ -62,6 +62,8 @@ class ClipDataset(Dataset):
     ):
         if not items:
             raise ValueError("a dataset needs at least one clip")
+        if not 0.0 <= jitter <= 1.0:
+            raise ValueError(f"jitter={jitter}: use a share of the segment in [0, 1]")
         self.items = list(items)
         self.num_frames = num_frames
         self.transform = transform
