@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     data = (*load_split(args.data, "train_element.txt", args.size),
             *load_split(args.data, "val_element.txt", args.size))
     print(f"loaded {len(data[0])} train + {len(data[2])} val clips in {time.perf_counter() - began:.0f} s")
+    labels = "All labels" if args.label_ratio == 1.0 else f"{args.label_ratio:.0%} of the labels"
     if args.label_ratio < 1.0:
         keep = stratified(data[1], args.label_ratio, args.seed)
         data = (data[0][keep], data[1][keep], *data[2:])
@@ -165,12 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         table.add(name, VARIANTS[name][0], f"{r['params']:,}", r["top1"], r["direction_pairs"], r["train_s"],
                   " / ".join(str(c["top1"]) for c in r["curve"]))
-    labels = "All labels" if args.label_ratio == 1.0 else f"{args.label_ratio:.0%} of the labels"
     table.notes = (f"{labels} ({len(data[0])} train clips), {args.steps} steps of {args.batch} clips, lr {args.lr}, "
                    f"{args.size} px, {args.threads} threads, seed {args.seed}; {len(data[2])} val clips, {num_classes} "
                    "classes (chance 3.0%). Frames held in memory (segment centres), flips only: see the module notes.")
     title = "Which encoder learns SynGym on a CPU: TimeSformer variants vs the early-fusion CNN"
-    write_result(args.out, title if args.label_ratio == 1.0 else f"{title}, {args.label_ratio:.0%} of the labels",
+    write_result(args.out, title if args.label_ratio == 1.0 else f"{title}, {labels}",
                  [table], {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                            "results": results, **identity}, started=started)
     return 0

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from common.errors import VideoReadError
-from encoder.data.sampling import segment_frame_indices
+from encoder.data.sampling import check_jitter, segment_frame_indices
 from encoder.data.splits import Sample
 from encoder.data.video import read_frames
 
@@ -62,8 +62,7 @@ class ClipDataset(Dataset):
     ):
         if not items:
             raise ValueError("a dataset needs at least one clip")
-        if not 0.0 <= jitter <= 1.0:
-            raise ValueError(f"jitter={jitter}: use a share of the segment in [0, 1]")
+        check_jitter(jitter)
         self.items = list(items)
         self.num_frames = num_frames
         self.transform = transform

@@ -92,6 +92,12 @@ def parse_combo(combo: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     return sizes
 
 
+def check_jitter(jitter: float) -> None:
+    """Raise ``ValueError`` unless ``jitter`` (the share of a segment training frames are drawn from) is in [0, 1]."""
+    if not 0.0 <= jitter <= 1.0:
+        raise ValueError(f"jitter={jitter}: use a share of the segment in [0, 1]")
+
+
 def segment_frame_indices(
     num_video_frames: int,
     num_segments: int,
@@ -112,8 +118,7 @@ def segment_frame_indices(
     """
     if num_video_frames < 1:
         raise ValueError("a video needs at least one frame")
-    if not 0.0 <= jitter <= 1.0:
-        raise ValueError(f"jitter={jitter}: use a share of the segment in [0, 1]")
+    check_jitter(jitter)
     bounds = np.linspace(0.0, num_video_frames, num_segments + 1)  # (K + 1,) segment edges in frames
     starts, ends = bounds[:-1], bounds[1:]
     if train:
