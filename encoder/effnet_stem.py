@@ -58,11 +58,17 @@ class EfficientNetLiteStem(nn.Module):
         self.conv_stem, self.bn1 = cnn.conv_stem, cnn.bn1
         self.blocks = nn.Sequential(*cnn.blocks[:stages])
         self.proj = nn.Conv2d(channels, embed_dim, kernel_size=1)
-        self.frozen = False
+        self.frozen, self.compute_dtype = False, torch.float32
 
-    def freeze(self) -> None:
-        """No gradients for the CNN, and its BatchNorm stays in inference mode (ImageNet statistics)."""
-        self.frozen = True
+    def freeze(self, dtype: torch.dtype = torch.float32) -> None:
+        """No gradients for the CNN, and its BatchNorm stays in inference mode (ImageNet statistics).
+
+        ``dtype``: what the frozen CNN computes in (its output returns to the input's dtype before the projection).
+        ``torch.bfloat16`` halves its CPU time where the CPU has bf16 instructions (AVX512-BF16, AMX) and on GPUs.
+        """
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ConfigError(f"a frozen stem computes in float32 or bfloat16, not {dtype}")
+        self.frozen, self.compute_dtype = True, dtype
         for module in (self.conv_stem, self.bn1, self.blocks):
             module.requires_grad_(False)
         self.train(self.training)
@@ -81,8 +87,9 @@ class EfficientNetLiteStem(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.frozen:
             with torch.no_grad():
-                x = x.contiguous(memory_format=torch.channels_last)
-                features = self._folded()(x).contiguous()  # (B, 112, H/16, W/16)
+                cnn = self._folded()
+                y = x.to(self.compute_dtype).contiguous(memory_format=torch.channels_last)
+                features = cnn(y).to(x.dtype).contiguous()  # (B, 112, H/16, W/16)
         else:
             features = self.blocks(self.bn1(self.conv_stem(x)))
         return self.proj(features)  # (B, D, H/16, W/16)
@@ -90,10 +97,12 @@ class EfficientNetLiteStem(nn.Module):
     def _folded(self) -> nn.Module:
         """The frozen CNN with BatchNorm folded into the convolutions (rebuilt when weights are loaded again)."""
         tensors = [*self.conv_stem.parameters(), *self.bn1.buffers(), *self.blocks.parameters(), *self.blocks.buffers()]
-        key = (tensors[0].device, tensors[0].dtype, sum(t._version for t in tensors), id(tensors[0]))
+        key = (tensors[0].device, tensors[0].dtype, sum(t._version for t in tensors), id(tensors[0]),
+               self.compute_dtype)
         cached = self.__dict__.get("_folded_cache")  # a plain attribute: not a submodule, not in the state dict
         if cached is None or cached[0] != key:
-            cached = (key, fold_batchnorm(self.conv_stem, self.bn1, self.blocks).to(memory_format=torch.channels_last))
+            folded = fold_batchnorm(self.conv_stem, self.bn1, self.blocks)  # folded in the weights' own dtype
+            cached = (key, folded.to(self.compute_dtype, memory_format=torch.channels_last))
             self.__dict__["_folded_cache"] = cached
         return cached[1]
 

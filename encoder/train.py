@@ -487,7 +487,8 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
 
     # data streams: one labeled micro-batch (and μ× unlabeled) per forward
     lab_ds = ClipDataset(labeled_items, layout.num_frames, LabeledTransform(cfg), train=True,
-                         seed=cfg.seed, short_side=cfg.data.short_side, jitter=cfg.data.frame_jitter)
+                         seed=cfg.seed, short_side=cfg.data.short_side, jitter=cfg.data.frame_jitter,
+                         cache_mb=cfg.data.cache_mb)
     lab_sampler = EpochBatchSampler(len(lab_ds), micro, seed=cfg.seed, rank=rank, world_size=world)
     sched = Schedule.build(cfg, lab_sampler.batches_per_epoch, world)
     if accelerator.is_main_process:  # once the run is known to be valid
@@ -495,7 +496,7 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
     if ssl:
         unl_ds = ClipDataset(unlabeled_items, layout.num_frames, UnlabeledTransform(cfg, layout), train=True,
                              seed=cfg.seed + 1, short_side=cfg.data.short_side,
-                             jitter=cfg.data.frame_jitter)
+                             jitter=cfg.data.frame_jitter, cache_mb=cfg.data.cache_mb)
         unl_sampler = EpochBatchSampler(len(unl_ds), micro * s.unlabeled_ratio, seed=cfg.seed + 1,
                                         rank=rank, world_size=world)
 

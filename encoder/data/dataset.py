@@ -12,6 +12,7 @@ DataLoader workers).
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 from typing import Callable, Iterator, Sequence
 
@@ -46,6 +47,10 @@ class ClipDataset(Dataset):
             clip ``i // temporal_views``.
         jitter: training only: each segment's frame is drawn from the middle ``jitter`` share of the segment
             (1: anywhere in it; 0: its centre), see :func:`~encoder.data.sampling.segment_frame_indices`.
+        cache_mb: keep each clip's decoded (and resized) frames in memory after its first read, until this many
+            MiB are held (0: no cache). Each process that reads (main or loader worker) holds its own cache, so a
+            run holds up to ``cache_mb`` per loader process. A cached clip gives exactly the frames a read from
+            disk gives, so the cache changes speed only; clips beyond the limit are read from disk every time.
     """
 
     def __init__(
@@ -59,10 +64,13 @@ class ClipDataset(Dataset):
         short_side: int | None = None,
         temporal_views: int = 1,
         jitter: float = 1.0,
+        cache_mb: float = 0,
     ):
         if not items:
             raise ValueError("a dataset needs at least one clip")
         check_jitter(jitter)
+        if not (cache_mb >= 0 and math.isfinite(cache_mb)):
+            raise ValueError(f"cache_mb={cache_mb}: must be a finite number >= 0")
         self.items = list(items)
         self.num_frames = num_frames
         self.transform = transform
@@ -72,6 +80,14 @@ class ClipDataset(Dataset):
         self.jitter = jitter
         self.temporal_views = 1 if train else temporal_views
         self._skipped = mp.Value("i", 0)
+        self._cache_room = int(cache_mb * 2**20)  # bytes this process may still add to its cache
+        self._cache: dict[int, torch.Tensor] = {}  # clip index -> all its frames (T, C, H, W) uint8
+
+    def __getstate__(self) -> dict:  # a worker starts with an empty cache (and the whole room) of its own
+        state = self.__dict__.copy()
+        state["_cache_room"] += sum(t.numel() for t in self._cache.values())
+        state["_cache"] = {}
+        return state
 
     def __len__(self) -> int:
         return len(self.items) * self.temporal_views
@@ -89,7 +105,7 @@ class ClipDataset(Dataset):
             clip_index, view = divmod(index, self.temporal_views)
             item = self.items[clip_index]
             try:
-                frames = self._read(item, rng, view)
+                frames = self._read(clip_index, item, rng, view)
             except VideoReadError as err:
                 with self._skipped.get_lock():
                     self._skipped.value += 1
@@ -108,15 +124,29 @@ class ClipDataset(Dataset):
             return out
         raise RuntimeError(f"{MAX_ATTEMPTS} unreadable clips in a row; last: {item.path}")
 
-    def _read(self, item: Sample, rng: np.random.Generator, view: int) -> torch.Tensor:
+    def _read(self, clip_index: int, item: Sample, rng: np.random.Generator, view: int) -> torch.Tensor:
         def indices(n: int) -> np.ndarray:
             return segment_frame_indices(
                 n, self.num_frames, train=self.train, rng=rng, views=self.temporal_views, view=view,
                 jitter=self.jitter,
             )
 
-        frames = read_frames(item.path, indices, start=item.start, end=item.end, short_side=self.short_side)
-        return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # (K, H, W, C) -> (K, C, H, W)
+        if (clip := self._cache.get(clip_index)) is not None:
+            return clip[torch.from_numpy(indices(len(clip)))]
+        if self._cache_room > 0:  # decode the whole clip once; later reads index it
+            clip = _chw(read_frames(item.path, None, start=item.start, end=item.end, short_side=self.short_side))
+            if clip.numel() <= self._cache_room:
+                self._cache[clip_index] = clip
+                self._cache_room -= clip.numel()
+            else:
+                self._cache_room = 0  # full: from now on, read only the sampled frames
+            return clip[torch.from_numpy(indices(len(clip)))]
+        return _chw(read_frames(item.path, indices, start=item.start, end=item.end, short_side=self.short_side))
+
+
+def _chw(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``(T, H, W, C)`` frames as a contiguous ``(T, C, H, W)`` tensor."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
 
 
 class EpochBatchSampler(Sampler):

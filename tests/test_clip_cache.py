@@ -1,0 +1,100 @@
+"""The in-memory clip cache of ClipDataset (``data.cache_mb``): same items as reading from disk, bounded, per process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from videos import write_video
+
+from encoder.data.dataset import ClipDataset
+from encoder.data.splits import Sample
+
+
+def _keep(frames, generator):
+    return {"video": frames, "noise": torch.rand(2, generator=generator)}
+
+
+def _samples(tmp_path, n=3):
+    out = []
+    for i in range(n):
+        path = write_video(tmp_path / f"c{i}.mp4", n=37 + 5 * i, size=(48, 64))
+        out.append(Sample(path=str(path), label=i, start=0.2 if i == 1 else None, end=3.5 if i == 1 else None))
+    return out
+
+
+@pytest.mark.parametrize("train, jitter", [(True, 1.0), (True, 0.5), (False, 1.0)])
+def test_cached_items_equal_disk_items(tmp_path, train, jitter):
+    samples = _samples(tmp_path)
+    kw = dict(train=train, seed=3, short_side=40, jitter=jitter, temporal_views=1 if train else 2)
+    disk = ClipDataset(samples, 8, _keep, **kw)
+    cached = ClipDataset(samples, 8, _keep, cache_mb=64, **kw)
+    keys = [(i, e) for e in range(3) for i in range(len(disk))]
+    for key in keys + keys:  # the second pass reads from the cache
+        a, b = disk[key], cached[key]
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.equal(torch.as_tensor(a[name]), torch.as_tensor(b[name])), (key, name)
+    assert len(cached._cache) == len(samples)
+    assert cached[keys[0]]["video"].shape == (8, 3, 40, 53)
+
+
+def test_a_cached_clip_is_not_read_again(tmp_path):
+    samples = _samples(tmp_path, n=2)
+    ds = ClipDataset(samples, 8, _keep, train=True, cache_mb=64)
+    first = ds[(0, 0)]["video"]
+    for s in samples:
+        Path(s.path).unlink()
+    assert torch.equal(ds[(0, 0)]["video"], first)  # from memory
+    with pytest.raises(RuntimeError, match="unreadable clips in a row"):  # clip 1 was never read
+        ClipDataset(samples[1:], 8, _keep, train=True, cache_mb=64)[(0, 0)]
+
+
+def test_the_cache_stops_at_its_limit(tmp_path):
+    samples = _samples(tmp_path)
+    one_clip = 37 * 3 * 48 * 64  # bytes of clip 0's frames
+    ds = ClipDataset(samples, 8, _keep, train=True, cache_mb=1.5 * one_clip / 2**20)
+    ds[(0, 0)]
+    assert list(ds._cache) == [0] and ds._cache_room == one_clip // 2
+    ds[(2, 0)]  # 47 frames: does not fit, and nothing more is kept
+    assert list(ds._cache) == [0] and ds._cache_room == 0
+    ds[(1, 0)]
+    assert list(ds._cache) == [0]
+    none = ClipDataset(samples, 8, _keep, train=True)
+    none[(0, 0)]
+    assert none._cache == {}
+
+
+def test_a_spawned_worker_starts_empty_with_the_whole_limit(tmp_path):
+    samples = _samples(tmp_path, n=2)
+    ds = ClipDataset(samples, 8, _keep, train=True, cache_mb=1)
+    ds[(0, 0)]
+    assert ds._cache and ds._cache_room < 2**20
+    state = ds.__getstate__()  # what a spawned loader worker receives
+    assert state["_cache"] == {} and state["_cache_room"] == 2**20
+    assert ds._cache and ds._cache_room < 2**20  # the dataset itself keeps its cache
+
+
+def test_loader_workers_give_the_batches_of_a_dataset_without_cache(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from encoder.data.dataset import EpochBatchSampler, collate
+
+    samples = _samples(tmp_path)
+
+    def batches(cache_mb):
+        ds = ClipDataset(samples, 8, _keep, train=True, seed=1, cache_mb=cache_mb)
+        loader = DataLoader(ds, batch_sampler=EpochBatchSampler(len(ds), 2, seed=0), num_workers=2,
+                            collate_fn=collate)
+        it = iter(loader)
+        return [next(it) for _ in range(5)]  # 5 batches of 2 over 3 clips: every clip several times
+
+    for a, b in zip(batches(0), batches(64)):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf")])
+def test_bad_limits_are_refused(tmp_path, bad):
+    with pytest.raises(ValueError, match="cache_mb"):
+        ClipDataset(_samples(tmp_path, n=1), 8, _keep, train=True, cache_mb=bad)
