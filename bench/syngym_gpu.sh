@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Supervised-only vs SeFAR on SynGym (10% labels) with a longer budget than the CPU quickstart, on one GPU.
 #   OUT=bench/results bash bench/syngym_gpu.sh [key=value ...]     (extra overrides apply to both runs)
-# Uses the same config as `make quickstart` (configs/encoder/syngym_tiny.yaml), 5x the steps, 2x the batch (1,600 of 32).
+# Uses the same config as `make quickstart` (configs/encoder/syngym_tiny.yaml), 2.5x the steps and 2x the batch (1,600 of 32).
 set -euo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT="${OUT:-bench/results}"

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-import torch
 from torch import nn
 
 from common.errors import ConfigError, DataError

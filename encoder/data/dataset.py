@@ -83,7 +83,7 @@ class ClipDataset(Dataset):
         self._cache_room = int(cache_mb * 2**20)  # bytes this process may still add to its cache
         self._cache: dict[int, torch.Tensor] = {}  # clip index -> all its frames (T, C, H, W) uint8
 
-    def __getstate__(self) -> dict:  # a worker starts with an empty cache (and the whole room) of its own
+    def __getstate__(self) -> dict:  # a spawned worker starts with an empty cache (and the whole room) of its own
         state = self.__dict__.copy()
         state["_cache_room"] += sum(t.numel() for t in self._cache.values())
         state["_cache"] = {}
