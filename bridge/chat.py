@@ -43,6 +43,26 @@ class ClipContext:
     features: dict[str, torch.Tensor]  # one clip's features in the feature-cache layout (the adapter's input)
 
 
+def display_names(class_names: list[str], categories: list | None = None) -> list[str]:
+    """Class names that tell every class apart: a name that several classes share (SynGym and FineGym have "salto
+    forward tucked" on FX and on BB) gets its event in front ("FX: salto forward tucked"), or, without categories,
+    its class index after it."""
+    counts: dict[str, int] = {}
+    for name in class_names:
+        counts[name] = counts.get(name, 0) + 1
+    out = []
+    for i, name in enumerate(class_names):
+        if counts[name] == 1:
+            out.append(name)
+        elif categories is not None and getattr(categories[i], "event", None):
+            out.append(f"{categories[i].event}: {name}")
+        else:
+            out.append(f"{name} (class {i})")
+    if len(set(out)) != len(out):  # the same name twice within one event: fall back to indices for all shared ones
+        out = [name if counts[name] == 1 else f"{name} (class {i})" for i, name in enumerate(class_names)]
+    return out
+
+
 def clip_features(out: dict) -> dict[str, torch.Tensor]:
     """``FrozenEncoder.features`` output for a batch of one -> the feature-cache layout of that clip."""
     named = {"fused": out["fused"][0], "element_cls": out["element_cls"][0]}
@@ -116,7 +136,8 @@ class VideoChat:
             features = clip_features(self.encoder.features(x))
         probs, certainty = _certainty(self.encoder, x, CERTAINTY_PASSES)
         top = probs.topk(min(5, probs.numel()))
-        top5 = [(self.encoder.class_names[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+        names = display_names(self.encoder.class_names, self.encoder.categories)
+        top5 = [(names[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
         return ClipContext(np.ascontiguousarray(frames), self.layout, top5, certainty, features)
 
     # -------------------------------------------------------------------------------------------------- chat

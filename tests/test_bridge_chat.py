@@ -80,3 +80,17 @@ def test_encoder_only_and_bad_input(exported, fake_run, adapter_export, tmp_path
     )
     with pytest.raises(ConfigError, match="features of width 32, the encoder export .* gives 96"):
         VideoChat.load(exported, other, None)
+
+
+def test_display_names_tell_classes_that_share_a_name_apart():
+    from bridge.chat import display_names
+    from common.finegym import Category
+
+    names = ["salto forward tucked", "split jump", "salto forward tucked"]
+    cats = [Category(0, 0, 1, "FX", names[0]), Category(1, 1, 2, "BB", names[1]), Category(2, 2, 3, "BB", names[2])]
+    assert display_names(names, cats) == ["FX: salto forward tucked", "split jump", "BB: salto forward tucked"]
+    assert display_names(names) == ["salto forward tucked (class 0)", "split jump", "salto forward tucked (class 2)"]
+    same_event = [Category(0, 0, 1, "FX", names[0]), cats[1], Category(2, 2, 1, "FX", names[2])]
+    assert display_names(names, same_event) == ["salto forward tucked (class 0)", "split jump",
+                                                "salto forward tucked (class 2)"]
+    assert display_names(["a", "b"]) == ["a", "b"]
