@@ -56,24 +56,31 @@ def test_the_cache_stops_at_its_limit(tmp_path):
     one_clip = 37 * 3 * 48 * 64  # bytes of clip 0's frames
     ds = ClipDataset(samples, 8, _keep, train=True, cache_mb=1.5 * one_clip / 2**20)
     ds[(0, 0)]
-    assert list(ds._cache) == [0] and ds._cache_room == one_clip // 2
+    assert list(ds._cache) == [0] and ds._cache_bytes == one_clip and not ds._cache_full
     ds[(2, 0)]  # 47 frames: does not fit, and nothing more is kept
-    assert list(ds._cache) == [0] and ds._cache_room == 0
+    assert list(ds._cache) == [0] and ds._cache_full
     ds[(1, 0)]
-    assert list(ds._cache) == [0]
+    assert list(ds._cache) == [0] and ds._cache_bytes == one_clip
     none = ClipDataset(samples, 8, _keep, train=True)
     none[(0, 0)]
     assert none._cache == {}
 
 
-def test_a_spawned_worker_starts_empty_with_the_whole_limit(tmp_path):
-    samples = _samples(tmp_path, n=2)
-    ds = ClipDataset(samples, 8, _keep, train=True, cache_mb=1)
-    ds[(0, 0)]
-    assert ds._cache and ds._cache_room < 2**20
-    state = ds.__getstate__()  # what a spawned loader worker receives
-    assert state["_cache"] == {} and state["_cache_room"] == 2**20
-    assert ds._cache and ds._cache_room < 2**20  # the dataset itself keeps its cache
+@pytest.mark.parametrize("fill", [1, 3])  # one clip held; or full after a clip that did not fit
+def test_a_spawned_worker_starts_empty_with_the_whole_limit(tmp_path, fill):
+    samples = _samples(tmp_path)
+    limit = 1.5 * 37 * 3 * 48 * 64 / 2**20
+    ds = ClipDataset(samples, 8, _keep, train=True, cache_mb=limit)
+    for i in range(fill):
+        ds[(i, 0)]
+    assert ds._cache and ds._cache_full == (fill == 3)
+    worker = ClipDataset.__new__(ClipDataset)  # what a spawned loader worker rebuilds from the pickled state
+    worker.__dict__.update(ds.__getstate__())
+    assert worker._cache == {} and worker._cache_bytes == 0 and not worker._cache_full
+    assert worker._cache_limit == ds._cache_limit == int(limit * 2**20)
+    worker[(0, 0)]
+    assert list(worker._cache) == [0]
+    assert ds._cache and ds._cache_full == (fill == 3)  # the dataset itself keeps its cache
 
 
 def test_loader_workers_give_the_batches_of_a_dataset_without_cache(tmp_path):

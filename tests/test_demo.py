@@ -128,6 +128,15 @@ def test_choices_markdown_marks_the_chosen_option_and_escapes_cells():
         choices_markdown(["a"], [0.0], 1)
 
 
+def test_choices_markdown_keeps_options_that_share_a_name():
+    # FineGym and SynGym name some elements alike on two events; every option the user wrote keeps its row
+    text = choices_markdown(["salto forward tucked", "salto forward tucked", "salto backward tucked"],
+                            [-2.0, -0.5, -1.0], 1)
+    rows = text.splitlines()[-3:]
+    assert [row.split(" | ")[-1] for row in rows] == ["-2.000 |", "-0.500 |", "-1.000 |"]
+    assert [row.startswith("| ✅") for row in rows] == [False, True, False]
+
+
 # --------------------------------------------------------------------------------------------- examples
 
 

@@ -80,13 +80,14 @@ class ClipDataset(Dataset):
         self.jitter = jitter
         self.temporal_views = 1 if train else temporal_views
         self._skipped = mp.Value("i", 0)
-        self._cache_room = int(cache_mb * 2**20)  # bytes this process may still add to its cache
+        self._cache_limit = int(cache_mb * 2**20)  # bytes of decoded frames each process may keep
         self._cache: dict[int, torch.Tensor] = {}  # clip index -> all its frames (T, C, H, W) uint8
+        self._cache_bytes = 0
+        self._cache_full = self._cache_limit == 0  # once a clip did not fit, only the sampled frames are read
 
-    def __getstate__(self) -> dict:  # a spawned worker starts with an empty cache (and the whole room) of its own
+    def __getstate__(self) -> dict:  # a spawned worker starts with an empty cache of its own
         state = self.__dict__.copy()
-        state["_cache_room"] += sum(t.numel() for t in self._cache.values())
-        state["_cache"] = {}
+        state.update(_cache={}, _cache_bytes=0, _cache_full=self._cache_limit == 0)
         return state
 
     def __len__(self) -> int:
@@ -133,13 +134,13 @@ class ClipDataset(Dataset):
 
         if (clip := self._cache.get(clip_index)) is not None:
             return clip[torch.from_numpy(indices(len(clip)))]
-        if self._cache_room > 0:  # decode the whole clip once; later reads index it
+        if not self._cache_full:  # decode the whole clip once; later reads index it
             clip = _chw(read_frames(item.path, None, start=item.start, end=item.end, short_side=self.short_side))
-            if clip.numel() <= self._cache_room:
+            if self._cache_bytes + clip.numel() <= self._cache_limit:
                 self._cache[clip_index] = clip
-                self._cache_room -= clip.numel()
+                self._cache_bytes += clip.numel()
             else:
-                self._cache_room = 0  # full: from now on, read only the sampled frames
+                self._cache_full = True
             return clip[torch.from_numpy(indices(len(clip)))]
         return _chw(read_frames(item.path, indices, start=item.start, end=item.end, short_side=self.short_side))
 
