@@ -21,6 +21,7 @@ quickstart prints and writes names them relative to the working directory.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -131,6 +132,54 @@ def pseudo_label_accuracy(run: Path) -> float | None:
     return sum(tail) / len(tail)
 
 
+def classifier_answers(run: Path, questions: Path, types: list[str], limit: int | None, circular: bool,
+                       direction_pairs: dict[str, str]) -> dict:
+    """The encoder's own classifier answering the adapters' Gym-QA questions, without an LLM: per question, the
+    option whose name the teacher gives the highest probability on the clip (the sum over the classes of that name:
+    some names belong to two events). What the adapters could take from the classifier alone, scored as theirs
+    are (same questions, CircularEval, and the direction-pair check: the true name's probability above its
+    time-reversed sibling's); returns an evaluation summary shaped like an adapter's, with method ``classifier``."""
+    from safetensors.torch import load_file
+
+    from bridge.qa import read_question_set
+    from common.finegym import read_categories
+    from encoder.run import build_eval_items
+    from gymqa.build import clip_id_of
+    from gymqa.rotate import rotate
+    from gymqa.score import Prediction, score
+
+    began = time.perf_counter()
+    cfg = load_config(run / "config.yaml")
+    predictions = load_file(run / "final" / "val_predictions_teacher.safetensors")
+    probs, labels = predictions["probs"].double(), predictions["labels"].long()
+    items = build_eval_items(cfg)
+    if [s.label for s in items] != labels.tolist():
+        raise ValueError(f"{run}: the saved val predictions do not follow the run's val list")
+    row = {clip_id_of(s.path): i for i, s in enumerate(items)}
+    classes: dict[str, list[int]] = {}
+    for c in read_categories(cfg.data_path(cfg.data.categories)):
+        classes.setdefault(c.name, []).append(c.label)
+    originals = read_question_set(questions, types, limit=limit).questions
+    scores, wins = {}, []
+    for q in originals:
+        if q.clip_id not in row:
+            raise ValueError(f"{questions}: question {q.id}'s clip {q.clip_id} is not in {run}'s val list")
+        p = probs[row[q.clip_id]]
+        unknown = [o for o in q.options if o not in classes]
+        if unknown:
+            raise ValueError(f"{questions}: question {q.id}'s option {unknown[0]!r} names no class of {run}")
+        scores[q.id] = {o: math.log(max(p[classes[o]].sum().item(), 1e-300)) for o in q.options}
+        if (sibling := direction_pairs.get(q.answer_text)) is not None:
+            wins.append(p[classes[q.answer_text]].sum().item() > p[classes[sibling]].sum().item())
+    everything = rotate(originals) if circular else originals
+    report = score(everything, {q.id: Prediction("loglikelihoods", [scores[q.base_id][o] for o in q.options])
+                                for q in everything})
+    return {"questions": len(originals), "methods": {"classifier": {
+        "accuracy": report.overall.accuracy, "circular": (report.circular or {}).get("accuracy"),
+        "n": report.overall.n, "seconds": round(time.perf_counter() - began, 1),
+        "direction_pairs": len(wins), "pair_accuracy": sum(wins) / len(wins) if wins else None}}}
+
+
 def _bridge(out: Path, name: str, overrides: list[str], llms: dict) -> dict:
     """Train (resuming) and score one adapter of the quickstart; returns the evaluation summary. ``llms`` keeps
     the loaded LLM for the next adapter (one load for the whole quickstart)."""
@@ -161,7 +210,9 @@ def _bridge(out: Path, name: str, overrides: list[str], llms: dict) -> dict:
             llms[key] = load_llm(LLMConfig(**vars(cfg.llm)))
         trained = train(cfg, llm=llms[key])
         summary = evaluate_run(run, loaded=llms[key])
-    return summary | {"train_seconds": trained["train_seconds"], "feature_seconds": trained["feature_seconds"]}
+    scored = {"types": list(cfg.data.types), "max_questions": cfg.eval.max_questions, "circular": cfg.eval.circular}
+    return summary | {"train_seconds": trained["train_seconds"], "feature_seconds": trained["feature_seconds"],
+                      "scored": scored}
 
 
 def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
@@ -171,6 +222,7 @@ def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
     from encoder.export import export
 
     from bridge.evaluate import results_table
+    from bridge.qa import direction_pair_names
 
     started = provenance()
     out = Path(out).resolve()
@@ -196,6 +248,10 @@ def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
         print(f"[{5 + i}/6] adapter on SmolLM2 over {'SeFAR' if name == 'sefar' else 'frame-wise EfficientNet-Lite0'} "
               "features: train and score")
         bridge[name] = _bridge(out, name, [f"seed={seed}", *(bridge_overrides or [])], llms)
+    scored = bridge["sefar"]["scored"]
+    reference = classifier_answers(out / "encoder" / "sefar", out / "gymqa" / "test.jsonl", scored["types"],
+                                   scored["max_questions"], scored["circular"],
+                                   direction_pair_names(data / "manifest.json"))
     wall = time.perf_counter() - began
     delta = round(100 * (rows[1]["teacher"]["top1"] - rows[0]["teacher"]["top1"]), 2)
     summary = {
@@ -204,6 +260,7 @@ def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
         "export": shown(out / "export" / "sefar_tiny"),
         "gymqa": qa,
         "bridge": bridge,
+        "classifier": reference,
         "encoders_seconds": round(encoders_seconds, 1),
         "wall_seconds": round(wall, 1),
     }
@@ -214,8 +271,10 @@ def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
             f"encoders, exports and Gym-QA {encoders_seconds / 60:.1f} min.")
     print()
     write_result(out / "quickstart.json", "Quickstart: the main job on SynGym (10% labels)",
-                 [encoder_table(rows), results_table([(labels[k], v) for k, v in bridge.items()],
-                                                   "Q-Former adapters into SmolLM2 (Gym-QA on SynGym, 4 options, chance 25%)")], summary,
+                 [encoder_table(rows), results_table(
+                     [*((labels[k], v) for k, v in bridge.items()), ("SeFAR teacher's classifier (no LLM)", reference)],
+                     "Q-Former adapters into SmolLM2 (Gym-QA on SynGym, 4 options, chance 25%); the last row: the "
+                     "encoder's own classifier on the same questions")], summary,
                  summary=text, started=started)
     print(text)
     return summary

@@ -11,7 +11,9 @@ from bridge_fixtures import tiny_llama
 from safetensors.torch import load_file
 
 from common.results import format_table, read_result
-from pipelines.quickstart import direction_pair_accuracy, encoder_table, pseudo_label_accuracy, run_quickstart
+from pipelines.quickstart import (
+    classifier_answers, direction_pair_accuracy, encoder_table, pseudo_label_accuracy, run_quickstart,
+)
 
 
 @pytest.mark.slow
@@ -50,6 +52,9 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, capsys, monkeypatch):
         assert (tmp_path / "bridge" / name / "eval" / "predictions_likelihood_mean.jsonl").is_file()
     assert "| supervised | 33 | 2 |" in printed and "| SeFAR features | likelihood_mean | 4 |" in printed
     assert "| frame-wise EfficientNet-Lite0 | likelihood_mean | 4 |" in printed
+    reference = summary["classifier"]["methods"]["classifier"]  # the SeFAR teacher's classifier, same questions
+    assert summary["classifier"]["questions"] == 4 and reference["n"] == 4 and 0.0 <= reference["accuracy"] <= 1.0
+    assert "| SeFAR teacher's classifier (no LLM) | classifier | 4 |" in printed
 
     again = run_quickstart(tmp_path, seed=0, size="tiny", overrides=overrides, bridge_overrides=bridge)
     out = capsys.readouterr().out  # every stage is reused
@@ -91,3 +96,69 @@ def test_pseudo_label_accuracy_is_the_last_epoch_mean(tmp_path):
     assert pseudo_label_accuracy(tmp_path) == pytest.approx(0.55)  # epochs 2.5 and 3.0: steps 5 and 6
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "epoch": 0.5, "pseudo_accuracy": None}) + "\n")
     assert pseudo_label_accuracy(tmp_path) is None
+
+
+def _classifier_run(tmp_path, probs):
+    """A finished run on 3 val clips of 4 classes; class 1 (BB) shares its name with class 0 (FX); 2 and 3 are
+    time-reversed siblings."""
+    import torch
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    from encoder.config import load_config
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "categories.txt").write_text(
+        "Clabel: 0; set: 24; Glabel: 0; (FX) salto forward tucked\n"
+        "Clabel: 1; set: 33; Glabel: 1; (BB) salto forward tucked\n"
+        "Clabel: 2; set: 25; Glabel: 2; (FX) double salto forward\n"
+        "Clabel: 3; set: 25; Glabel: 3; (FX) double salto backward\n")
+    clips = ["aaaaaaaaaaa_E_000001_000002_A_0001_0002", "aaaaaaaaaaa_E_000001_000002_A_0003_0004",
+             "aaaaaaaaaaa_E_000001_000002_A_0005_0006"]
+    (data / "val.txt").write_text("".join(f"{c} {y}\n" for c, y in zip(clips, (0, 2, 3))))
+    (data / "train.txt").write_text(f"{clips[0]} 0\n")
+    cfg = load_config(None, [f"data.root={data}", "data.categories=categories.txt", "data.train_list=train.txt",
+                             "data.val_list=val.txt", f"out={tmp_path / 'run'}"])
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(cfg.to_dict()), run / "config.yaml")
+    save_file({"probs": torch.tensor(probs), "labels": torch.tensor([0, 2, 3])},
+              str(run / "final" / "val_predictions_teacher.safetensors"))
+    pairs = {"double salto forward": "double salto backward", "double salto backward": "double salto forward"}
+
+    def question(i, clip, options, answer, event="FX"):
+        return {"id": f"test-{i}", "clip_id": clip, "question": "What gymnastics move is this athlete performing?",
+                "options": options, "answer": answer, "type": "element", "level": "element", "event": event}
+
+    names = ["salto forward tucked", "double salto forward", "double salto backward"]
+    questions = [question(0, clips[0], names, 0), question(1, clips[1], names, 1), question(2, clips[2], names, 2),
+                 question(3, clips[2], ["salto forward tucked", "double salto backward"], 1)]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    return run, tmp_path / "test.jsonl", pairs
+
+
+def test_classifier_answers_score_the_encoders_choice_among_the_options(tmp_path):
+    probs = [[0.3, 0.3, 0.4, 0.0],    # "salto forward tucked" 0.6 (both events' classes) beats 0.4: right
+             [0.1, 0.0, 0.5, 0.4],    # right; the sibling scores lower: a direction win
+             [0.0, 0.0, 0.6, 0.4]]    # true "backward" loses to "forward" (question 2: wrong) but beats "salto
+                                      # forward tucked" (question 3: right); both direction losses
+    run, questions, pairs = _classifier_run(tmp_path, probs)
+    summary = classifier_answers(run, questions, ["element"], None, True, pairs)
+    result = summary["methods"]["classifier"]
+    assert summary["questions"] == 4 and result["n"] == 4
+    assert result["accuracy"] == 0.75 and result["circular"] == 0.75  # the choice does not depend on the order
+    assert (result["direction_pairs"], result["pair_accuracy"]) == (3, pytest.approx(1 / 3))
+    first = classifier_answers(run, questions, ["element"], 2, False, pairs)["methods"]["classifier"]
+    assert (first["n"], first["accuracy"], first["direction_pairs"]) == (2, 1.0, 1)
+
+
+def test_classifier_answers_refuse_questions_they_cannot_map(tmp_path):
+    run, questions, pairs = _classifier_run(tmp_path, [[1.0, 0.0, 0.0, 0.0]] * 3)
+    lines = questions.read_text().splitlines()
+    questions.write_text(lines[0].replace("double salto forward", "giant circle") + "\n")
+    with pytest.raises(ValueError, match="'giant circle' names no class"):
+        classifier_answers(run, questions, ["element"], None, True, pairs)
+    questions.write_text(lines[0].replace("A_0001_0002", "A_0009_0010") + "\n")
+    with pytest.raises(ValueError, match="not in .* val list"):
+        classifier_answers(run, questions, ["element"], None, True, pairs)
