@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
                        + ". Pair accuracy: the clip's class scored above its time-reversed sibling's (chance 50%).")
         tables.append(table)
     summary = {"level": args.level, "seeds": args.seeds, "overrides": args.overrides, "results": results, **identity}
-    title = "semi-supervised tables" if labels == "10% labels" else "supervised ceiling"
+    title = "supervised ceiling" if labels == "all labels" else "semi-supervised tables"
     write_result(args.out, f"SynGym {title} ({args.level} level, {labels})", tables, summary,
                  started=started)
     return summary

@@ -101,3 +101,16 @@ def test_embedded_smollm2_loads_and_generates():
     assert "Paris" in llm.tokenizer.decode(out[0, ids.input_ids.shape[1]:])
     prompt, answer = llm.template.with_answer("What move?", "salto backward tucked")
     assert prompt.count(VIDEO_PLACEHOLDER) == 1 and answer == "salto backward tucked<|im_end|>\n"
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_in_bfloat16_is_unpacked_and_loads_quietly(capfd):
+    # the embedded bridge configs load SmolLM2 in bf16; transformers then advises float32 "because the weights stay
+    # packed", which does not hold for this load: the weights are plain bf16 Linear weights
+    llm = load_llm(LLMConfig(dtype="bfloat16"))
+    q_proj = llm.model.model.layers[0].self_attn.q_proj
+    assert type(q_proj) is torch.nn.Linear and q_proj.weight.dtype == torch.bfloat16
+    assert "fastest in float32" not in capfd.readouterr().err
+    import logging
+
+    assert logging.getLogger("transformers.quantizers.quantizer_gguf").filters == []  # the filter is removed
