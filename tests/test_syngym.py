@@ -601,3 +601,26 @@ def test_tables_refuse_to_reuse_a_run_trained_with_another_config(tiny, tmp_path
     got = tables.run_one(config, out, run, [], 0, level, identity)
     assert got == {"top1": 0.5, "student_top1": 0.25, "step": 320, "train_seconds": 1.0, "pair_top1": 0.5,
                    "pair_accuracy": 0.5}
+
+
+@pytest.mark.parametrize("ratio, rows, title, tables", [
+    ("0.2", ["supervised-only", "SeFAR"], "semi-supervised tables (element level, 20% labels)", ["main"]),
+    ("1.0", ["supervised-only"], "supervised ceiling (element level, all labels)", ["main"]),
+    (None, ["SeFAR", "SeFAR w/o Ada-Reg"], "semi-supervised tables (element level, 10% labels)",
+     ["main", "ablation (Tab. 3)"]),
+])
+def test_tables_title_and_which_comparisons_are_shown(tiny, tmp_path, monkeypatch, ratio, rows, title, tables):
+    from common.results import read_result
+
+    out, _ = tiny
+    bench = _bench("syngym_tables")
+    monkeypatch.setattr(bench, "prepare_level", lambda data, level, runs: {"classes": 33})
+    fake = {"top1": 0.3, "student_top1": 0.3, "step": 4, "train_seconds": 1.0, "pair_top1": 0.2, "pair_accuracy": 0.5}
+    monkeypatch.setattr(bench, "run_one", lambda *args: fake)
+    result = tmp_path / "r.json"
+    bench.main([*([f"data.label_ratio={ratio}"] if ratio else []), "--data", str(out), "--runs", str(tmp_path / "runs"),
+                "--out", str(result), "--seeds", "0", "1", "--rows", *rows])
+    written = read_result(result)
+    assert written["title"] == f"SynGym {title}"
+    # a comparison beyond the main table is shown only where two of its rows ran
+    assert [t["title"] for t in written["tables"]] == tables
