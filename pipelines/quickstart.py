@@ -180,7 +180,7 @@ def classifier_answers(run: Path, questions: Path, types: list[str], limit: int 
         "direction_pairs": len(wins), "pair_accuracy": sum(wins) / len(wins) if wins else None}}}
 
 
-def _bridge(out: Path, name: str, overrides: list[str], llms: dict) -> dict:
+def adapter_stage(out: Path, name: str, overrides: list[str], llms: dict) -> dict:
     """Train (resuming) and score one adapter of the quickstart; returns the evaluation summary. ``llms`` keeps
     the loaded LLM for the next adapter (one load for the whole quickstart)."""
     from bridge.config import load_config
@@ -247,7 +247,7 @@ def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
     for i, name in enumerate(("sefar", "frames")):
         print(f"[{5 + i}/6] adapter on SmolLM2 over {'SeFAR' if name == 'sefar' else 'frame-wise EfficientNet-Lite0'} "
               "features: train and score")
-        bridge[name] = _bridge(out, name, [f"seed={seed}", *(bridge_overrides or [])], llms)
+        bridge[name] = adapter_stage(out, name, [f"seed={seed}", *(bridge_overrides or [])], llms)
     scored = bridge["sefar"]["scored"]
     reference = classifier_answers(out / "encoder" / "sefar", out / "gymqa" / "test.jsonl", scored["types"],
                                    scored["max_questions"], scored["circular"],
