@@ -658,8 +658,9 @@ def synthesize(out: str | os.PathLike, seed: int = 0, size: str = "default", wor
                broadcast: int = 0) -> dict:
     """Write the SynGym dataset of ``size`` (``"tiny"`` or ``"default"``) for ``seed`` into ``out``.
 
-    ``workers`` processes render clips (default: the CPUs available to this process); ``broadcast`` long
-    videos go to ``out/broadcast/``. ``out`` must be new, empty or an earlier SynGym output (whose clips not
+    ``workers`` processes render clips (default: the CPUs available to this process); they are spawned, so a
+    script that calls this with more than one worker must do so under ``if __name__ == "__main__":`` (each worker
+    imports the script again; the ``sefar`` command does). ``broadcast`` long videos go to ``out/broadcast/``. ``out`` must be new, empty or an earlier SynGym output (whose clips not
     part of this run are then removed). Returns the summary written to ``out/manifest.json`` plus ``"out"``,
     ``"workers"`` and ``"wall_time_s"`` (kept out of the file, so that two runs are byte-identical).
     """
