@@ -16,23 +16,15 @@ seed's value, so a reader sees how far one quickstart run can move.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
+from bench.syngym_tables import mean_std
 from common.errors import ConfigError, DataError
 from common.results import Table, provenance, write_result
 
 ENCODERS = {"sefar": "SeFAR features", "frames": "frame-wise EfficientNet-Lite0"}
 METHOD = "likelihood_mean"
-
-
-def spread(values: list[float]) -> str:
-    """``mean ± std`` in percent (just the value for one seed)."""
-    values = [100 * v for v in values]
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -86,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         name, dtype = key.split()
         seconds = [r["train_seconds"] for r in rows]
         table.add(ENCODERS[name], dtype, " ".join(str(r["seed"]) for r in rows),
-                  spread([r["accuracy"] for r in rows]), spread([r["pair_accuracy"] for r in rows]),
+                  mean_std([r["accuracy"] for r in rows]), mean_std([r["pair_accuracy"] for r in rows]),
                   " / ".join(f"{100 * r['accuracy']:.1f}" for r in rows),
                   " / ".join(f"{100 * r['pair_accuracy']:.1f}" for r in rows),
                   f"{min(seconds):.0f}-{max(seconds):.0f}")

@@ -13,6 +13,7 @@ the question being asked as its instruction.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +48,7 @@ def display_names(class_names: list[str], categories: list | None = None) -> lis
     """Class names that tell every class apart: a name that several classes share (SynGym and FineGym have "salto
     forward tucked" on FX and on BB) gets its event in front ("FX: salto forward tucked"), or, without categories,
     its class index after it."""
-    counts: dict[str, int] = {}
-    for name in class_names:
-        counts[name] = counts.get(name, 0) + 1
+    counts = Counter(class_names)
     out = []
     for i, name in enumerate(class_names):
         if counts[name] == 1:

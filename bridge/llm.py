@@ -150,13 +150,10 @@ class _DropMessage(logging.Filter):
 
 
 @contextmanager
-def _without_gguf_dtype_advice(active: bool) -> Iterator[None]:
+def _without_gguf_dtype_advice() -> Iterator[None]:
     """Hide transformers' advice to load a GGUF file in float32 "because its weights stay packed": loaded this way
     they are unpacked into plain ``nn.Linear`` weights of the asked dtype, and SmolLM2 in bfloat16 runs a forward
-    pass about twice as fast as in float32 on CPUs with bf16 instructions (docs/bridge.md)."""
-    if not active:
-        yield
-        return
+    pass about twice as fast as in float32 on CPUs with bf16 instructions (docs/bridge.md). Only GGUF loads log it."""
     logger = logging.getLogger("transformers.quantizers.quantizer_gguf")
     advice = _DropMessage("Loading a GGUF checkpoint with its weights packed is fastest in float32")
     logger.addFilter(advice)
@@ -192,7 +189,7 @@ def load_llm(cfg: LLMConfig, device: str | torch.device = "cpu", width: int | No
         kwargs["device_map"] = cfg.device_map
     elif quant is not None:
         kwargs["device_map"] = {"": str(device)}
-    with loading("weights", source), _without_gguf_dtype_advice(gguf_file is not None):
+    with loading("weights", source), _without_gguf_dtype_advice():
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if cfg.device_map is None and quant is None:
         model = model.to(device)
