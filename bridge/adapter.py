@@ -29,6 +29,16 @@ question for ``letter`` and generation). An export of such an adapter carries it
 (``qformer_tokenizer/``, see :mod:`bridge.export`). Without the option nothing changes: same state-dict keys, same
 outputs, and the adapter refuses instructions.
 
+The fused-feature option (``AdapterConfig.use_fused``, ``adapter.use_fused: true``): the encoder's clip-level
+feature (``fused``, the SeFAR fusion head's output that its classifier reads; a frame-wise encoder's time-averaged
+feature) joins the visual tokens as one more token, through a learned projection from its width (``fused_dim``) to
+``feature_dim`` whose bias marks the token as the clip summary::
+
+    visual tokens (B, T, D_feat) + element/frame positions  ++  Linear(F -> D_feat)(fused (B, F))  ->  (B, T + 1, D_feat)
+
+The element tokens carry what happens where and when; the fused feature is what the encoder's own classifier
+decided from them, which a Q-Former trained on a few hundred questions does not rebuild by itself.
+
 Foreign checkpoints (LAVIS BLIP-2 / InstructBLIP, Video-LLaMA) load through
 :func:`bridge.keymap.load_lavis_checkpoint`.
 """
@@ -69,6 +79,8 @@ class AdapterConfig:
     # Width the Q-Former cross-attends to; None: feature_dim. Otherwise a learned input projection maps the visual
     # tokens to it (e.g. 1408 to reuse a BLIP-2 Q-Former trained on EVA ViT-g features, see bridge.keymap).
     vision_width: int | None = None
+    use_fused: bool = False  # also feed the clip's fused feature as one more token (module docstring)
+    fused_dim: int | None = None  # width of the fused feature (filled from the features with use_fused)
     # Filled from the BERT folder when the adapter is built (kept so an export rebuilds without that folder):
     hidden_size: int | None = None
     num_attention_heads: int | None = None
@@ -136,6 +148,8 @@ class QFormerAdapter(nn.Module):
         cfg = _bert_config(cfg)
         if cfg.num_layers is None:
             raise ConfigError("adapter.num_layers must be set for a randomly initialised Q-Former")
+        if cfg.use_fused and not (isinstance(cfg.fused_dim, int) and cfg.fused_dim > 0):
+            raise ConfigError(f"adapter.use_fused needs the fused feature's width (fused_dim={cfg.fused_dim!r})")
         self.tokenizer = None
         if cfg.instruction:
             self.tokenizer = tokenizer if tokenizer is not None else load_qformer_tokenizer(bert_folder(cfg.qformer))
@@ -174,6 +188,8 @@ class QFormerAdapter(nn.Module):
         self.out_scale = nn.Parameter(torch.tensor(float(embedding_std))) if cfg.output_norm else None
         if cfg.instruction:  # created last: without the option the random draws above are those of before
             self.text_embeddings = _TextEmbeddings(cfg.vocab_size, cfg.max_position_embeddings, cfg.hidden_size)
+        if cfg.use_fused:  # likewise
+            self.fused_proj = nn.Linear(cfg.fused_dim, cfg.feature_dim)
 
     @classmethod
     def from_pretrained_bert(cls, cfg: AdapterConfig, embedding_std: float = 1.0) -> tuple["QFormerAdapter", LoadReport]:
@@ -210,27 +226,41 @@ class QFormerAdapter(nn.Module):
         self._check_instructions(instructions, visual.tokens.shape[0])
         frames = visual.frame_ids.clamp(max=self.cfg.max_frames)
         x = visual.tokens + self.element_embed(visual.element_ids) + self.frame_embed(frames)
+        mask = visual.mask
+        if self.cfg.use_fused:
+            x, mask = self._with_fused(x, mask, visual.fused)
         if self.input_proj is not None:
             x = self.input_proj(x)  # (B, T, vision_width)
         x = self.ln_vision(x)  # (B, T, D_vision)
         queries = self.query_tokens.expand(x.shape[0], -1, -1)  # (B, Q, H)
         if instructions is None:
-            out = self.qformer(query_embeds=queries, encoder_hidden_states=x, encoder_attention_mask=visual.mask)
+            out = self.qformer(query_embeds=queries, encoder_hidden_states=x, encoder_attention_mask=mask)
             hidden = out.last_hidden_state
         else:
             text, text_mask = self._instruction_embeds(instructions)  # (B, L, H), (B, L)
             q = queries.shape[1]
             embeds = torch.cat([queries, text.to(queries.dtype)], dim=1)  # (B, Q + L, H)
-            mask = torch.cat([text_mask.new_ones(text_mask.shape[0], q), text_mask], dim=1)
+            self_mask = torch.cat([text_mask.new_ones(text_mask.shape[0], q), text_mask], dim=1)
             # query_length=Q: cross-attention and the query feed-forward on the first Q positions only,
             # the text feed-forward on the rest
-            out = self.qformer(query_embeds=embeds, query_length=q, attention_mask=mask, encoder_hidden_states=x,
-                               encoder_attention_mask=visual.mask)
+            out = self.qformer(query_embeds=embeds, query_length=q, attention_mask=self_mask, encoder_hidden_states=x,
+                               encoder_attention_mask=mask)
             hidden = out.last_hidden_state[:, :q]
         y = self.proj(hidden)  # (B, Q, W_llm)
         if self.out_norm is not None:
             y = self.out_norm(y) * self.out_scale
         return y
+
+    def _with_fused(self, x: Tensor, mask: Tensor, fused: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``x`` ``(B, T, D)`` with the projected fused feature appended as token T, and the mask to match."""
+        if fused is None:
+            raise ValueError("this adapter was built with adapter.use_fused=true but the visual tokens carry no fused "
+                             "feature (features without 'fused')")
+        if fused.shape != (x.shape[0], self.cfg.fused_dim):
+            raise ConfigError(f"fused features of shape {list(fused.shape)}, the adapter expects "
+                              f"[{x.shape[0]}, {self.cfg.fused_dim}]: features of another encoder?")
+        token = self.fused_proj(fused.to(x.dtype))[:, None]  # (B, 1, D)
+        return torch.cat([x, token], dim=1), torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
 
     def _check_instructions(self, instructions: Sequence[str] | None, batch: int) -> None:
         if not self.cfg.instruction:

@@ -119,6 +119,10 @@ class VideoChat:
         if model.adapter.cfg.feature_dim != width:
             raise ConfigError(f"{adapter_export}: the adapter expects features of width {model.adapter.cfg.feature_dim}, "
                               f"the encoder export {encoder_export} gives {width}")
+        fused = encoder.model.cfg.fusion_dim
+        if model.adapter.cfg.use_fused and model.adapter.cfg.fused_dim != fused:
+            raise ConfigError(f"{adapter_export}: the adapter expects fused features of width "
+                              f"{model.adapter.cfg.fused_dim}, the encoder export {encoder_export} gives {fused}")
         return cls(encoder, model, config)
 
     # ------------------------------------------------------------------------------------------------ encode

@@ -71,6 +71,7 @@ class AdapterSection:
     max_elements: int = 8
     max_frames: int = 64
     use_cls: bool = True
+    use_fused: bool = False  # also feed the clip's fused feature (the encoder's classifier input) as one token
     output_norm: bool = True
     dropout: float = 0.1  # the Q-Former's hidden and attention dropout
     instruction: bool = False  # InstructBLIP: the question's text also enters the Q-Former

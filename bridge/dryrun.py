@@ -99,13 +99,15 @@ def _free_form(path: str) -> bool:
         return False
 
 
-def _feature_dim(cfg: BridgeConfig) -> int:
-    """The encoder's token width: from the export's config.json where it exists, else ViT-B's 768."""
+def _feature_dims(cfg: BridgeConfig) -> tuple[int, int]:
+    """The encoder's token and fused-feature widths: from the export's config.json where it exists, else ViT-B's
+    768 and the SeFAR head's default 256 (a frame-wise encoder's fused feature is as wide as its tokens)."""
     if cfg.encoder.kind == "sefar" and cfg.encoder.export and (Path(cfg.encoder.export) / "config.json").is_file():
         from encoder.export import read_export_config
 
-        return int(read_export_config(cfg.encoder.export)["architecture"]["embed_dim"])
-    return 768
+        arch = read_export_config(cfg.encoder.export)["architecture"]
+        return int(arch["embed_dim"]), int(arch["fusion_dim"])
+    return 768, 256 if cfg.encoder.kind == "sefar" else 768
 
 
 def dry_run(cfg: BridgeConfig, gpus: int = 8) -> tuple[str, bool]:
@@ -119,10 +121,12 @@ def dry_run(cfg: BridgeConfig, gpus: int = 8) -> tuple[str, bool]:
         lines.append(f"  [{'found' if r.found else 'MISSING'}] {r.key:<{width}}  {r.path}  ({r.needs})")
     shape = llm_shape("smollm2-135m" if cfg.llm.path == "embedded" else cfg.llm.path)
     a = cfg.adapter
+    feature_dim, fused_dim = _feature_dims(cfg)
     adapter = adapter_params(AdapterConfig(
-        feature_dim=_feature_dim(cfg), llm_width=shape.hidden_size, qformer=a.qformer, num_layers=a.num_layers,
+        feature_dim=feature_dim, llm_width=shape.hidden_size, qformer=a.qformer, num_layers=a.num_layers,
         num_queries=a.num_queries, cross_attention_frequency=a.cross_attention_frequency, instruction=a.instruction,
-        max_elements=a.max_elements, max_frames=a.max_frames))
+        max_elements=a.max_elements, max_frames=a.max_frames, use_fused=a.use_fused,
+        fused_dim=fused_dim if a.use_fused else None))
     dtype = cfg.llm.dtype if cfg.train.mixed_precision == "no" else {"bf16": "bfloat16", "fp16": "float16"}[
         cfg.train.mixed_precision]
     common = dict(dtype=dtype, quantization=cfg.llm.quantization, batch=cfg.train.batch_size,

@@ -105,6 +105,12 @@ class FeatureCache:
         return self.manifest["shapes"]["element_tokens.0"][-1]
 
     @property
+    def fused_width(self) -> int | None:
+        """Width of the cached fused feature (the adapter's ``fused_dim``), None for a cache without one."""
+        shape = self.manifest["shapes"].get("fused")
+        return None if shape is None else shape[-1]
+
+    @property
     def clip_ids(self) -> list[str]:
         """Ids of the clips whose features are on disk, in list order."""
         return [key for key in self.manifest["clips"] if key in self]

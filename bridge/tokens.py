@@ -18,16 +18,19 @@ class VisualTokens:
     element_ids: Tensor  # (B, T) long
     frame_ids: Tensor  # (B, T) long, 0 for summary tokens, 1 + frame index otherwise
     mask: Tensor  # (B, T) long
+    fused: Tensor | None = None  # (B, F): each clip's fused feature, where every clip's features have one
 
     def to(self, device: torch.device | str) -> "VisualTokens":
-        return VisualTokens(*(t.to(device) for t in (self.tokens, self.element_ids, self.frame_ids, self.mask)))
+        moved = (t.to(device) for t in (self.tokens, self.element_ids, self.frame_ids, self.mask))
+        return VisualTokens(*moved, fused=None if self.fused is None else self.fused.to(device))
 
 
 def visual_tokens(features: list[dict[str, Tensor]], layout: list[list[int]], use_cls: bool = True) -> VisualTokens:
     """Batch the cached features of several clips into :class:`VisualTokens`.
 
     ``features``: per clip ``element_tokens.<i>`` ``(L_i, N, D)`` (and ``element_cls`` ``(E, D)``);
-    ``layout``: the frame indices of each element's L_i frames (fine elements, then context).
+    ``layout``: the frame indices of each element's L_i frames (fine elements, then context). Each clip's
+    ``fused`` ``(F,)`` is stacked into ``fused`` when every clip has one (the adapter reads it with ``use_fused``).
     """
     rows = [_clip_tokens(f, layout, use_cls) for f in features]
     length = max(r[0].shape[0] for r in rows)
@@ -40,7 +43,10 @@ def visual_tokens(features: list[dict[str, Tensor]], layout: list[list[int]], us
     for b, (tok, el, fr) in enumerate(rows):
         n = tok.shape[0]
         tokens[b, :n], element_ids[b, :n], frame_ids[b, :n], mask[b, :n] = tok.float(), el, fr, 1
-    return VisualTokens(tokens, element_ids, frame_ids, mask)
+    fused = None
+    if all("fused" in f for f in features):
+        fused = torch.stack([f["fused"].float() for f in features])
+    return VisualTokens(tokens, element_ids, frame_ids, mask, fused)
 
 
 def _clip_tokens(features: dict[str, Tensor], layout: list[list[int]], use_cls: bool) -> tuple[Tensor, Tensor, Tensor]:

@@ -68,14 +68,17 @@ def run_metadata(cfg: BridgeConfig, model: VideoLLM, layout: list[list[int]], qu
             "prompt": {"question": question, "objective": objective or cfg.train.objective}}
 
 
-def _build_adapter(cfg: BridgeConfig, feature_dim: int, llm) -> QFormerAdapter:
+def _build_adapter(cfg: BridgeConfig, feature_dim: int, llm, fused_dim: int | None = None) -> QFormerAdapter:
     a = cfg.adapter
+    if a.use_fused and fused_dim is None:
+        raise ConfigError("adapter.use_fused=true but the feature cache holds no fused feature: extract the features "
+                          "again with this version, or set adapter.use_fused=false")
     adapter_cfg = AdapterConfig(
         feature_dim=feature_dim, llm_width=llm.width, qformer=a.qformer, num_layers=a.num_layers,
         num_queries=a.num_queries, cross_attention_frequency=a.cross_attention_frequency,
         max_elements=a.max_elements, max_frames=a.max_frames, use_cls=a.use_cls, output_norm=a.output_norm,
         dropout=a.dropout, instruction=a.instruction, max_instruction_tokens=a.max_instruction_tokens,
-        vision_width=a.vision_width,
+        vision_width=a.vision_width, use_fused=a.use_fused, fused_dim=fused_dim if a.use_fused else None,
     )
     state = read_lavis_state(a.lavis_checkpoint) if a.lavis_checkpoint else None
     if state is not None:
@@ -186,7 +189,7 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
     qs.check_lengths(text_limits(cfg), llm.tokenizer)  # in tokens, before any model work
     feature_dim = cache.width
     torch.manual_seed(cfg.seed)  # the adapter's initialisation (cross-attention, queries, positions)
-    adapter = _build_adapter(cfg, feature_dim, llm).to(accelerator.device)
+    adapter = _build_adapter(cfg, feature_dim, llm, cache.fused_width).to(accelerator.device)
     optimizer = torch.optim.AdamW(parameter_groups(adapter, cfg.train.weight_decay), lr=cfg.train.lr)
     model = VideoLLM(adapter, llm)
     if cfg.train.gradient_checkpointing:

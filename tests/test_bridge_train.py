@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 from bridge_fixtures import tiny_llama
 from test_export import CLASS_NAMES, LABELS, exported, fake_run  # noqa: F401 (fixtures)
 
@@ -14,6 +15,7 @@ from bridge.config import load_config
 from bridge.export import TOKENIZER_DIR, export_run, read_adapter_config
 from bridge.run import evaluate_run
 from bridge.train import train
+from common.errors import ConfigError
 from gymqa.question import Question, write_questions
 from gymqa.score import score_files
 
@@ -129,3 +131,41 @@ def test_instruction_adapter_trains_exports_and_scores(setup, monkeypatch):
     likelihood, letter = seen  # one batch per method; likelihood: the stems; letter: the lettered questions
     assert likelihood == ["What gymnastics move is this athlete performing?"] * 2
     assert len(letter) == 2 and all(text.startswith("What gymnastics move") and "? A." in text for text in letter)
+
+
+def test_fused_adapter_trains_exports_scores_and_chats(setup, exported, fake_run, monkeypatch):
+    """``adapter.use_fused=true``: the cache's fused feature reaches the adapter in training, scoring and chat."""
+    from bridge.chat import VideoChat
+    from encoder.export import read_export_config
+
+    root, overrides = setup
+    seen = []  # the fused features the adapter gets, call by call
+    forward = QFormerAdapter.forward
+    monkeypatch.setattr(QFormerAdapter, "forward", lambda self, visual, instructions=None: (
+        seen.append(visual.fused), forward(self, visual, instructions))[1])
+    run = root / "fused"
+    summary = train(load_config(None, [*overrides, f"out={run}", "adapter.use_fused=true", "train.steps=2"]))
+    assert summary["step"] == 2 and all(map(math.isfinite, summary["losses"]))
+    width = read_export_config(exported)["architecture"]["fusion_dim"]  # the SeFAR head's width, not the tokens'
+    assert width != read_export_config(exported)["architecture"]["embed_dim"]
+    assert len(seen) == 2 and all(f is not None and f.shape == (2, width) for f in seen)
+    adapter = read_adapter_config(run / "adapter")["adapter"]
+    assert adapter["use_fused"] is True and adapter["fused_dim"] == width
+    seen.clear()
+    result = evaluate_run(run, methods=["likelihood"], max_questions=2, circular=False)
+    assert result["questions"] == 2 and seen and all(f is not None for f in seen)
+    chat = VideoChat.load(exported, run / "adapter", None)
+    clip = chat.encode(fake_run.parent / "data" / "videos" / "clip0.mp4")
+    seen.clear()
+    index, scores = chat.choose(clip, "What gymnastics move is this athlete performing?", list(CLASS_NAMES[:3]))
+    assert len(scores) == 3 and len(seen) == 1 and seen[0].shape == (1, width)
+    assert torch.equal(seen[0][0], clip.features["fused"])
+
+
+def test_use_fused_without_a_fused_feature_in_the_cache_is_one_clear_error(setup, monkeypatch):
+    from bridge.featurecache import FeatureCache
+
+    root, overrides = setup
+    monkeypatch.setattr(FeatureCache, "fused_width", property(lambda self: None))
+    with pytest.raises(ConfigError, match="holds no fused feature"):
+        train(load_config(None, [*overrides, f"out={root / 'nofused'}", "adapter.use_fused=true", "train.steps=1"]))

@@ -162,3 +162,25 @@ def test_classifier_answers_refuse_questions_they_cannot_map(tmp_path):
     questions.write_text(lines[0].replace("A_0001_0002", "A_0009_0010") + "\n")
     with pytest.raises(ValueError, match="not in .* val list"):
         classifier_answers(run, questions, ["element"], None, True, pairs)
+
+
+def test_a_finished_adapter_run_is_reused_only_under_its_config(tmp_path):
+    from omegaconf import OmegaConf
+
+    from bridge.config import load_config
+    from common.errors import ConfigError
+    from pipelines.quickstart import BRIDGE_CONFIGS, _check_same_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(BRIDGE_CONFIGS["sefar"], [f"out={run}", "encoder.export=/old/place/export"])
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    _check_same_config(run, cfg)
+    moved = load_config(BRIDGE_CONFIGS["sefar"], [f"out={tmp_path / 'moved'}", "encoder.export=/new/place/export"])
+    _check_same_config(run, moved)  # the quickstart folder moved: same runs
+    for change in (["seed=1"], ["adapter.use_fused=false"], ["llm.dtype=float32"]):
+        other = load_config(BRIDGE_CONFIGS["sefar"], [f"out={run}", "encoder.export=/old/place/export", *change])
+        with pytest.raises(ConfigError) as err:
+            _check_same_config(run, other)
+        key = change[0].split("=")[0]
+        assert str(err.value).startswith(f"{run}: finished under another config ({key}: ") and "\n" not in str(err.value)
