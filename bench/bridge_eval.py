@@ -11,7 +11,8 @@ scores are compared with the baseline's (largest absolute difference of the sum 
 Nothing needs the quickstart's outputs: the questions are Gym-QA element questions over SynGym's class names
 (4 options, seeded random distractors), each on its own clip of random features in the SeFAR tiny export's cache
 layout (dual-level 2-2-4, 16 patches, width 96), and the adapter is an untrained one of the quickstart's shape
-(``configs/bridge/syngym_smollm2.yaml``: the embedded MiniLM Q-Former, 2 layers, 8 queries); scoring time does not
+(``configs/bridge/syngym_smollm2.yaml``: the embedded MiniLM Q-Former, 2 layers, 8 queries; without its fused-feature
+token, one visual token of about 100 fewer); scoring time does not
 depend on the weights. CPU numbers on a shared machine vary with its load: compare the ratios of one run.
 """
 

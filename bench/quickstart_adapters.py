@@ -7,7 +7,7 @@
 Each run is the quickstart's own adapter stage (:func:`pipelines.quickstart.adapter_stage`: the same configs, data
 and scoring), with ``seed`` and ``llm.dtype`` set; the seed draws the adapter's initialisation and the order of its
 training questions. A finished run (``train.json`` and ``eval/results.json`` in its folder under ``--runs``) is
-read, not trained again. The last row of the table is the SeFAR teacher's own classifier on the same questions
+read, not trained again, if it was trained under the same config (else one ``error:`` line: pass another ``--runs``). The last row of the table is the SeFAR teacher's own classifier on the same questions
 (no LLM, no seed), what the adapters could take from the encoder's classifier alone. Reported: accuracy
 (``likelihood_mean``, the quickstart's headline method) and direction pairs, mean ± std over the seeds, and every
 seed's value, so a reader sees how far one quickstart run can move.

@@ -30,14 +30,14 @@ question for ``letter`` and generation). An export of such an adapter carries it
 outputs, and the adapter refuses instructions.
 
 The fused-feature option (``AdapterConfig.use_fused``, ``adapter.use_fused: true``): the encoder's clip-level
-feature (``fused``, the SeFAR fusion head's output that its classifier reads; a frame-wise encoder's time-averaged
-feature) joins the visual tokens as one more token, through a learned projection from its width (``fused_dim``) to
-``feature_dim`` whose bias marks the token as the clip summary::
+feature (``fused``, the SeFAR fusion head's output that its classifier reads; a frame-wise encoder's feature pooled
+over space and time) joins the visual tokens as one more token, through a learned projection from its width
+(``fused_dim``) to ``feature_dim`` whose bias marks the token as the clip summary::
 
-    visual tokens (B, T, D_feat) + element/frame positions  ++  Linear(F -> D_feat)(fused (B, F))  ->  (B, T + 1, D_feat)
+    visual tokens (B, T, D) + element/frame positions  ++  Linear(F -> D)(fused (B, F))  ->  (B, T + 1, D)
 
 The element tokens carry what happens where and when; the fused feature is what the encoder's own classifier
-decided from them, which a Q-Former trained on a few hundred questions does not rebuild by itself.
+reads. (A frame-wise encoder's fused feature is its CLS token again, so there the option adds no information.)
 
 Foreign checkpoints (LAVIS BLIP-2 / InstructBLIP, Video-LLaMA) load through
 :func:`bridge.keymap.load_lavis_checkpoint`.
@@ -254,8 +254,8 @@ class QFormerAdapter(nn.Module):
     def _with_fused(self, x: Tensor, mask: Tensor, fused: Tensor | None) -> tuple[Tensor, Tensor]:
         """``x`` ``(B, T, D)`` with the projected fused feature appended as token T, and the mask to match."""
         if fused is None:
-            raise ValueError("this adapter was built with adapter.use_fused=true but the visual tokens carry no fused "
-                             "feature (features without 'fused')")
+            raise ConfigError("this adapter was built with adapter.use_fused=true but the visual tokens carry no fused "
+                              "feature (features without 'fused')")
         if fused.shape != (x.shape[0], self.cfg.fused_dim):
             raise ConfigError(f"fused features of shape {list(fused.shape)}, the adapter expects "
                               f"[{x.shape[0]}, {self.cfg.fused_dim}]: features of another encoder?")

@@ -107,7 +107,7 @@ def _feature_dims(cfg: BridgeConfig) -> tuple[int, int]:
 
         arch = read_export_config(cfg.encoder.export)["architecture"]
         return int(arch["embed_dim"]), int(arch["fusion_dim"])
-    return 768, 256 if cfg.encoder.kind == "sefar" else 768
+    return 768, (256 if cfg.encoder.kind == "sefar" else 768)
 
 
 def dry_run(cfg: BridgeConfig, gpus: int = 8) -> tuple[str, bool]:

@@ -118,7 +118,8 @@ def evaluate(model: VideoLLM, cache: FeatureCache, questions_path: str | os.Path
     limits = limits or TextLimits()
     qs = read_question_set(questions_path, types, cache, max_questions, limits)
     qs.check_lengths(limits, model.tokenizer)
-    check_feature_width(cache, model.adapter.cfg.feature_dim)
+    check_feature_width(cache, model.adapter.cfg.feature_dim,
+                        model.adapter.cfg.fused_dim if model.adapter.cfg.use_fused else None)
     originals = qs.questions
     everything = rotate(originals) if circular else originals
     model.eval()

@@ -96,10 +96,10 @@ def read_adapter_config(folder: str | os.PathLike) -> dict:
 
 
 # Largest sizes an adapter config.json may give (a damaged file must not make the reader allocate without bound).
-_LIMITS = {"feature_dim": 1 << 16, "llm_width": 1 << 16, "num_layers": 96, "num_queries": 4096,
-           "cross_attention_frequency": 96, "max_elements": 4096, "max_frames": 1 << 16, "max_instruction_tokens": 1 << 16,
+_LIMITS = {"feature_dim": 1 << 16, "fused_dim": 1 << 16, "llm_width": 1 << 16, "num_layers": 96,
+           "num_queries": 4096, "cross_attention_frequency": 96, "max_elements": 4096, "max_frames": 1 << 16, "max_instruction_tokens": 1 << 16,
            "hidden_size": 1 << 16, "num_attention_heads": 1024, "intermediate_size": 1 << 18, "layer_norm_eps": 1.0,
-           "vocab_size": 1 << 24, "max_position_embeddings": 1 << 20, "fused_dim": 1 << 16}
+           "vocab_size": 1 << 24, "max_position_embeddings": 1 << 20}
 
 
 def _adapter_config(path: Path, config: dict) -> AdapterConfig:

@@ -78,11 +78,17 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
-def check_feature_width(cache: "FeatureCache", width: int) -> None:
-    """A :class:`DataError` naming the manifest when the cached features are not ``width`` wide (the adapter's)."""
+def check_feature_width(cache: "FeatureCache", width: int, fused_dim: int | None = None) -> None:
+    """A :class:`DataError` naming the manifest when the cached features are not ``width`` wide (the adapter's),
+    or, for an adapter that reads the fused feature (``fused_dim``), when the cached one is missing or of another
+    width."""
     if cache.width != width:
         raise DataError(cache.root / MANIFEST_FILE, f"the cached features have width {cache.width}, the adapter "
                         f"takes width {width} (features of another encoder?)")
+    if fused_dim is not None and cache.fused_width != fused_dim:
+        found = "no fused feature" if cache.fused_width is None else f"a fused feature of width {cache.fused_width}"
+        raise DataError(cache.root / MANIFEST_FILE, f"the cache holds {found}, the adapter (adapter.use_fused) takes "
+                        f"one of width {fused_dim} (features of another encoder?)")
 
 
 class FeatureCache:

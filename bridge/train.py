@@ -68,11 +68,37 @@ def run_metadata(cfg: BridgeConfig, model: VideoLLM, layout: list[list[int]], qu
             "prompt": {"question": question, "objective": objective or cfg.train.objective}}
 
 
+# Keys a run may resume under with another value: where it writes, how often it logs and saves, CPU threads, and
+# what only scoring reads.
+RESUME_FREE = ("out", "train.save_every", "train.log_every", "train.threads", "data.test_questions", "data.test_list",
+               "data.direction_pairs", "eval")
+
+
+def check_resumable(run: Path, cfg: BridgeConfig, free: tuple[str, ...] = ()) -> None:
+    """A :class:`ConfigError` when ``run/config.yaml`` differs from ``cfg`` in a key that shapes training (beyond
+    :data:`RESUME_FREE` and ``free``): resuming would mix two configs in one run. Keys added to the config since the
+    run was made take their defaults, as the run did."""
+    from encoder.run import config_differences
+
+    saved_path = run / "config.yaml"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = OmegaConf.to_container(OmegaConf.structured(load_config(saved_path)))
+    except ConfigError:  # a key since removed or renamed: compare the file as it is
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+    current = OmegaConf.to_container(OmegaConf.structured(cfg))
+    skip = (*RESUME_FREE, *free)
+    changed = [d for d in config_differences(saved, current)
+               if not any(d.split(":")[0] == k or d.startswith(k + ".") for k in skip)]
+    if changed:
+        raise ConfigError(f"{saved_path}: the run was trained with another config ({'; '.join(changed[:3])}"
+                          f"{'; ...' if len(changed) > 3 else ''}): use the same config, another out=, or start over "
+                          "(--no-resume)")
+
+
 def _build_adapter(cfg: BridgeConfig, feature_dim: int, llm, fused_dim: int | None = None) -> QFormerAdapter:
     a = cfg.adapter
-    if a.use_fused and fused_dim is None:
-        raise ConfigError("adapter.use_fused=true but the feature cache holds no fused feature: extract the features "
-                          "again with this version, or set adapter.use_fused=false")
     adapter_cfg = AdapterConfig(
         feature_dim=feature_dim, llm_width=llm.width, qformer=a.qformer, num_layers=a.num_layers,
         num_queries=a.num_queries, cross_attention_frequency=a.cross_attention_frequency,
@@ -172,11 +198,16 @@ def train(cfg: BridgeConfig, resume: bool = True, stop_after: int | None = None,
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch: it must be at least the "
                           f"{world} processes")
     run = Path(cfg.out)
+    if resume and (run / CHECKPOINT).is_file():
+        check_resumable(run, cfg)
     run.mkdir(parents=True, exist_ok=True)
     if main:
         write_text_atomic(run / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     began = time.perf_counter()
     cache = feature_cache(cfg, "train", cfg.data.features or run / "features")
+    if cfg.adapter.use_fused and cache.fused_width is None:  # before the LLM loads
+        raise DataError(cache.root / "manifest.json", "records no 'fused' feature (not written by this toolkit?), "
+                        "which adapter.use_fused=true feeds the Q-Former: set adapter.use_fused=false")
     qs = read_training_set(cfg, cache, text_limits(cfg))
     free = isinstance(qs, ConversationSet)
     if main:

@@ -95,6 +95,7 @@ class SSLConfig:
     mix_loss: str = "mse"  # mse: logits vs mixed probabilities, mean over classes (reference) | soft-ce
     gamma1: float = 2.0
     gamma2: float = 2.0
+    label_smoothing: float = 0.0  # on the supervised loss L_sup only (the paper's: 0)
     supervised_epochs: float = 5.0  # ξ = 0 before this; the teacher is seeded from the student when it ends
     ramp_epochs: Optional[float] = None  # ξ rises as a quarter sine over these epochs; None: all remaining (reference)
 
@@ -161,7 +162,7 @@ POSITIVE_KEYS = frozenset({
     "ssl.mix_alpha", "data.short_side", "save_every", "keep_checkpoints", "log_every", "eval_temporal_views",
     "eval_spatial_crops", "max_steps",
 })
-BELOW_ONE_KEYS = frozenset({"optim.momentum", "model.drop_path_rate", "model.head_dropout"})
+BELOW_ONE_KEYS = frozenset({"optim.momentum", "model.drop_path_rate", "model.head_dropout", "ssl.label_smoothing"})
 
 
 def warmup_problem(optim: OptimConfig, steps_per_epoch: int) -> str | None:

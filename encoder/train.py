@@ -205,7 +205,7 @@ def compute_losses(
     statistics alone: the teacher, which copies them, predicts weak views. ``patch_size``: the token grid of the mix.
     """
     zero = torch.zeros((), device=labeled["video"].device)
-    sup = F.cross_entropy(student(labeled["video"]).float(), labeled["label"])
+    sup = F.cross_entropy(student(labeled["video"]).float(), labeled["label"], label_smoothing=ssl.label_smoothing)
     if unlabeled is None:
         return StepLosses(sup, sup, zero, zero, xi, 0.0, float("nan"))
 

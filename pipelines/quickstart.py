@@ -26,7 +26,6 @@ import os
 import time
 from pathlib import Path
 
-from common.errors import ConfigError
 from common.jsonio import dumps, read_json_object
 from common.results import Table, provenance, write_result
 from encoder.config import load_config
@@ -181,24 +180,8 @@ def classifier_answers(run: Path, questions: Path, types: list[str], limit: int 
         "direction_pairs": len(wins), "pair_accuracy": sum(wins) / len(wins) if wins else None}}}
 
 
-_STAGE_PATHS = {"out", "data.train_questions", "data.test_questions", "data.train_list", "data.test_list",
-                "data.videos", "data.direction_pairs", "encoder.export"}  # set by adapter_stage from the folder
-
-
-def _check_same_config(run: Path, cfg) -> None:
-    """A finished adapter run is reused only under the config it was trained with (a changed config file or
-    override would otherwise report the old run's numbers as the new config's)."""
-    from omegaconf import OmegaConf
-
-    from common.configfile import read_yaml_mapping
-    from encoder.run import config_differences
-
-    saved = read_yaml_mapping(run / "config.yaml")
-    changed = [c for c in config_differences(saved, OmegaConf.to_container(OmegaConf.structured(cfg)))
-               if c.split(":")[0] not in _STAGE_PATHS]  # a quickstart folder that moved keeps its runs
-    if changed:
-        raise ConfigError(f"{run}: finished under another config ({'; '.join(changed[:3])}): remove that folder to "
-                          "train it again, or write the runs elsewhere")
+# Set by adapter_stage from the quickstart folder: a folder that moved keeps its runs.
+_STAGE_PATHS = ("data.train_questions", "data.train_list", "data.videos", "encoder.export")
 
 
 def adapter_stage(out: Path, name: str, overrides: list[str], llms: dict) -> dict:
@@ -206,7 +189,7 @@ def adapter_stage(out: Path, name: str, overrides: list[str], llms: dict) -> dic
     the loaded LLM for the next adapter (one load for the whole quickstart)."""
     from bridge.config import load_config
     from bridge.run import evaluate_run
-    from bridge.train import train
+    from bridge.train import check_resumable, train
 
     data = out / "syngym"
     paths = [
@@ -220,7 +203,7 @@ def adapter_stage(out: Path, name: str, overrides: list[str], llms: dict) -> dic
     cfg = load_config(BRIDGE_CONFIGS[name], [*paths, *overrides])
     run = Path(cfg.out)
     if (run / "train.json").is_file() and (run / "eval" / "results.json").is_file():
-        _check_same_config(run, cfg)
+        check_resumable(run, cfg, free=_STAGE_PATHS)  # finished under this config, or refused
         print(f"      bridge/{name}: already trained and scored")
         trained = read_json_object(run / "train.json")
         summary = read_json_object(run / "eval" / "results.json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -80,6 +82,15 @@ def test_encoder_only_and_bad_input(exported, fake_run, adapter_export, tmp_path
     )
     with pytest.raises(ConfigError, match="features of width 32, the encoder export .* gives 96"):
         VideoChat.load(exported, other, None)
+    fusion = VideoChat.load(exported, None, None).encoder.model.cfg.fusion_dim
+    foreign = write_adapter_export(  # an adapter reading a fused feature of another width than this encoder's
+        tmp_path / "fused", QFormerAdapter(replace(tiny_adapter_config(feature_dim=96, llm_width=64), use_fused=True,
+                                                   fused_dim=fusion + 1)),
+        llm=LLMConfig(path=str(llama)).to_dict(), template="vicuna_v1.1",
+        features={"kind": "sefar", "layout": [], "use_cls": True}, prompt={},
+    )
+    with pytest.raises(ConfigError, match=f"fused features of width {fusion + 1}, the encoder export .* gives {fusion}"):
+        VideoChat.load(exported, foreign, None)
 
 
 def test_display_names_tell_classes_that_share_a_name_apart():

@@ -166,3 +166,26 @@ def test_dry_run_of_the_paper_config_lists_what_to_supply():
         assert any(line.strip().startswith("[MISSING]") and key in line for line in out.splitlines()), key
     assert "LLM vicuna-7b: 32 layers" in out and "8 GPUs, llm.device_map=auto" in out
     assert "GiB" in out and "nothing is loaded" in out
+
+
+def test_dry_run_plans_the_fused_projection_with_the_exports_width(tmp_path, monkeypatch):
+    """The embedded config (adapter.use_fused=true) plans with the export's fusion_dim, not its token width."""
+    import bridge.dryrun
+    import encoder.export
+    from bridge.config import load_config
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "config.json").write_text("{}")
+    monkeypatch.setattr(encoder.export, "read_export_config",
+                        lambda path: {"architecture": {"embed_dim": 96, "fusion_dim": 40}})
+    planned = []
+    real = bridge.dryrun.adapter_params
+    monkeypatch.setattr(bridge.dryrun, "adapter_params", lambda cfg: planned.append(cfg) or real(cfg))
+    for fused in ("true", "false"):
+        bridge.dryrun.dry_run(load_config(ROOT / "configs/bridge/syngym_smollm2.yaml",
+                                          [f"encoder.export={export}", f"adapter.use_fused={fused}"]), 1)
+    with_fused, without = planned
+    assert (with_fused.feature_dim, with_fused.use_fused, with_fused.fused_dim) == (96, True, 40)
+    assert (without.use_fused, without.fused_dim) == (False, None)
+    assert real(with_fused) - real(without) == 40 * 96 + 96

@@ -15,7 +15,7 @@ from bridge.config import load_config
 from bridge.export import TOKENIZER_DIR, export_run, read_adapter_config
 from bridge.run import evaluate_run
 from bridge.train import train
-from common.errors import ConfigError
+from common.errors import ConfigError, DataError
 from gymqa.question import Question, write_questions
 from gymqa.score import score_files
 
@@ -162,10 +162,34 @@ def test_fused_adapter_trains_exports_scores_and_chats(setup, exported, fake_run
     assert torch.equal(seen[0][0], clip.features["fused"])
 
 
-def test_use_fused_without_a_fused_feature_in_the_cache_is_one_clear_error(setup, monkeypatch):
+def test_a_cache_without_the_fused_feature_is_one_clear_error_in_training_and_scoring(setup, monkeypatch):
     from bridge.featurecache import FeatureCache
+    from bridge.llm import load_llm
 
     root, overrides = setup
+    run = root / "fused_check"
+    train(load_config(None, [*overrides, f"out={run}", "adapter.use_fused=true", "train.steps=1"]))
+    loads = []
+    monkeypatch.setattr("bridge.train.load_llm", lambda *a, **k: loads.append(1) or load_llm(*a, **k))
     monkeypatch.setattr(FeatureCache, "fused_width", property(lambda self: None))
-    with pytest.raises(ConfigError, match="holds no fused feature"):
+    with pytest.raises(DataError, match="records no 'fused' feature") as err:
         train(load_config(None, [*overrides, f"out={root / 'nofused'}", "adapter.use_fused=true", "train.steps=1"]))
+    assert str(err.value).endswith("set adapter.use_fused=false") and not loads  # refused before the LLM loads
+    with pytest.raises(DataError, match=r"holds no fused feature, the adapter \(adapter.use_fused\) takes one of"):
+        evaluate_run(run, methods=["likelihood"], max_questions=1, circular=False)
+    monkeypatch.setattr(FeatureCache, "fused_width", property(lambda self: 7))
+    with pytest.raises(DataError, match="a fused feature of width 7"):
+        evaluate_run(run, methods=["likelihood"], max_questions=1, circular=False)
+
+
+def test_resuming_under_another_config_is_refused(setup):
+    root, overrides = setup
+    run = root / "resume_check"
+    base = [*overrides, f"out={run}", "train.steps=4"]
+    train(load_config(None, base), stop_after=2)
+    with pytest.raises(ConfigError) as err:
+        train(load_config(None, [*base, "train.lr=0.01"]))
+    assert str(err.value).startswith(f"{run / 'config.yaml'}: the run was trained with another config (train.lr: ")
+    assert "\n" not in str(err.value)
+    summary = train(load_config(None, [*base, "train.log_every=2", "eval.max_questions=1"]))  # free keys resume
+    assert summary["step"] == 4

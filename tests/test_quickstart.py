@@ -169,18 +169,26 @@ def test_a_finished_adapter_run_is_reused_only_under_its_config(tmp_path):
 
     from bridge.config import load_config
     from common.errors import ConfigError
-    from pipelines.quickstart import BRIDGE_CONFIGS, _check_same_config
+    from pipelines.quickstart import BRIDGE_CONFIGS, adapter_stage
 
-    run = tmp_path / "run"
-    run.mkdir()
-    cfg = load_config(BRIDGE_CONFIGS["sefar"], [f"out={run}", "encoder.export=/old/place/export"])
-    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    _check_same_config(run, cfg)
-    moved = load_config(BRIDGE_CONFIGS["sefar"], [f"out={tmp_path / 'moved'}", "encoder.export=/new/place/export"])
-    _check_same_config(run, moved)  # the quickstart folder moved: same runs
-    for change in (["seed=1"], ["adapter.use_fused=false"], ["llm.dtype=float32"]):
-        other = load_config(BRIDGE_CONFIGS["sefar"], [f"out={run}", "encoder.export=/old/place/export", *change])
+    out = tmp_path / "qs"
+    run = out / "bridge" / "sefar"
+    (run / "eval").mkdir(parents=True)
+    cfg = load_config(BRIDGE_CONFIGS["sefar"], [f"out={run}", f"encoder.export={out / 'export' / 'sefar_tiny'}"])
+    saved = OmegaConf.to_container(OmegaConf.structured(cfg))
+    del saved["adapter"]["use_fused"]  # a run from before the key existed: it takes the default (false) as it did
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    (run / "train.json").write_text(json.dumps({"train_seconds": 1.0, "feature_seconds": 0.5}))
+    (run / "eval" / "results.json").write_text(json.dumps({"questions": 1, "methods": {}}))
+    summary = adapter_stage(out, "sefar", ["adapter.use_fused=false"], {})  # the same config: reused
+    assert summary["train_seconds"] == 1.0 and summary["questions"] == 1
+    moved = tmp_path / "moved"
+    (out).rename(moved)
+    assert adapter_stage(moved, "sefar", ["adapter.use_fused=false"], {})["train_seconds"] == 1.0  # folder moved
+    for change in (["adapter.use_fused=true"], ["adapter.use_fused=false", "seed=1"],
+                   ["adapter.use_fused=false", "llm.dtype=float32"]):
         with pytest.raises(ConfigError) as err:
-            _check_same_config(run, other)
-        key = change[0].split("=")[0]
-        assert str(err.value).startswith(f"{run}: finished under another config ({key}: ") and "\n" not in str(err.value)
+            adapter_stage(moved, "sefar", change, {})
+        key = change[-1].split("=")[0]
+        assert str(err.value).startswith(f"{moved / 'bridge' / 'sefar' / 'config.yaml'}: the run was trained with "
+                                         f"another config ({key}: ") and "\n" not in str(err.value)

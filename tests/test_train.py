@@ -394,3 +394,37 @@ def test_a_run_saved_before_a_config_key_existed_still_resumes(tmp_path):
         check_resumable(tmp_path, load_config(None, ["optim.lr=0.2"]), allow_change=False)
     with pytest.raises(ConfigError, match="optim.schedule"):
         check_resumable(tmp_path, load_config(None, ["optim.lr=0.1", "optim.schedule=cosine"]), allow_change=False)
+
+
+def test_label_smoothing_applies_to_the_supervised_loss_only():
+    import torch
+    import torch.nn.functional as F
+
+    from encoder.config import SSLConfig
+    from encoder.timesformer import create_model
+    from encoder.train import compute_losses
+
+    torch.manual_seed(0)
+    student = create_model("tiny", 4, img_size=32, depth=1).eval()  # no dropout: the same logits every call
+    teacher = create_model("tiny", 4, img_size=32, depth=1).eval()
+    labeled = {"video": torch.randn(2, 3, 8, 32, 32), "label": torch.tensor([0, 3])}
+    with torch.no_grad():
+        logits = student(labeled["video"]).float()
+        plain = compute_losses(student, teacher, labeled, None, 0.0, SSLConfig(passes=2), 8)
+        smooth = compute_losses(student, teacher, labeled, None, 0.0, SSLConfig(passes=2, label_smoothing=0.2), 8)
+    assert torch.allclose(plain.supervised, F.cross_entropy(logits, labeled["label"]))
+    assert torch.allclose(smooth.supervised, F.cross_entropy(logits, labeled["label"], label_smoothing=0.2))
+    assert not torch.allclose(smooth.supervised, plain.supervised)
+    # the unlabeled loss keeps hard pseudo-labels, smoothing or not
+    unlabeled = {"weak": torch.randn(4, 3, 8, 32, 32), "strong": torch.randn(4, 3, 8, 32, 32),
+                 "label": torch.tensor([0, 1, 2, 3])}
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = compute_losses(student, teacher, labeled, unlabeled, 1.0, SSLConfig(passes=2, mix=False), 8)
+        torch.manual_seed(1)
+        b = compute_losses(student, teacher, labeled, unlabeled, 1.0,
+                           SSLConfig(passes=2, mix=False, label_smoothing=0.2), 8)
+    assert a.unlabeled > 0 and torch.allclose(a.unlabeled, b.unlabeled)
+    for bad in ("1.0", "-0.1"):
+        with pytest.raises(ConfigError, match="ssl.label_smoothing"):
+            load_config(None, [f"ssl.label_smoothing={bad}"])
