@@ -39,6 +39,7 @@ from bridge.model import VideoLLM
 from bridge.conversations import ConversationSet
 from bridge.qa import feature_cache, read_training_set
 from bridge.tokens import visual_tokens
+from common.configfile import saved_config_changes
 from common.errors import ConfigError, DataError
 from common.jsonio import dumps, loads, write_json
 from common.textio import write_text_atomic
@@ -78,19 +79,14 @@ def check_resumable(run: Path, cfg: BridgeConfig, free: tuple[str, ...] = ()) ->
     """A :class:`ConfigError` when ``run/config.yaml`` differs from ``cfg`` in a key that shapes training (beyond
     :data:`RESUME_FREE` and ``free``): resuming would mix two configs in one run. Keys added to the config since the
     run was made take their defaults, as the run did."""
-    from encoder.run import config_differences
-
     saved_path = run / "config.yaml"
     if not saved_path.is_file():
         return
-    try:
-        saved = OmegaConf.to_container(OmegaConf.structured(load_config(saved_path)))
-    except ConfigError:  # a key since removed or renamed: compare the file as it is
-        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
-    current = OmegaConf.to_container(OmegaConf.structured(cfg))
-    skip = (*RESUME_FREE, *free)
-    changed = [d for d in config_differences(saved, current)
-               if not any(d.split(":")[0] == k or d.startswith(k + ".") for k in skip)]
+    def as_dict(config: BridgeConfig) -> dict:
+        return OmegaConf.to_container(OmegaConf.structured(config))
+
+    changed = saved_config_changes(saved_path, lambda path: as_dict(load_config(path)), as_dict(cfg),
+                                   (*RESUME_FREE, *free))
     if changed:
         raise ConfigError(f"{saved_path}: the run was trained with another config ({'; '.join(changed[:3])}"
                           f"{'; ...' if len(changed) > 3 else ''}): use the same config, another out=, or start over "

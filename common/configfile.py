@@ -20,7 +20,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -29,8 +29,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from common.errors import ConfigError
 
-__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_VALUE_ITEMS", "field_problems", "load_structured", "number_problems",
-           "read_yaml_mapping"]
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_VALUE_ITEMS", "config_differences", "field_problems", "load_structured",
+           "number_problems", "read_yaml_mapping", "saved_config_changes"]
 
 MAX_FILE_BYTES = 1 << 20
 MAX_VALUE_ITEMS = 10_000
@@ -311,3 +311,30 @@ def field_problems(schema: type, values: Mapping, *, limits: Mapping[str, float]
         if problem is not None:
             problems.append(f"{f.name}={_shown(value)}: {problem}")
     return problems
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """``key: saved -> current`` for every leaf that differs between two config trees (plain dicts)."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(config_differences(a, b, name + "."))
+        elif (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
+def saved_config_changes(path: Path, load: Callable[[Path], dict], current: dict,
+                         free: Collection[str] = ()) -> list[str]:
+    """:func:`config_differences` between the config a run saved at ``path`` and ``current``, except the keys in
+    ``free`` (a leaf, or a whole section by its name). ``load`` reads the file into the dict form of ``current``, so
+    keys added to the schema since the file was written take their defaults, as the run did; a file it refuses (a
+    key since removed or renamed) is compared as it is."""
+    try:
+        saved = load(path)
+    except ConfigError:
+        saved = OmegaConf.to_container(OmegaConf.load(path))
+    return [d for d in config_differences(saved, current)
+            if not any(d.split(":")[0] == k or d.startswith(k + ".") for k in free)]

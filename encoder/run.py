@@ -36,7 +36,6 @@ __all__ = [
     "unwrap",
     "latest_checkpoint",
     "load_trained",
-    "config_differences",
 ]
 
 WHICH = ("teacher", "student")
@@ -165,16 +164,3 @@ def load_trained(run_dir: str | os.PathLike, which: str = "teacher") -> tuple[Ru
     model = build_model(cfg, len(names), pretrained=False)
     load_strict(model, weights)
     return cfg, model.eval(), names
-
-
-def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """``key: saved -> current`` for every leaf that differs between two ``RunConfig.to_dict()`` trees."""
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
-        name = f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out.extend(config_differences(a, b, name + "."))
-        elif (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
-            out.append(f"{name}: {a!r} -> {b!r}")
-    return out

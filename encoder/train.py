@@ -46,6 +46,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
+from common.configfile import saved_config_changes
 from common.errors import ConfigError, DataError
 from common.jsonio import dumps, loads, read_json_object
 from common.textio import write_text_atomic
@@ -59,7 +60,6 @@ from encoder.run import (
     build_model,
     build_train_items,
     class_names,
-    config_differences,
     latest_checkpoint,
     load_strict,
     unwrap,
@@ -396,11 +396,8 @@ def check_resumable(run: Path, cfg: RunConfig, allow_change: bool, free: tuple[s
     saved_path = run / "config.yaml"
     if not saved_path.is_file():
         return
-    try:  # keys added to the config since the run started take their defaults, as the run did
-        saved = load_config(saved_path).to_dict()
-    except ConfigError:  # a key since removed or renamed: compare the file as it is
-        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
-    changed = [d for d in config_differences(saved, cfg.to_dict()) if d.split(":")[0] not in (*RESUME_FREE, *free)]
+    changed = saved_config_changes(saved_path, lambda path: load_config(path).to_dict(), cfg.to_dict(),
+                                   (*RESUME_FREE, *free))
     if not changed:
         return
     if not allow_change:
