@@ -1,7 +1,7 @@
 """The quickstart's adapter comparison over several seeds: SeFAR features vs frame-wise EfficientNet-Lite0 features.
 
     make quickstart                                        # the exports, Gym-QA and SynGym the adapters read
-    python -m bench.quickstart_adapters                    # seeds 0-2, the configs' LLM dtype (bfloat16)
+    python -m bench.quickstart_adapters                    # seeds 0-2, the configs' LLM dtype (auto)
     python -m bench.quickstart_adapters --dtypes bfloat16 float32
 
 Each run is the quickstart's own adapter stage (:func:`pipelines.quickstart.adapter_stage`: the same configs, data
@@ -29,14 +29,16 @@ METHOD = "likelihood_mean"
 
 def main(argv: list[str] | None = None) -> dict:
     from bridge.qa import direction_pair_names
+    from common.devices import resolve_auto_dtype
     from pipelines.quickstart import adapter_stage, classifier_answers
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quickstart", type=Path, default=Path("outputs/quickstart"),
                         help="the quickstart's output folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--dtypes", nargs="+", default=["bfloat16"], choices=["bfloat16", "float32"],
-                        help="the frozen LLM's dtype (llm.dtype)")
+    parser.add_argument("--dtypes", nargs="+", default=["auto"], choices=["auto", "bfloat16", "float32"],
+                        help="the frozen LLM's dtype (llm.dtype; auto: bfloat16 where this machine computes it "
+                             "natively, else float32)")
     parser.add_argument("--runs", type=Path, default=Path("outputs/bench/quickstart_adapters"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/quickstart_adapters.json"))
     args = parser.parse_args(argv)
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, list[dict]] = {}
     llms: dict = {}
     scored = None
+    args.dtypes = list(dict.fromkeys(resolve_auto_dtype(d, "--dtypes") for d in args.dtypes))
     for dtype in args.dtypes:
         for name in ENCODERS:
             for seed in args.seeds:

@@ -84,7 +84,7 @@ class AdapterSection:
 class LLMSection:
     path: str = "embedded"
     gguf_file: Optional[str] = None
-    dtype: str = "float32"
+    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (bfloat16 where the machine computes it natively)
     quantization: Optional[str] = None
     device_map: Optional[str] = None
     template: str = "auto"

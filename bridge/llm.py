@@ -25,9 +25,11 @@ import torch
 
 from bridge.llmsource import check_source, loading
 from bridge.tensorio import DTYPES
+from common.devices import resolve_auto_dtype
 from common.errors import ConfigError, DataError
 
 __all__ = [
+    "compute_dtype",
     "EMBEDDED",
     "VIDEO_PLACEHOLDER",
     "VICUNA_SYSTEM",
@@ -77,15 +79,16 @@ class LLMConfig:
 
     path: str = EMBEDDED
     gguf_file: str | None = None  # a GGUF file name inside the folder ``path``
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (compute dtype with quantization)
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (compute dtype with quantization) | auto (bfloat16 where
+    # the machine computes it natively, float32 elsewhere: common.devices.native_bf16)
     quantization: str | None = None  # None | "8bit" | "4bit" (bitsandbytes)
     device_map: str | None = None  # e.g. "auto" to spread a 7B model over the visible GPUs
     template: str = "auto"  # auto | vicuna_v1.1 | chat
 
     def validate(self) -> list[str]:
         errors = []
-        if self.dtype not in DTYPES:
-            errors.append(f"llm.dtype={self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.dtype not in (*DTYPES, "auto"):
+            errors.append(f"llm.dtype={self.dtype!r}: use one of {', '.join(DTYPES)} or auto")
         if self.quantization not in (None, *QUANTIZATIONS):
             errors.append(f"llm.quantization={self.quantization!r}: use null, 8bit or 4bit")
         if self.template not in TEMPLATES:
@@ -94,6 +97,11 @@ class LLMConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def compute_dtype(cfg: LLMConfig) -> str:
+    """The dtype name the LLM loads in: ``cfg.dtype``, with ``auto`` resolved for this machine."""
+    return resolve_auto_dtype(cfg.dtype, "llm.dtype")
 
 
 def resolve_llm_source(path: str | os.PathLike, gguf_file: str | None = None) -> tuple[Path, str | None]:
@@ -119,7 +127,7 @@ def _quantization_config(cfg: LLMConfig):
     if cfg.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_compute_dtype=DTYPES[cfg.dtype])
+                              bnb_4bit_compute_dtype=DTYPES[compute_dtype(cfg)])
 
 
 @dataclass
@@ -182,7 +190,7 @@ def load_llm(cfg: LLMConfig, device: str | torch.device = "cpu", width: int | No
     with loading("tokenizer", source):
         tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
     quant = _quantization_config(cfg)
-    kwargs = {"dtype": DTYPES[cfg.dtype], **extra}
+    kwargs = {"dtype": DTYPES[compute_dtype(cfg)], **extra}
     if quant is not None:
         kwargs["quantization_config"] = quant
     if cfg.device_map is not None:

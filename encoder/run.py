@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from common.devices import resolve_auto_dtype
 from common.errors import ConfigError, DataError
 from common.jsonio import read_json_object
 from encoder.config import RunConfig, load_config
@@ -108,7 +109,7 @@ def build_model(
         drop_path_rate=m.drop_path_rate,
         head_dropout=m.head_dropout,
         freeze_stem=m.freeze_stem,
-        stem_dtype=getattr(torch, m.stem_dtype),
+        stem_dtype=getattr(torch, resolve_auto_dtype(m.stem_dtype, "model.stem_dtype")),
         **{k: v for k in _ARCH_OVERRIDES if (v := getattr(m, k)) is not None},
     )
 

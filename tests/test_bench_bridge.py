@@ -74,6 +74,7 @@ def test_quickstart_adapters_bench_tabulates_seeds_and_refuses_a_missing_quickst
     monkeypatch.setattr(quickstart, "adapter_stage", stage)
     monkeypatch.setattr(quickstart, "classifier_answers", lambda *a: {"methods": {"classifier": reference}})
     monkeypatch.setattr("bridge.qa.direction_pair_names", lambda path: {})
+    monkeypatch.setattr("common.devices.native_bf16", lambda: True)  # the default --dtypes auto resolves to bf16
     summary = bench.main(["--quickstart", str(qs), "--seeds", "0", "1", "--runs", str(tmp_path / "runs"),
                           "--out", str(tmp_path / "r.json")])
     assert calls == [("sefar", ["seed=0", "llm.dtype=bfloat16"]), ("sefar", ["seed=1", "llm.dtype=bfloat16"]),

