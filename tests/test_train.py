@@ -299,6 +299,8 @@ def test_resume_with_a_changed_config_stops_with_the_differing_keys(toy, tmp_pat
 
 # (step, total, supervised, unlabeled, mix) of the first three steps of a seeded tiny run on the toy dataset.
 # A change of these numbers means a change of the maths (or of the data pipeline): update them only on purpose.
+# Pinned on an AVX512 CPU; an AVX2 CPU's kernels (decoding, resizing, matmuls) move them by up to 6e-4 relative, so
+# the tolerance is 2e-3: a change of the maths (a loss weight, a temperature, a mask) moves them by far more.
 PINNED = {
     "supervised": [(1, 1.329322, 1.329322, 0.0, 0.0), (2, 2.12131, 2.12131, 0.0, 0.0), (3, 1.83008, 1.83008, 0.0, 0.0)],
     "sefar": [(1, 2.296207, 1.666097, 0.253923, 0.061132), (2, 2.335969, 1.682643, 0.201824, 0.124839),
@@ -315,7 +317,7 @@ def test_first_losses_are_pinned(toy, tmp_path, mode):
     got = losses(run)
     assert [row[0] for row in got] == [1, 2, 3]
     for row, pinned in zip(got, PINNED[mode], strict=True):
-        assert row == pytest.approx(pinned, rel=1e-4, abs=1e-6)
+        assert row == pytest.approx(pinned, rel=2e-3, abs=1e-5)
 
 
 def test_sefar_equals_supervised_only_during_the_supervised_epochs(toy, tmp_path):
