@@ -139,3 +139,17 @@ def test_every_readme_command_exists():
         checked.add(tuple(argv))
         done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and "usage:" in done.stdout, (c, done.stderr[-2000:])
+
+
+def test_machine_description_names_the_widest_vector_extension():
+    from common.results import _cpuinfo
+
+    def cpuinfo(flags):
+        return f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\nprocessor\t: 1\nmodel name\t: other\n"
+
+    assert _cpuinfo(cpuinfo("fpu sse2 avx avx2 fma")) == ("AMD EPYC", "AVX2")
+    assert _cpuinfo(cpuinfo("avx2 avx512f avx512bw")) == ("AMD EPYC", "AVX512")
+    assert _cpuinfo(cpuinfo("avx2 avx512f avx512_bf16")) == ("AMD EPYC", "AVX512-BF16")
+    assert _cpuinfo(cpuinfo("avx2 avx512f avx512_bf16 amx_tile amx_bf16")) == ("AMD EPYC", "AMX-BF16")
+    assert _cpuinfo(cpuinfo("neon asimd")) == ("AMD EPYC", None)
+    assert _cpuinfo("") == (None, None)
