@@ -12,10 +12,14 @@ without a chat template), the tokenizer's own chat template otherwise. The video
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -38,9 +42,13 @@ __all__ = [
     "Prompt",
     "PromptTemplate",
     "embedded_smollm2_path",
+    "llm_cache_dir",
     "load_llm",
     "resolve_llm_source",
+    "unpacked_gguf",
 ]
+
+_logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 VIDEO_PLACEHOLDER = "<video>"
@@ -171,6 +179,95 @@ def _without_gguf_dtype_advice() -> Iterator[None]:
         logger.removeFilter(advice)
 
 
+# ------------------------------------------------------------------------------------------ unpacked GGUF cache
+
+UNPACKED_MARK = "sefar-unpacked.json"
+
+
+def llm_cache_dir() -> Path | None:
+    """Where GGUF files are kept unpacked: ``$SEFAR_LLM_CACHE``, else ``$XDG_CACHE_HOME/sefar/llm`` (``~/.cache``
+    when unset); None when ``SEFAR_LLM_CACHE`` is ``off`` (every load reads the GGUF file again)."""
+    chosen = os.environ.get("SEFAR_LLM_CACHE")
+    if chosen == "off":
+        return None
+    if chosen:
+        return Path(chosen)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sefar" / "llm"
+
+
+def _file_digest(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _save_unpacked(model: torch.nn.Module, folder: Path) -> None:
+    """The model's config, generation config and weights as a plain float32 checkpoint (transformers refuses
+    ``save_pretrained`` for a model read from GGUF, though its weights are plain tensors by then)."""
+    from safetensors.torch import save_file
+
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["dtype"] = "float32"
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    state = model.state_dict()
+    if config.get("tie_word_embeddings"):
+        state.pop("lm_head.weight", None)
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+
+
+def unpacked_gguf(file: Path) -> Path | None:
+    """A Hugging Face folder (``config.json``, tokenizer files, float32 ``model.safetensors``) holding what
+    transformers reads from the GGUF ``file``, written on first use; None where there is no cache.
+
+    Reading a GGUF costs about 50 s on 2 CPU cores for SmolLM2-135M (the ``gguf`` reader parses the 49k-token
+    vocabulary four times: architecture check, tokenizer, config, weights), the folder about 2 s. The folder is named by
+    the file's SHA-256, so a changed file is unpacked again; it is written to a temporary folder and renamed into
+    place whole, so an interrupted or concurrent unpack never leaves a half folder. A cache that cannot be written
+    (read-only, full) is logged and skipped: the load reads the GGUF file as before. A damaged cached folder is one
+    :class:`DataError` naming it (delete it to unpack again)."""
+    root = llm_cache_dir()
+    if root is None:
+        return None
+    target = root / f"{file.stem}-{_file_digest(file)[:16]}"
+    if (target / UNPACKED_MARK).is_file():
+        check_source(target, None)
+        return target
+    check_source(file.parent, file.name)  # a GGUF of another architecture: one clear error before unpacking
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with loading("tokenizer", file):
+        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+    with loading("weights", file), _without_gguf_dtype_advice():
+        model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+        try:
+            tokenizer.save_pretrained(partial)
+            _save_unpacked(model, partial)
+            (partial / UNPACKED_MARK).write_text(
+                json.dumps({"source": file.name, "sha256_prefix": target.name.rsplit("-", 1)[1]}), encoding="utf-8")
+            try:
+                partial.rename(target)
+            except OSError:  # another process unpacked the same file first: keep its folder
+                if not (target / UNPACKED_MARK).is_file():
+                    raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    except OSError as err:
+        _logger.warning("cannot keep %s unpacked in %s (%s): reading the GGUF file each time", file.name, root,
+                        " ".join(str(err).split()))
+        return None
+    _logger.info("unpacked %s into %s (later loads read that folder)", file.name, target)
+    return target
+
+
 def load_llm(cfg: LLMConfig, device: str | torch.device = "cpu", width: int | None = None) -> LoadedLLM:
     """Load the LLM of ``cfg`` frozen and in eval mode (``device`` is ignored when ``cfg.device_map`` is set).
 
@@ -184,9 +281,13 @@ def load_llm(cfg: LLMConfig, device: str | torch.device = "cpu", width: int | No
         raise ConfigError("; ".join(errors))
     device = check_device(device)
     folder, gguf_file = resolve_llm_source(cfg.path, cfg.gguf_file)
-    check_source(folder, gguf_file)
-    extra = {"gguf_file": gguf_file} if gguf_file else {}
     source = folder / (gguf_file or "")
+    named = f"{folder}/{gguf_file or ''}"  # what the template is chosen by (a cached copy has another path)
+    if gguf_file is not None and (unpacked := unpacked_gguf(source)) is not None:
+        folder, gguf_file = unpacked, None
+    else:
+        check_source(folder, gguf_file)
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
     with loading("tokenizer", source):
         tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
     quant = _quantization_config(cfg)
@@ -213,7 +314,7 @@ def load_llm(cfg: LLMConfig, device: str | torch.device = "cpu", width: int | No
         tokenizer.pad_token = tokenizer.eos_token
     name = cfg.template
     if name == "auto":
-        name = PromptTemplate.choose(f"{folder}/{gguf_file or ''}", tokenizer)
+        name = PromptTemplate.choose(named, tokenizer)
     return LoadedLLM(model, tokenizer, PromptTemplate(name, tokenizer), os.fspath(source))
 
 

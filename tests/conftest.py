@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# GGUF files unpacked once per test session into a folder of its own (bridge.llm.unpacked_gguf), never the user's
+# cache: the first load of the embedded SmolLM2 unpacks it, later ones (and spawned processes) read the folder.
+_LLM_CACHE = tempfile.mkdtemp(prefix="sefar-test-llm-cache-")
+os.environ["SEFAR_LLM_CACHE"] = _LLM_CACHE
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(_LLM_CACHE, ignore_errors=True)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

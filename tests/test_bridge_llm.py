@@ -104,9 +104,10 @@ def test_embedded_smollm2_loads_and_generates():
 
 
 @pytest.mark.slow
-def test_embedded_smollm2_in_bfloat16_is_unpacked_and_loads_quietly(capfd):
+def test_embedded_smollm2_in_bfloat16_is_unpacked_and_loads_quietly(capfd, monkeypatch):
     # the embedded bridge configs load SmolLM2 in bf16; transformers then advises float32 "because the weights stay
     # packed", which does not hold for this load: the weights are plain bf16 Linear weights
+    monkeypatch.setenv("SEFAR_LLM_CACHE", "off")  # read the GGUF file itself, not the unpacked copy
     llm = load_llm(LLMConfig(dtype="bfloat16"))
     q_proj = llm.model.model.layers[0].self_attn.q_proj
     assert type(q_proj) is torch.nn.Linear and q_proj.weight.dtype == torch.bfloat16
@@ -114,6 +115,98 @@ def test_embedded_smollm2_in_bfloat16_is_unpacked_and_loads_quietly(capfd):
     import logging
 
     assert logging.getLogger("transformers.quantizers.quantizer_gguf").filters == []  # the filter is removed
+    # the unpacked copy (the test session's cache) is the same model: same tokens, template and logits
+    monkeypatch.delenv("SEFAR_LLM_CACHE")
+    cached = load_llm(LLMConfig(dtype="bfloat16"))
+    assert cached.template.name == llm.template.name == "chat" and cached.source == llm.source
+    prompt = llm.template.render("What move? Answer in one word.", video=False)
+    ids = llm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    assert cached.tokenizer(prompt, add_special_tokens=False).input_ids == ids.input_ids[0].tolist()
+    with torch.no_grad():
+        assert torch.equal(cached.model(**ids).logits, llm.model(**ids).logits)
+
+
+def _llama_gguf(path, note="a"):
+    """A GGUF file with the llama architecture and no tensors: enough for the architecture check."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_string("general.name", note)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture
+def fake_gguf_reads(llama_dir, monkeypatch):
+    """transformers' GGUF reading replaced by the tiny LLaMA folder; returns the list of GGUF reads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    reads = []
+    tokenizer_load, model_load = AutoTokenizer.from_pretrained, AutoModelForCausalLM.from_pretrained
+
+    def tokenizer(folder, gguf_file=None, **kw):
+        return tokenizer_load(llama_dir if gguf_file else folder, **kw)
+
+    def model(folder, gguf_file=None, **kw):
+        if gguf_file:
+            reads.append(gguf_file)
+        return model_load(llama_dir if gguf_file else folder, **kw)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", tokenizer)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", model)
+    return reads
+
+
+def test_a_gguf_is_unpacked_once_then_read_from_its_folder(tmp_path, llama_dir, monkeypatch, fake_gguf_reads):
+    from bridge.llm import UNPACKED_MARK, unpacked_gguf
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SEFAR_LLM_CACHE", str(cache))
+    gguf = _llama_gguf(tmp_path / "m.gguf")
+    first = load_llm(LLMConfig(path=str(gguf)))
+    assert fake_gguf_reads == ["m.gguf"]
+    folders = [p for p in cache.iterdir()]
+    assert len(folders) == 1 and folders[0].name.startswith("m-") and (folders[0] / UNPACKED_MARK).is_file()
+    assert {p.name for p in folders[0].iterdir()} >= {"config.json", "model.safetensors", "tokenizer_config.json"}
+    second = load_llm(LLMConfig(path=str(gguf)))
+    assert fake_gguf_reads == ["m.gguf"]  # read from the folder, not the GGUF file
+    assert second.source == first.source == str(gguf)
+    for k, v in first.model.state_dict().items():
+        assert torch.equal(v, second.model.state_dict()[k]), k
+    _llama_gguf(gguf, note="b")  # another file under the same name: unpacked again, beside the first
+    assert unpacked_gguf(gguf) != folders[0] and len(list(cache.iterdir())) == 2
+    assert fake_gguf_reads == ["m.gguf", "m.gguf"]
+
+
+def test_the_unpacked_cache_can_be_off_unwritable_or_damaged(tmp_path, monkeypatch, fake_gguf_reads, caplog):
+    import logging
+
+    from bridge.llm import llm_cache_dir, unpacked_gguf
+
+    gguf = _llama_gguf(tmp_path / "m.gguf")
+    monkeypatch.setenv("SEFAR_LLM_CACHE", "off")
+    assert llm_cache_dir() is None and unpacked_gguf(gguf) is None
+    load_llm(LLMConfig(path=str(gguf)))
+    assert fake_gguf_reads == ["m.gguf"]
+    monkeypatch.delenv("SEFAR_LLM_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert llm_cache_dir() == tmp_path / "xdg" / "sefar" / "llm"
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    monkeypatch.setenv("SEFAR_LLM_CACHE", str(blocked / "cache"))  # cannot be created: the GGUF is read as before
+    with caplog.at_level(logging.WARNING):
+        assert load_llm(LLMConfig(path=str(gguf))).model is not None
+    assert "cannot keep m.gguf unpacked" in caplog.text and fake_gguf_reads == ["m.gguf"] * 3
+    monkeypatch.setenv("SEFAR_LLM_CACHE", str(tmp_path / "cache"))
+    folder = unpacked_gguf(gguf)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(DataError, match="model.safetensors: unreadable LLM weights"):
+        load_llm(LLMConfig(path=str(gguf)))
+    assert not list((tmp_path / "cache").glob(".m-*"))  # no temporary folder left behind
 
 
 @pytest.mark.parametrize("native", [True, False])
