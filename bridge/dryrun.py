@@ -12,7 +12,6 @@ from pathlib import Path
 
 from bridge.config import BridgeConfig
 from bridge.memory import GiB, adapter_params, llm_shape, plan_memory
-from common.devices import resolve_auto_dtype
 
 __all__ = ["Requirement", "requirements", "dry_run"]
 
@@ -128,8 +127,9 @@ def dry_run(cfg: BridgeConfig, gpus: int = 8) -> tuple[str, bool]:
         num_queries=a.num_queries, cross_attention_frequency=a.cross_attention_frequency, instruction=a.instruction,
         max_elements=a.max_elements, max_frames=a.max_frames, use_fused=a.use_fused,
         fused_dim=fused_dim if a.use_fused else None))
-    dtype = resolve_auto_dtype(cfg.llm.dtype, "llm.dtype") if cfg.train.mixed_precision == "no" else {"bf16": "bfloat16", "fp16": "float16"}[
-        cfg.train.mixed_precision]
+    # the plan is for GPUs, where auto means bfloat16 (every GPU this plans for has bf16 units)
+    dtype = ("bfloat16" if cfg.llm.dtype == "auto" else cfg.llm.dtype) if cfg.train.mixed_precision == "no" else {
+        "bf16": "bfloat16", "fp16": "float16"}[cfg.train.mixed_precision]
     common = dict(dtype=dtype, quantization=cfg.llm.quantization, batch=cfg.train.batch_size,
                   num_queries=a.num_queries, checkpointing=cfg.train.gradient_checkpointing,
                   adapter_parameters=adapter)

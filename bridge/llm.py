@@ -46,6 +46,7 @@ __all__ = [
     "load_llm",
     "resolve_llm_source",
     "unpacked_gguf",
+    "UNPACK_LIMIT",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ def _without_gguf_dtype_advice() -> Iterator[None]:
 # ------------------------------------------------------------------------------------------ unpacked GGUF cache
 
 UNPACKED_MARK = "sefar-unpacked.json"
+UNPACK_LIMIT = 2 << 30  # bytes: larger GGUF files are read as GGUF each time (see unpacked_gguf)
 
 
 def llm_cache_dir() -> Path | None:
@@ -221,49 +223,68 @@ def _save_unpacked(model: torch.nn.Module, folder: Path) -> None:
               metadata={"format": "pt"})
 
 
+def _unpacked_name(file: Path) -> str:
+    """The cache folder's name: the file's name and a digest of its SHA-256 and of the transformers and gguf
+    versions (a newer transformers may read a GGUF differently: it unpacks again)."""
+    import gguf
+    import transformers
+
+    key = f"{_file_digest(file)} transformers {transformers.__version__} gguf {getattr(gguf, '__version__', '?')}"
+    return f"{file.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
 def unpacked_gguf(file: Path) -> Path | None:
     """A Hugging Face folder (``config.json``, tokenizer files, float32 ``model.safetensors``) holding what
     transformers reads from the GGUF ``file``, written on first use; None where there is no cache.
 
-    Reading a GGUF costs about 50 s on 2 CPU cores for SmolLM2-135M (the ``gguf`` reader parses the 49k-token
-    vocabulary four times: architecture check, tokenizer, config, weights), the folder about 2 s. The folder is named by
-    the file's SHA-256, so a changed file is unpacked again; it is written to a temporary folder and renamed into
-    place whole, so an interrupted or concurrent unpack never leaves a half folder. A cache that cannot be written
-    (read-only, full) is logged and skipped: the load reads the GGUF file as before. A damaged cached folder is one
-    :class:`DataError` naming it (delete it to unpack again)."""
+    Reading a GGUF costs about 42 s on 2 AVX2 cores for SmolLM2-135M (the ``gguf`` reader parses the 49k-token
+    vocabulary four times: architecture check, tokenizer, config, weights), the folder 0.7 s. The folder is named by
+    the file's SHA-256 (and the library versions); it is written to a temporary folder and renamed into place whole,
+    so an interrupted or concurrent unpack never leaves a half folder. Files over ``UNPACK_LIMIT`` are not unpacked
+    (a 7B model's float32 copy would take 28 GB of memory and disk): they are read as GGUF each time. A cache that
+    cannot be written (read-only, full) is logged and skipped: the load reads the GGUF file as before. A damaged
+    cached folder is one :class:`DataError` naming its file (delete the folder to unpack again)."""
     root = llm_cache_dir()
     if root is None:
         return None
-    target = root / f"{file.stem}-{_file_digest(file)[:16]}"
+    if file.stat().st_size > UNPACK_LIMIT:
+        _logger.info("%s is over %d GiB: read as GGUF, not unpacked", file.name, UNPACK_LIMIT >> 30)
+        return None
+    target = root / _unpacked_name(file)
     if (target / UNPACKED_MARK).is_file():
         check_source(target, None)
         return target
     check_source(file.parent, file.name)  # a GGUF of another architecture: one clear error before unpacking
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    with loading("tokenizer", file):
-        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
-    with loading("weights", file), _without_gguf_dtype_advice():
-        model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32)
     try:
         root.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    except OSError as err:
+        _logger.warning("cannot keep %s unpacked in %s (%s): reading the GGUF file each time", file.name, root,
+                        " ".join(str(err).split()))
+        return None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with loading("tokenizer", file):
+            tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+        with loading("weights", file), _without_gguf_dtype_advice():
+            model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32)
         try:
             tokenizer.save_pretrained(partial)
             _save_unpacked(model, partial)
-            (partial / UNPACKED_MARK).write_text(
-                json.dumps({"source": file.name, "sha256_prefix": target.name.rsplit("-", 1)[1]}), encoding="utf-8")
+            (partial / UNPACKED_MARK).write_text(json.dumps({"source": file.name}), encoding="utf-8")
+            partial.chmod(0o755)  # mkdtemp's 0700 would hide the folder from other users of a shared cache
             try:
                 partial.rename(target)
             except OSError:  # another process unpacked the same file first: keep its folder
                 if not (target / UNPACKED_MARK).is_file():
                     raise
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-    except OSError as err:
-        _logger.warning("cannot keep %s unpacked in %s (%s): reading the GGUF file each time", file.name, root,
-                        " ".join(str(err).split()))
-        return None
+        except Exception as err:  # a full disk surfaces as OSError, SafetensorError or ValueError by library
+            _logger.warning("cannot keep %s unpacked in %s (%s): reading the GGUF file each time", file.name, root,
+                            " ".join(str(err).split())[:300])
+            return None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     _logger.info("unpacked %s into %s (later loads read that folder)", file.name, target)
     return target
 
@@ -287,8 +308,9 @@ def load_llm(cfg: LLMConfig, device: str | torch.device = "cpu", width: int | No
         folder, gguf_file = unpacked, None
     else:
         check_source(folder, gguf_file)
+    read = folder / (gguf_file or "")  # what errors name: the cached folder where that is what is read
     extra = {"gguf_file": gguf_file} if gguf_file else {}
-    with loading("tokenizer", source):
+    with loading("tokenizer", read):
         tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
     quant = _quantization_config(cfg)
     kwargs = {"dtype": DTYPES[compute_dtype(cfg)], **extra}
@@ -298,7 +320,7 @@ def load_llm(cfg: LLMConfig, device: str | torch.device = "cpu", width: int | No
         kwargs["device_map"] = cfg.device_map
     elif quant is not None:
         kwargs["device_map"] = {"": str(device)}
-    with loading("weights", source), _without_gguf_dtype_advice():
+    with loading("weights", read), _without_gguf_dtype_advice():
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if cfg.device_map is None and quant is None:
         model = model.to(device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from bridge_fixtures import tiny_llama
@@ -107,6 +109,9 @@ def test_embedded_smollm2_loads_and_generates():
 def test_embedded_smollm2_in_bfloat16_is_unpacked_and_loads_quietly(capfd, monkeypatch):
     # the embedded bridge configs load SmolLM2 in bf16; transformers then advises float32 "because the weights stay
     # packed", which does not hold for this load: the weights are plain bf16 Linear weights
+    import os
+
+    session_cache = os.environ["SEFAR_LLM_CACHE"]  # the test session's own (tests/conftest.py)
     monkeypatch.setenv("SEFAR_LLM_CACHE", "off")  # read the GGUF file itself, not the unpacked copy
     llm = load_llm(LLMConfig(dtype="bfloat16"))
     q_proj = llm.model.model.layers[0].self_attn.q_proj
@@ -115,13 +120,16 @@ def test_embedded_smollm2_in_bfloat16_is_unpacked_and_loads_quietly(capfd, monke
     import logging
 
     assert logging.getLogger("transformers.quantizers.quantizer_gguf").filters == []  # the filter is removed
-    # the unpacked copy (the test session's cache) is the same model: same tokens, template and logits
-    monkeypatch.delenv("SEFAR_LLM_CACHE")
+    # the unpacked copy (in the test session's cache) is the same model: same tokens, template and logits
+    monkeypatch.setenv("SEFAR_LLM_CACHE", session_cache)
     cached = load_llm(LLMConfig(dtype="bfloat16"))
+    assert any(p.name.startswith("SmolLM2-135M-Instruct.Q4_1-") for p in Path(session_cache).iterdir())
     assert cached.template.name == llm.template.name == "chat" and cached.source == llm.source
     prompt = llm.template.render("What move? Answer in one word.", video=False)
     ids = llm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-    assert cached.tokenizer(prompt, add_special_tokens=False).input_ids == ids.input_ids[0].tolist()
+    for special in (False, True):
+        assert cached.tokenizer(prompt, add_special_tokens=special).input_ids == \
+            llm.tokenizer(prompt, add_special_tokens=special).input_ids
     with torch.no_grad():
         assert torch.equal(cached.model(**ids).logits, llm.model(**ids).logits)
 
@@ -199,7 +207,12 @@ def test_the_unpacked_cache_can_be_off_unwritable_or_damaged(tmp_path, monkeypat
     monkeypatch.setenv("SEFAR_LLM_CACHE", str(blocked / "cache"))  # cannot be created: the GGUF is read as before
     with caplog.at_level(logging.WARNING):
         assert load_llm(LLMConfig(path=str(gguf))).model is not None
-    assert "cannot keep m.gguf unpacked" in caplog.text and fake_gguf_reads == ["m.gguf"] * 3
+    assert "cannot keep m.gguf unpacked" in caplog.text
+    assert fake_gguf_reads == ["m.gguf"] * 2  # the failed cache costs no extra read
+    monkeypatch.setenv("SEFAR_LLM_CACHE", str(tmp_path / "small"))
+    monkeypatch.setattr("bridge.llm.UNPACK_LIMIT", 10)  # a file over the limit is read as GGUF, never unpacked
+    assert unpacked_gguf(gguf) is None and not (tmp_path / "small").exists()
+    monkeypatch.setattr("bridge.llm.UNPACK_LIMIT", 2 << 30)
     monkeypatch.setenv("SEFAR_LLM_CACHE", str(tmp_path / "cache"))
     folder = unpacked_gguf(gguf)
     weights = folder / "model.safetensors"

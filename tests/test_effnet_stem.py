@@ -146,18 +146,24 @@ def test_auto_stem_dtype_is_bf16_only_where_the_machine_computes_it_natively(mon
     assert {p.dtype for p in folded.parameters()} == {torch.bfloat16 if native else torch.float32}
 
 
-def test_native_bf16_follows_the_cpus_onednn_kernels(monkeypatch):
+def test_native_bf16_needs_bf16_instructions_or_bf16_gpu_units(monkeypatch):
     from common import devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for answer in (True, False):
-        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: answer)
+    for avx512_bf16, amx, answer in ((True, False, True), (False, True, True), (False, False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
         assert devices.native_bf16() is answer
         assert devices.resolve_auto_dtype("auto", "x") == ("bfloat16" if answer else "float32")
     assert devices.resolve_auto_dtype("float16", "x") == "float16"  # anything but auto passes through
 
     def missing():
-        raise RuntimeError("no oneDNN")
+        raise AttributeError("no such query in this build")
 
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", missing)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", missing)
     assert devices.native_bf16() is False
+    asked = []  # a GPU counts only with bf16 units, not with the emulation torch counts by default
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(
+        including_emulation) or not including_emulation)
+    assert devices.native_bf16() is True and asked == [False]
