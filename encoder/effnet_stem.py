@@ -16,7 +16,9 @@ strictly: every stem tensor must be found with the right shape, and the report n
 
 :meth:`EfficientNetLiteStem.freeze` keeps the stem fixed (no gradients, BatchNorm always in inference mode with ImageNet statistics),
 which is also several times cheaper on CPU: no backward through the CNN, and the forward runs a copy with every
-BatchNorm folded into its convolution, in channels-last memory (2.6x less CPU time than the plain module).
+BatchNorm folded into its convolution and "same" padding done inside the convolution (:class:`SameConv2d`), in
+channels-last memory (2.6x less CPU time than the plain module from the folding, and about a quarter less again
+without the padded copies).
 """
 
 from __future__ import annotations
@@ -122,17 +124,60 @@ def _fold(conv: nn.Conv2d, bn: nn.Module) -> tuple[nn.Conv2d, nn.Module]:
     return folded, bn.act
 
 
+class SameConv2d(nn.Module):
+    """TensorFlow "same" convolution without a padded copy of its input (inference only).
+
+    timm's ``Conv2dSame`` pads each input with ``F.pad`` (a zero-filled copy: a fifth of the frozen stem's CPU time)
+    because "same" padding of a strided convolution can be one pixel larger on the right/bottom than on the
+    left/top. Such a convolution equals one with symmetric padding (the larger side) whose kernel has one more tap
+    at the start of that axis, set to zero: both read ``x[s*i - left + j]`` for the ``k`` taps ``j``, and both give
+    ``ceil(n / s)`` outputs. Where the two sides are equal, the plain kernel is used with that padding.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        if tuple(conv.dilation) != (1, 1):
+            raise ValueError(f"SameConv2d handles dilation 1 only, not {tuple(conv.dilation)}")
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.kernel_size, self.stride, self.groups = tuple(conv.kernel_size), tuple(conv.stride), conv.groups
+
+    def _padding(self, size: int, axis: int) -> tuple[int, int]:
+        k, s = self.kernel_size[axis], self.stride[axis]
+        total = max((-(-size // s) - 1) * s + k - size, 0)
+        return total // 2, total - total // 2  # (left/top, right/bottom)
+
+    def forward(self, x: Tensor) -> Tensor:
+        (top, bottom), (left, right) = self._padding(x.shape[-2], 0), self._padding(x.shape[-1], 1)
+        weight = self.weight
+        if bottom > top or right > left:  # one zero tap first on the longer-padded axes
+            weight = nn.functional.pad(weight, (right - left, 0, bottom - top, 0))
+        return nn.functional.conv2d(x, weight, self.bias, self.stride, (bottom, right), 1, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel_size={self.kernel_size}, " \
+               f"stride={self.stride}, groups={self.groups}, padding=same"
+
+
+def _unpadded(conv: nn.Conv2d) -> nn.Module:
+    """timm's ``Conv2dSame`` as :class:`SameConv2d`; any other convolution as it is."""
+    from timm.layers import Conv2dSame
+
+    return SameConv2d(conv) if isinstance(conv, Conv2dSame) and tuple(conv.dilation) == (1, 1) else conv
+
+
 def fold_batchnorm(conv_stem: nn.Conv2d, bn1: nn.Module, blocks: nn.Sequential) -> nn.Module:
-    """An inference-only copy of the CNN with each BatchNorm (timm ``BatchNormAct2d``) folded into its conv."""
+    """An inference-only copy of the CNN with each BatchNorm (timm ``BatchNormAct2d``) folded into its conv, and
+    "same" padding done inside the convolutions (:class:`SameConv2d`)."""
     conv, act = _fold(conv_stem, bn1)
     folded_blocks = copy.deepcopy(blocks)
     for stage in folded_blocks:
         for block in stage:
             for conv_name, bn_name in _CONV_BN[type(block).__name__]:
                 new_conv, new_act = _fold(getattr(block, conv_name), getattr(block, bn_name))
-                setattr(block, conv_name, new_conv)
+                setattr(block, conv_name, _unpadded(new_conv))
                 setattr(block, bn_name, new_act)
-    return nn.Sequential(conv, act, folded_blocks).eval().requires_grad_(False)
+    return nn.Sequential(_unpadded(conv), act, folded_blocks).eval().requires_grad_(False)
 
 
 # ------------------------------------------------------------------------------------------ weights
