@@ -206,9 +206,19 @@ def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
-    """teacher ← decay·teacher + (1 − decay)·student for parameters; buffers are copied."""
-    t_params = [p for p in teacher.parameters()]
-    s_params = [p.detach() for p in student.parameters()]
-    torch._foreach_lerp_(t_params, s_params, 1.0 - decay)
+    """teacher ← decay·teacher + (1 − decay)·student for parameters; buffers are copied.
+
+    A frozen student parameter (no gradient) that the teacher already equals, and a buffer that it already equals,
+    are left untouched: the update would not change them, and writing them in place would tell every cache built on
+    them (the frozen stem's folded copy) that they changed.
+    """
+    t_params, s_params = [], []
+    for tp, sp in zip(teacher.parameters(), student.parameters()):
+        if sp.requires_grad or not torch.equal(tp, sp):
+            t_params.append(tp)
+            s_params.append(sp.detach())
+    if t_params:
+        torch._foreach_lerp_(t_params, s_params, 1.0 - decay)
     for tb, sb in zip(teacher.buffers(), student.buffers()):
-        tb.copy_(sb)
+        if not torch.equal(tb, sb):
+            tb.copy_(sb)

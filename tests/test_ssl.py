@@ -89,6 +89,41 @@ def test_ema_update():
     torch.testing.assert_close(teacher.weight, 0.9 * t0 + 0.1 * student.weight.detach())
 
 
+def test_ema_update_leaves_equal_frozen_tensors_untouched():
+    """A frozen parameter or a buffer the teacher already holds is not written (its version stays, so caches built
+    on it, like the frozen stem's folded copy, stay valid); a frozen one that differs still follows the student."""
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Linear(2, 2))
+    teacher = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Linear(2, 2))
+    teacher.load_state_dict(student.state_dict())
+    student[0].requires_grad_(False)  # frozen, equal
+    student[2].weight.requires_grad_(False)  # frozen, made to differ
+    with torch.no_grad():
+        student[2].weight.add_(1.0)
+        student[2].bias.add_(1.0)  # trainable
+    versions = {name: t._version for name, t in [*teacher.named_parameters(), *teacher.named_buffers()]}
+    t_w2, t_b2 = teacher[2].weight.detach().clone(), teacher[2].bias.detach().clone()
+    ema_update(teacher, student, decay=0.9)
+    for name in ("0.weight", "0.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert dict([*teacher.named_parameters(), *teacher.named_buffers()])[name]._version == versions[name], name
+    torch.testing.assert_close(teacher[2].weight, 0.9 * t_w2 + 0.1 * student[2].weight)
+    torch.testing.assert_close(teacher[2].bias, 0.9 * t_b2 + 0.1 * student[2].bias)
+    student[1].running_mean.add_(1.0)  # a buffer that changed is copied
+    ema_update(teacher, student, decay=0.9)
+    assert torch.equal(teacher[1].running_mean, student[1].running_mean)
+
+
+def test_ema_update_keeps_the_teachers_folded_stem():
+    from encoder.timesformer import create_model
+
+    student = create_model("tiny", 5, img_size=32, patch_size=16, depth=1, stem="effnet_lite0", freeze_stem=True)
+    teacher = create_model("tiny", 5, img_size=32, patch_size=16, depth=1, stem="effnet_lite0", freeze_stem=True)
+    teacher.load_state_dict(student.state_dict())
+    folded = teacher.patch_embed.proj._folded()
+    ema_update(teacher, student, decay=0.99)
+    assert teacher.patch_embed.proj._folded() is folded  # not rebuilt after every step
+
+
 def test_ema_decay_warmup():
     assert ema_decay_at(0, 0.99, warmup=False) == 0.99
     assert ema_decay_at(0, 0.99, warmup=True) == pytest.approx(0.1)  # 1/10
