@@ -76,6 +76,18 @@ def test_same_conv_without_a_padded_copy_equals_timms(kernel, stride, groups):
         SameConv2d(Conv2dSame(4, 8, 3, dilation=2))
 
 
+def test_frozen_stem_in_chunks_equals_one_pass():
+    """More frames than FROZEN_CHUNK run in pieces (cache-sized): the same features as one pass over all of them."""
+    from encoder.effnet_stem import FROZEN_CHUNK
+
+    stem = EfficientNetLiteStem(8)
+    stem.freeze()
+    frames = torch.randn(2 * FROZEN_CHUNK + 3, 3, 32, 32)
+    with torch.no_grad():
+        whole = stem.proj(stem._folded()(frames.contiguous(memory_format=torch.channels_last)).contiguous())
+    torch.testing.assert_close(stem(frames), whole, atol=1e-5, rtol=1e-5)
+
+
 def test_folded_path_follows_reloaded_weights():
     stem = EfficientNetLiteStem(8)
     stem.freeze()
