@@ -566,6 +566,9 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
 
     accelerator.wait_for_everyone()
     result = {"step": step, "train_seconds": round(time.perf_counter() - started, 1)}
+    stem = unwrap(model).patch_embed.proj
+    if getattr(stem, "frozen", False):  # what model.stem_dtype (auto: by this machine) computed the frozen CNN in
+        result["stem_dtype"] = str(stem.compute_dtype).removeprefix("torch.")
     if accelerator.is_main_process:
         result = _finish(cfg, run, {"student": unwrap(model), "teacher": teacher}, names, result)
     return result
