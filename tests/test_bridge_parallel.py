@@ -75,9 +75,17 @@ def setup(exported, fake_run, tmp_path_factory):  # noqa: F811
     return root, overrides
 
 
-def test_two_processes_take_the_steps_of_one(setup):
+@pytest.fixture(scope="module")
+def single(setup) -> tuple[Path, dict]:
+    """The run in one process, trained once for the module: the reference of the two-process runs, and the run
+    that the evaluation tests score."""
     root, overrides = setup
-    one = launch(1, root / "one.jsonl", "train", *overrides, f"out={root / 'one'}")
+    return root / "one", launch(1, root / "one.jsonl", "train", *overrides, f"out={root / 'one'}")
+
+
+def test_two_processes_take_the_steps_of_one(setup, single):
+    root, overrides = setup
+    one = single[1]
     two = launch(2, root / "two.jsonl", "train", *overrides, f"out={root / 'two'}")
     assert one["world_size"] == 1 and two["world_size"] == 2
     assert one["examples_per_rank"] == [20] and two["examples_per_rank"] == [12, 8]  # 5 a step: 3 + 2
@@ -93,9 +101,9 @@ def test_two_processes_take_the_steps_of_one(setup):
         assert str(root / "two" / name) in run_files, name
 
 
-def test_a_run_resumes_under_two_processes(setup):
+def test_a_run_resumes_under_two_processes(setup, single):
     root, overrides = setup
-    straight = launch(1, root / "straight.jsonl", "train", *overrides, f"out={root / 'straight'}")
+    straight = single[1]
     killed = [*overrides, f"out={root / 'killed'}"]
     stopped = launch(2, root / "first.jsonl", "train-until", "2", *killed)
     assert stopped["stopped"] and stopped["step"] == 2 and not (root / "killed" / "adapter").exists()
@@ -108,10 +116,9 @@ def _predictions(folder: Path) -> dict[str, list[dict]]:
             for f in sorted(folder.glob("predictions_*.jsonl"))}
 
 
-def test_sharded_evaluation_merges_into_the_predictions_of_one_process(setup):
+def test_sharded_evaluation_merges_into_the_predictions_of_one_process(setup, single):
     root, overrides = setup
-    run = root / "scored"
-    launch(1, root / "scored.jsonl", "train", *overrides, f"out={run}")
+    run = single[0]
     test_questions = next(o.split("=", 1)[1] for o in overrides if o.startswith("data.test_questions="))
     methods = "likelihood,letter,generate"
     one = launch(1, root / "eval1.jsonl", "eval", str(run), test_questions, str(root / "eval1"), methods, "2")
