@@ -231,3 +231,93 @@ def test_auto_dtype_loads_bf16_only_where_the_machine_computes_it_natively(llama
     assert llm.model.get_input_embeddings().weight.dtype == (torch.bfloat16 if native else torch.float32)
     with pytest.raises(ConfigError, match="llm.dtype='half': use one of .* or auto"):
         load_llm(LLMConfig(path=str(llama_dir), dtype="half"))
+
+
+# ------------------------------------------------------------------------------- the GGUF architecture check
+
+
+def _gguf_bytes(pairs: list[tuple[str, int, bytes]], version: int = 3) -> bytes:
+    """A GGUF header (no tensors) with the given key-value pairs, each ``(key, value type, value bytes)``."""
+    import struct
+
+    out = b"GGUF" + struct.pack("<IQQ", version, 0, len(pairs))
+    for key, kind, value in pairs:
+        out += struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", kind) + value
+    return out
+
+
+def _gguf_str(text: str) -> bytes:
+    import struct
+
+    return struct.pack("<Q", len(text.encode())) + text.encode()
+
+
+def _gguf_header_with_the_architecture_last() -> bytes:
+    """Every value type before ``general.architecture``: scalars, a string, arrays of strings and of numbers."""
+    import struct
+
+    tokens = [f"tok{i}" for i in range(300)]
+    pairs = [("u8", 0, b"\x01"), ("i8", 1, b"\xff"), ("u16", 2, struct.pack("<H", 7)), ("i16", 3, struct.pack("<h", -7)),
+             ("u32", 4, struct.pack("<I", 7)), ("i32", 5, struct.pack("<i", -7)), ("f32", 6, struct.pack("<f", 0.5)),
+             ("bool", 7, b"\x01"), ("name", 8, _gguf_str("SmolLM2 ünïcode")), ("u64", 10, struct.pack("<Q", 2**40)),
+             ("i64", 11, struct.pack("<q", -(2**40))), ("f64", 12, struct.pack("<d", 0.25)),
+             ("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, len(tokens)) + b"".join(map(_gguf_str, tokens))),
+             ("scores", 9, struct.pack("<IQ", 6, 300) + struct.pack("<300f", *range(300))),
+             ("general.architecture", 8, _gguf_str("llama"))]
+    return _gguf_bytes(pairs)
+
+
+def test_gguf_architecture_is_read_from_the_header_alone(tmp_path):
+    """The header walk finds the architecture behind every kind of value, agrees with the gguf library on files
+    its writer made, and reads the embedded SmolLM2 file's."""
+    from gguf import GGUFReader, GGUFWriter
+
+    from bridge.llmsource import _gguf_architecture
+
+    last = tmp_path / "last.gguf"
+    last.write_bytes(_gguf_header_with_the_architecture_last())
+    assert _gguf_architecture(last) == "llama"
+    assert bytes(GGUFReader(str(last)).fields["general.architecture"].parts[-1]).decode() == "llama"
+    for arch in ("llama", "gpt2", "mistral"):
+        path = tmp_path / f"{arch}.gguf"
+        writer = GGUFWriter(str(path), arch)
+        writer.add_string("general.name", "x")
+        writer.add_array("tokenizer.ggml.tokens", ["a", "bb", "ccc"])
+        writer.add_tensor("token_embd.weight", torch.zeros(4, 4).numpy())
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        assert _gguf_architecture(path) == arch
+    assert _gguf_architecture(embedded_smollm2_path()) == "llama"
+
+
+def test_a_damaged_gguf_header_is_one_error_naming_the_file(tmp_path):
+    import struct
+
+    from bridge.llmsource import _gguf_architecture
+
+    good = _gguf_header_with_the_architecture_last()
+    cases = {
+        "cut.gguf": good[: len(good) - 3],  # inside the architecture's string
+        "cut_early.gguf": good[:30],
+        "magic.gguf": b"GGML" + good[4:],
+        "version.gguf": good[:4] + struct.pack("<I", 1) + good[8:],
+        "no_arch.gguf": _gguf_bytes([("general.name", 8, _gguf_str("x"))]),
+        "arch_type.gguf": _gguf_bytes([("general.architecture", 4, struct.pack("<I", 1))]),
+        "kind.gguf": _gguf_bytes([("odd", 13, b""), ("general.architecture", 8, _gguf_str("llama"))]),
+        "long.gguf": _gguf_bytes([("general.architecture", 8, struct.pack("<Q", 2**62) + b"llama")]),
+        "array.gguf": _gguf_bytes([("a", 9, struct.pack("<IQ", 4, 2**60)), ("general.architecture", 8,
+                                                                          _gguf_str("llama"))]),
+        "utf8.gguf": _gguf_bytes([("general.architecture", 8, struct.pack("<Q", 2) + b"\xff\xfe")]),
+        "empty.gguf": b"",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError, match=rf"{name}: not a readable GGUF file"):
+            _gguf_architecture(tmp_path / name)
+    cut = tmp_path / "cut_anywhere.gguf"
+    for end in range(0, len(good), 7):  # the architecture is the last pair: any cut loses it
+        cut.write_bytes(good[:end])
+        with pytest.raises(DataError, match="not a readable GGUF file"):
+            _gguf_architecture(cut)
