@@ -43,9 +43,10 @@ PACKAGE_FILE = "models/efficientnet-lite0-57934424.pth"
 LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage of EfficientNet-Lite0
 # patch size (the CNN's output stride) -> (stages kept, channels of the last kept stage)
 STAGES_AT_STRIDE = {8: (3, 40), 16: (5, 112)}  # stages 0..2 end at stride 8, stages 0..4 at stride 16
-# The frozen CNN runs on this many frames at a time: its early activations (96 channels at half resolution) then stay
-# in the CPU's caches instead of spilling to memory. 256 frames at 64 px on 2 AVX2 cores: 230 ms in chunks of 32
-# against 420 ms at once (16: 320 ms, 64: 255 ms). The result is the same: every frame is computed alone.
+# On CPU the frozen CNN runs on this many frames at a time: its early activations (96 channels at half resolution)
+# then stay in the CPU's caches instead of spilling to memory. 256 frames at 64 px on 2 AVX2 cores: 230 ms in chunks
+# of 32 against 420 ms at once (16: 320 ms, 64: 255 ms). Every frame is computed alone either way (the same features
+# up to float rounding). GPUs run all frames at once.
 FROZEN_CHUNK = 32
 
 
@@ -95,7 +96,8 @@ class EfficientNetLiteStem(nn.Module):
             with torch.no_grad():
                 cnn = self._folded()
                 y = x.to(self.compute_dtype).contiguous(memory_format=torch.channels_last)
-                features = torch.cat([cnn(part) for part in y.split(FROZEN_CHUNK)]).to(x.dtype).contiguous()
+                parts = y.split(FROZEN_CHUNK) if y.device.type == "cpu" else (y,)  # GPUs: one launch per layer
+                features = torch.cat([cnn(part) for part in parts]).to(x.dtype).contiguous()
         else:
             features = self.blocks(self.bn1(self.conv_stem(x)))
         return self.proj(features)  # (B, D, H/16, W/16)
@@ -135,7 +137,8 @@ class SameConv2d(nn.Module):
     because "same" padding of a strided convolution can be one pixel larger on the right/bottom than on the
     left/top. Such a convolution equals one with symmetric padding (the larger side) whose kernel has one more tap
     at the start of that axis, set to zero: both read ``x[s*i - left + j]`` for the ``k`` taps ``j``, and both give
-    ``ceil(n / s)`` outputs. Where the two sides are equal, the plain kernel is used with that padding.
+    ``ceil(n / s)`` outputs. Where the two sides are equal, the plain kernel is used with that padding. The same
+    features up to float rounding (the extra tap adds exact zeros; the convolution may pick another algorithm).
     """
 
     def __init__(self, conv: nn.Conv2d) -> None:

@@ -204,21 +204,35 @@ def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
+def _equal_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[bool]:
+    """Which ``(a, b)`` pairs hold equal values (same shape), with one device-to-host transfer for all of them."""
+    flags = [a.shape == b.shape for a, b in pairs]
+    same = [i for i, ok in enumerate(flags) if ok]
+    if same:
+        equal = torch.stack([torch.eq(pairs[i][0], pairs[i][1]).all().to(pairs[0][0].device) for i in same]).tolist()
+        for i, value in zip(same, equal, strict=True):
+            flags[i] = value
+    return flags
+
+
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     """teacher ← decay·teacher + (1 − decay)·student for parameters; buffers are copied.
 
     A frozen student parameter (no gradient) that the teacher already equals, and a buffer that it already equals,
     are left untouched: the update would not change them, and writing them in place would tell every cache built on
-    them (the frozen stem's folded copy) that they changed.
+    them (the frozen stem's folded copy) that they changed. The comparison costs one device-to-host transfer per
+    call, not one per tensor.
     """
-    t_params, s_params = [], []
-    for tp, sp in zip(teacher.parameters(), student.parameters()):
-        if sp.requires_grad or not torch.equal(tp, sp):
-            t_params.append(tp)
-            s_params.append(sp.detach())
+    params = list(zip(teacher.parameters(), student.parameters(), strict=True))
+    buffers = list(zip(teacher.buffers(), student.buffers(), strict=True))
+    frozen = [(tp, sp) for tp, sp in params if not sp.requires_grad]
+    equal = _equal_pairs(frozen + buffers)
+    unchanged = {id(tp) for (tp, _), same in zip(frozen, equal) if same}
+    t_params = [tp for tp, _ in params if id(tp) not in unchanged]
+    s_params = [sp.detach() for tp, sp in params if id(tp) not in unchanged]
     if t_params:
         torch._foreach_lerp_(t_params, s_params, 1.0 - decay)
-    for tb, sb in zip(teacher.buffers(), student.buffers()):
-        if not torch.equal(tb, sb):
+    for (tb, sb), same in zip(buffers, equal[len(frozen):], strict=True):
+        if not same:
             tb.copy_(sb)

@@ -257,12 +257,15 @@ def _gguf_header_with_the_architecture_last() -> bytes:
     import struct
 
     tokens = [f"tok{i}" for i in range(300)]
-    pairs = [("u8", 0, b"\x01"), ("i8", 1, b"\xff"), ("u16", 2, struct.pack("<H", 7)), ("i16", 3, struct.pack("<h", -7)),
+    pairs = [("u8", 0, b"\x01"), ("i8", 1, b"\xff"), ("u16", 2, struct.pack("<H", 7)),
+             ("i16", 3, struct.pack("<h", -7)),
              ("u32", 4, struct.pack("<I", 7)), ("i32", 5, struct.pack("<i", -7)), ("f32", 6, struct.pack("<f", 0.5)),
              ("bool", 7, b"\x01"), ("name", 8, _gguf_str("SmolLM2 ünïcode")), ("u64", 10, struct.pack("<Q", 2**40)),
              ("i64", 11, struct.pack("<q", -(2**40))), ("f64", 12, struct.pack("<d", 0.25)),
              ("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, len(tokens)) + b"".join(map(_gguf_str, tokens))),
              ("scores", 9, struct.pack("<IQ", 6, 300) + struct.pack("<300f", *range(300))),
+             ("nested", 9, struct.pack("<IQ", 9, 2) + struct.pack("<IQ", 8, 2) + _gguf_str("a") + _gguf_str("bc")
+              + struct.pack("<IQ", 4, 3) + struct.pack("<3I", 1, 2, 3)),
              ("general.architecture", 8, _gguf_str("llama"))]
     return _gguf_bytes(pairs)
 
@@ -310,12 +313,22 @@ def test_a_damaged_gguf_header_is_one_error_naming_the_file(tmp_path):
         "array.gguf": _gguf_bytes([("a", 9, struct.pack("<IQ", 4, 2**60)), ("general.architecture", 8,
                                                                           _gguf_str("llama"))]),
         "utf8.gguf": _gguf_bytes([("general.architecture", 8, struct.pack("<Q", 2) + b"\xff\xfe")]),
+        "strings.gguf": _gguf_bytes([("a", 9, struct.pack("<IQ", 8, 2**60) + bytes(64)),
+                                     ("general.architecture", 8, _gguf_str("llama"))]),
+        "deep.gguf": _gguf_bytes([("a", 9, struct.pack("<IQ", 9, 1) * 6 + struct.pack("<IQ", 4, 0)),
+                                  ("general.architecture", 8, _gguf_str("llama"))]),
+        "array_kind.gguf": _gguf_bytes([("a", 9, struct.pack("<IQ", 13, 1)),
+                                        ("general.architecture", 8, _gguf_str("llama"))]),
         "empty.gguf": b"",
     }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(DataError, match=rf"{name}: not a readable GGUF file"):
             _gguf_architecture(tmp_path / name)
+    folder = tmp_path / "a_folder.gguf"  # unreadable as a file
+    folder.mkdir()
+    with pytest.raises(DataError, match=r"a_folder\.gguf: not a readable GGUF file"):
+        _gguf_architecture(folder)
     cut = tmp_path / "cut_anywhere.gguf"
     for end in range(0, len(good), 7):  # the architecture is the last pair: any cut loses it
         cut.write_bytes(good[:end])

@@ -51,8 +51,9 @@ def test_package_weights_load_and_freeze():
         torch.testing.assert_close(stem(frames), plain, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kernel,stride,groups", [(3, 2, 1), (5, 2, 4), (3, 1, 4), (4, 3, 1), (1, 2, 1)])
-def test_same_conv_without_a_padded_copy_equals_timms(kernel, stride, groups):
+@pytest.mark.parametrize("kernel,stride,groups,bias", [(3, 2, 1, True), (5, 2, 4, True), (3, 1, 4, False),
+                                                       (4, 3, 1, True), (1, 2, 1, True), ((3, 5), (2, 1), 2, False)])
+def test_same_conv_without_a_padded_copy_equals_timms(kernel, stride, groups, bias):
     """SameConv2d (symmetric padding, a zero tap where TensorFlow pads one more on the right) equals timm's
     Conv2dSame on odd and even sizes, and the folded stem keeps no Conv2dSame (no zero-filled copy per layer)."""
     from timm.layers import Conv2dSame
@@ -60,14 +61,15 @@ def test_same_conv_without_a_padded_copy_equals_timms(kernel, stride, groups):
     from encoder.effnet_stem import SameConv2d
 
     torch.manual_seed(0)
-    conv = Conv2dSame(4, 8, kernel, stride=stride, groups=groups)
+    conv = Conv2dSame(4, 8, kernel, stride=stride, groups=groups, bias=bias)
     same = SameConv2d(conv)
     for h, w in [(16, 16), (15, 17), (7, 10), (1, 2)]:
         x = torch.randn(2, 4, h, w)
         with torch.no_grad():
             expected = conv(x)
             torch.testing.assert_close(same(x), expected, atol=1e-5, rtol=1e-5)
-            assert same(x.contiguous(memory_format=torch.channels_last)).shape == expected.shape
+            torch.testing.assert_close(same(x.contiguous(memory_format=torch.channels_last)), expected,
+                                       atol=1e-5, rtol=1e-5)
     stem = EfficientNetLiteStem(8)
     stem.freeze()
     kinds = {type(m) for m in stem._folded().modules()}

@@ -36,7 +36,8 @@ def test_every_committed_result_file_has_provenance():
     assert files, "no result files under bench/results"
     for path in files:
         prov = read_result(path)["provenance"]
-        assert prov["command"].startswith(("python -m bench.", "sefar ", "make ")), (path, prov["command"])
+        commands = ("python -m bench.", "sefar ", "python -m sefar ", "make ")
+        assert prov["command"].startswith(commands), (path, prov["command"])
         assert re.fullmatch(r"[0-9a-f]{7,40}(\+changes)?", prov["commit"]), (path, prov["commit"])
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", prov["date"]), (path, prov["date"])
 

@@ -111,6 +111,8 @@ def test_ema_update_leaves_equal_frozen_tensors_untouched():
     student[1].running_mean.add_(1.0)  # a buffer that changed is copied
     ema_update(teacher, student, decay=0.9)
     assert torch.equal(teacher[1].running_mean, student[1].running_mean)
+    with pytest.raises(ValueError):  # a teacher that is not the student's architecture is refused, not half-updated
+        ema_update(nn.Sequential(nn.Linear(2, 2)), student, decay=0.9)
 
 
 def test_ema_update_keeps_the_teachers_folded_stem():
