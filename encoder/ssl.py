@@ -228,11 +228,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     buffers = list(zip(teacher.buffers(), student.buffers(), strict=True))
     frozen = [(tp, sp) for tp, sp in params if not sp.requires_grad]
     equal = _equal_pairs(frozen + buffers)
-    unchanged = {id(tp) for (tp, _), same in zip(frozen, equal) if same}
-    t_params = [tp for tp, _ in params if id(tp) not in unchanged]
-    s_params = [sp.detach() for tp, sp in params if id(tp) not in unchanged]
-    if t_params:
-        torch._foreach_lerp_(t_params, s_params, 1.0 - decay)
+    kept = {id(tp) for (tp, _), same in zip(frozen, equal) if same}
+    moving = [(tp, sp.detach()) for tp, sp in params if id(tp) not in kept]
+    if moving:
+        torch._foreach_lerp_([tp for tp, _ in moving], [sp for _, sp in moving], 1.0 - decay)
     for (tb, sb), same in zip(buffers, equal[len(frozen):], strict=True):
         if not same:
             tb.copy_(sb)
