@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from common.results import Table, provenance, write_result
 from encoder.config import SSLConfig
-from encoder.ssl import ema_update, mse_to_probs, pseudo_labels, soft_cross_entropy
+from encoder.ssl import ema_update, mse_to_probs, pseudo_labels, soft_cross_entropy, tube_mix_tokens
 from encoder.timesformer import TimeSformer, create_model
 from encoder.train import compute_losses, mix_plan
 
@@ -43,7 +43,7 @@ def reference_features(model: TimeSformer, x: torch.Tensor) -> torch.Tensor:
     for i, positions in enumerate(model.layout.elements):
         frames = x[:, :, list(positions)].transpose(1, 2)  # (B, L, C, H, W)
         time_embed = model.time_embeds[i].expand(b, -1, -1)  # (B, L, D)
-        cls.append(model._backbone(frames, time_embed)[:, 0])
+        cls.append(model._backbone(*model._embed(frames), time_embed)[:, 0])
     return torch.stack(cls, dim=1)  # (B, E, D)
 
 
@@ -72,7 +72,8 @@ def make_step(structure: str, student, teacher, opt, ssl: SSLConfig, autocast):
     def reference_loss(lab, y, u_weak, u_strong):
         pl = pseudo_labels(teacher_side(u_weak), beta=ssl.beta, eps=ssl.eps)
         plan = mix_plan(u_strong, ssl, patch)
-        l_lab, l_strong, l_mix = (reference_forward(student, v).float() for v in (lab, u_strong, plan.mixed))
+        mixed = tube_mix_tokens(u_strong, plan.partner, plan.mask, patch)  # the reference mixes the frames
+        l_lab, l_strong, l_mix = (reference_forward(student, v).float() for v in (lab, u_strong, mixed))
         target = plan.lam * pl.probs + (1 - plan.lam) * pl.probs[plan.partner]
         weight = plan.lam * pl.weight + (1 - plan.lam) * pl.weight[plan.partner]  # η'
         per_clip = mse_to_probs if ssl.mix_loss == "mse" else soft_cross_entropy

@@ -94,6 +94,7 @@ class SSLConfig:
     mix: bool = True  # tube mixing of unlabeled clips
     mix_alpha: float = 10.0  # λ ~ Beta(alpha, alpha)
     mix_shape: str = "tokens"  # tokens: scattered patch mask, same in every frame (reference) | box: one patch box
+    mix_space: str = "tokens"  # tokens: mix the stem's output tokens (one stem pass) | pixels: mix the frames before it
     mix_loss: str = "mse"  # mse: logits vs mixed probabilities, mean over classes (reference) | soft-ce
     gamma1: float = 2.0
     gamma2: float = 2.0
@@ -127,6 +128,7 @@ class RunConfig:
     mixed_precision: str = "no"  # no | bf16 (GPU)
     save_every: int = 200  # optimizer steps between checkpoints
     keep_checkpoints: int = 2
+    save_steps: tuple[int, ...] = ()  # also checkpoint at these steps and keep those checkpoints (to fork runs from)
     log_every: int = 10
     eval_temporal_views: int = 1
     eval_spatial_crops: int = 1
@@ -238,6 +240,7 @@ def validate(cfg: RunConfig, earlier: Sequence[str] = ()) -> None:
 
 MIX_SHAPES = ("tokens", "box")
 MIX_LOSSES = ("mse", "soft-ce")
+MIX_SPACES = ("tokens", "pixels")
 STRONG_AUGS = ("randaugment", "reference")
 STEM_DTYPES = ("float32", "bfloat16", "auto")
 
@@ -247,6 +250,8 @@ def _validate_v2(cfg: RunConfig) -> list[str]:
     p = []
     if cfg.ssl.mix_shape not in MIX_SHAPES:
         p.append(f"ssl.mix_shape={cfg.ssl.mix_shape!r}: use one of {', '.join(MIX_SHAPES)}")
+    if cfg.ssl.mix_space not in MIX_SPACES:
+        p.append(f"ssl.mix_space={cfg.ssl.mix_space!r}: use one of {', '.join(MIX_SPACES)}")
     if cfg.ssl.mix_loss not in MIX_LOSSES:
         p.append(f"ssl.mix_loss={cfg.ssl.mix_loss!r}: use one of {', '.join(MIX_LOSSES)}")
     if cfg.aug.strong not in STRONG_AUGS:

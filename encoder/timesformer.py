@@ -37,6 +37,7 @@ from encoder.effnet_stem import STAGES_AT_STRIDE, EfficientNetLiteStem, load_lit
 __all__ = [
     "TimeSformerConfig",
     "TimeSformer",
+    "TokenMix",
     "LoadReport",
     "checkpoint_filter_fn",
     "load_pretrained",
@@ -270,6 +271,21 @@ def resize_pos_embed(pos_embed: Tensor, new_grid: tuple[int, int], num_prefix_to
 # ---------------------------------------------------------------------------------------------------- model
 
 
+@dataclass(frozen=True)
+class TokenMix:
+    """Tube token mixing inside the model (SVFormer's TTMix, SeFAR's L_mix): the clips' patch tokens where ``mask``
+    is True are replaced by those of ``clips[partner]``, in every frame and every element.
+
+    ``partner (B,)``: the clip each clip takes tokens from; ``mask (N,)`` bool over the token grid in row-major
+    order. The mix happens on the stem's output, so the mixed clips reuse the stem pass of the clips they come from.
+    For a patchify stem this equals mixing the patches' pixels (:func:`encoder.ssl.tube_mix_tokens`); for a
+    convolutional stem, whose receptive field crosses patch borders, it keeps every token a real one of either clip.
+    """
+
+    partner: Tensor
+    mask: Tensor
+
+
 class TimeSformer(nn.Module):
     """SeFAR encoder: shared divided space-time ViT over the temporal elements + fusion head."""
 
@@ -325,14 +341,18 @@ class TimeSformer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def _backbone(self, frames: Tensor, time_embed: Tensor) -> Tensor:
-        """``frames (B, L, C, H, W)`` + ``time_embed (B, L, D)`` -> normed tokens ``(B, 1 + L*N, D)``."""
-        b, length, _, h, w = frames.shape
-        grid = (h // self.cfg.patch_size, w // self.cfg.patch_size)
+    def _embed(self, frames: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """``frames (..., L, C, H, W)`` -> stem tokens ``(..., L, N, D)`` and their grid ``(H/p, W/p)``."""
+        h, w = frames.shape[-2:]
+        patches = self.patch_embed(frames.flatten(0, -4))  # (prod(...) * L, N, D)
+        return patches.unflatten(0, frames.shape[:-3]), (h // self.cfg.patch_size, w // self.cfg.patch_size)
+
+    def _backbone(self, patches: Tensor, grid: tuple[int, int], time_embed: Tensor) -> Tensor:
+        """Stem tokens ``patches (B, L, N, D)`` of a ``grid`` + ``time_embed (B, L, D)`` -> normed tokens
+        ``(B, 1 + L*N, D)``."""
+        b, length = patches.shape[:2]
         pos = resize_pos_embed(self.pos_embed, grid)  # (1, 1 + N, D)
-        patches = self.patch_embed(frames.flatten(0, 1))  # (B*L, N, D)
-        n, d = patches.shape[1:]
-        patches = patches.view(b, length, n, d) + pos[:, None, 1:] + time_embed[:, :, None]  # (B, L, N, D)
+        patches = patches + pos[:, None, 1:] + time_embed[:, :, None]  # (B, L, N, D)
         cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)  # (B, 1, D)
         x = torch.cat([cls, patches.flatten(1, 2)], dim=1)  # (B, 1 + L*N, D)
         for block in self.blocks:
@@ -342,26 +362,38 @@ class TimeSformer(nn.Module):
                 x = block(x, length)
         return self.norm(x)
 
-    def _forward_elements(self, x: Tensor) -> list[Tensor]:
-        """Clip ``(B, C, K, H, W)`` -> per element, normed tokens ``(B, 1 + L_i*N, D)``; one pass per length."""
-        b, _, k = x.shape[:3]
+    def _forward_elements(self, x: Tensor, mix: TokenMix | None = None) -> list[Tensor]:
+        """Clip ``(B, C, K, H, W)`` -> per element, normed tokens ``(B', 1 + L_i*N, D)``; one pass per length.
+
+        ``mix``: the B mixed clips follow the B clips (B' = 2B), their tokens taken from the same stem pass.
+        """
+        b, _, k, h, w = x.shape
         if k != self.layout.num_frames:
             raise ValueError(f"combo {self.layout.combo} needs {self.layout.num_frames} frames, got {k}")
+        tokens_per_frame = (h // self.cfg.patch_size) * (w // self.cfg.patch_size)
+        if mix is not None and (mix.partner.shape != (b,) or mix.mask.shape != (tokens_per_frame,)):
+            raise ValueError(f"token mix: partner {tuple(mix.partner.shape)} and mask {tuple(mix.mask.shape)} do not "
+                             f"fit {b} clips of {tokens_per_frame} tokens per frame")
         outputs: dict[int, Tensor] = {}
         for length, ids in self.length_groups.items():
             g = len(ids)
             index = torch.tensor([p for i in ids for p in self.layout.elements[i]], device=x.device)  # (G*L,)
             frames = x[:, :, index].transpose(1, 2).unflatten(1, (g, length))  # (B, G, L, C, H, W)
-            frames = frames.transpose(0, 1).flatten(0, 1)  # (G*B, L, C, H, W)
-            time = torch.cat([self.time_embeds[i] for i in ids]).repeat_interleave(b, dim=0)  # (G*B, L, D)
-            tokens = self._backbone(frames, time)  # (G*B, 1 + L*N, D)
+            patches, grid = self._embed(frames.transpose(0, 1))  # (G, B, L, N, D): one stem call for all frames
+            if mix is not None:
+                take = mix.mask.to(patches.device)[:, None]  # (N, 1): True where the partner's token goes
+                patches = torch.cat([patches, torch.where(take, patches[:, mix.partner], patches)], dim=1)
+            n = patches.shape[1]  # B, or 2B with the mixed clips
+            time = torch.cat([self.time_embeds[i] for i in ids]).repeat_interleave(n, dim=0)  # (G*n, L, D)
+            tokens = self._backbone(patches.flatten(0, 1), grid, time)  # (G*n, 1 + L*N, D)
             for j, i in enumerate(ids):
-                outputs[i] = tokens[j * b : (j + 1) * b]
+                outputs[i] = tokens[j * n : (j + 1) * n]
         return [outputs[i] for i in range(self.layout.num_elements)]
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Clip ``(B, C, K, H, W)`` -> element CLS features ``(B, E, D)``."""
-        return torch.stack([tokens[:, 0] for tokens in self._forward_elements(x)], dim=1)  # (B, E, D)
+    def forward_features(self, x: Tensor, mix: TokenMix | None = None) -> Tensor:
+        """Clip ``(B, C, K, H, W)`` -> element CLS features ``(B, E, D)``; with ``mix``, ``(2B, E, D)``: the clips,
+        then the clips with their partners' tokens mixed in (:class:`TokenMix`)."""
+        return torch.stack([tokens[:, 0] for tokens in self._forward_elements(x, mix)], dim=1)
 
     def forward_head(self, cls: Tensor, pre_logits: bool = False) -> Tensor:
         """``(B, E, D)`` -> logits ``(B, classes)``, or the fused feature ``(B, F)`` when ``pre_logits``.
@@ -370,8 +402,10 @@ class TimeSformer(nn.Module):
         """
         return self.head(cls, pre_logits=pre_logits)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: Tensor, mix: TokenMix | None = None) -> Tensor:
+        """Logits ``(B, classes)`` of clips ``(B, C, K, H, W)``; with ``mix`` (:class:`TokenMix`) ``(2B, classes)``,
+        the mixed clips' after the clips'."""
+        return self.forward_head(self.forward_features(x, mix))
 
     def forward_tokens(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
         """Everything the LLM bridge needs from a clip ``(B, C, K, H, W)``.

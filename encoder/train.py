@@ -71,13 +71,12 @@ from encoder.ssl import (
     pseudo_labels,
     soft_cross_entropy,
     teacher_passes,
-    tube_mix,
     tube_mix_box,
     tube_mix_tokens,
     tube_token_mask,
     warmup_factor,
 )
-from encoder.timesformer import TimeSformer
+from encoder.timesformer import TimeSformer, TokenMix
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +210,15 @@ def compute_losses(
 
     pl = _pseudo_labels(student, teacher, unlabeled["weak"], ssl)
     strong = unlabeled["strong"]  # (B_u, C, K, H, W)
-    inputs = [strong]
     plan = mix_plan(strong, ssl, patch_size) if ssl.mode == "sefar" and ssl.mix and strong.shape[0] > 1 else None
-    if plan is not None:
-        inputs.append(plan.mixed)
     with running_stats_frozen(student):
-        logits = student(torch.cat(inputs)).float()  # (B_u [+ B_u], classes)
+        if plan is None:
+            logits = student(strong)
+        elif ssl.mix_space == "tokens":  # the mixed clips reuse the strong clips' stem tokens
+            logits = student(strong, mix=TokenMix(plan.partner, plan.mask.flatten()))
+        else:
+            logits = student(torch.cat([strong, tube_mix_tokens(strong, plan.partner, plan.mask, patch_size)]))
+        logits = logits.float()  # (B_u [+ B_u], classes)
     b_u = strong.shape[0]
     un = (pl.weight * F.cross_entropy(logits[:b_u], pl.target, reduction="none")).mean()
     mix = zero
@@ -243,8 +245,8 @@ def _pseudo_labels(student, teacher: TimeSformer, weak: torch.Tensor, ssl: SSLCo
 
 @dataclass
 class MixPlan:
-    mixed: torch.Tensor  # (B_u, C, K, H, W) the strong clips with a tube of their partner's patches
     partner: torch.Tensor  # (B_u,) partner of each clip
+    mask: torch.Tensor  # (grid_h, grid_w) bool: the tube, True where the partner's patch goes (same in every frame)
     lam: float  # fraction of each clip kept
 
 
@@ -255,9 +257,11 @@ def mix_plan(strong: torch.Tensor, ssl: SSLConfig, patch: int) -> MixPlan:
     h, w = strong.shape[-2:]
     if ssl.mix_shape == "tokens":
         mask, lam = tube_token_mask(h // patch, w // patch, lam)
-        return MixPlan(tube_mix_tokens(strong, partner, mask, patch), partner, lam)
+        return MixPlan(partner, mask, lam)
     rows, cols, lam = tube_mix_box(h, w, lam, patch)
-    return MixPlan(tube_mix(strong, partner, rows, cols), partner, lam)
+    mask = torch.zeros(h // patch, w // patch, dtype=torch.bool)
+    mask[rows.start // patch : rows.stop // patch, cols.start // patch : cols.stop // patch] = True
+    return MixPlan(partner, mask, lam)
 
 
 @contextlib.contextmanager
@@ -304,8 +308,10 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(run: Path, step: int, student, teacher, opt, consumed: dict, keep: int) -> Path:
-    """Write ``checkpoints/step_XXXXXXX`` into a temp folder, then rename it: never half-written."""
+def save_checkpoint(run: Path, step: int, student, teacher, opt, consumed: dict, keep: int,
+                    train_seconds: float = 0.0, pinned: tuple[int, ...] = ()) -> Path:
+    """Write ``checkpoints/step_XXXXXXX`` into a temp folder, then rename it: never half-written. Keeps the ``keep``
+    latest checkpoints and those of the ``pinned`` steps; ``train_seconds``: the run's training time so far."""
     root = run / "checkpoints"
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp_step_{step:07d}"
@@ -320,6 +326,7 @@ def save_checkpoint(run: Path, step: int, student, teacher, opt, consumed: dict,
     meta.update(
         step=step,
         consumed=consumed,
+        train_seconds=round(train_seconds, 2),
         rng_python=[py_state[0], list(py_state[1]), py_state[2]],
         rng_numpy=[np_state[0], np_state[1].tolist(), *np_state[2:]],
     )
@@ -328,7 +335,8 @@ def save_checkpoint(run: Path, step: int, student, teacher, opt, consumed: dict,
         shutil.rmtree(final)
     os.replace(tmp, final)
     _atomic_json(root / "latest.json", {"checkpoint": final.name, "step": step})
-    for old in sorted(root.glob("step_*"))[:-keep]:
+    rotating = [p for p in sorted(root.glob("step_*")) if int(p.name.removeprefix("step_")) not in pinned]
+    for old in rotating[:-keep]:
         shutil.rmtree(old)
     return final
 
@@ -386,8 +394,10 @@ def _seed_everything(seed: int) -> None:
 
 
 #: Keys that may change between a run and its resumption: bookkeeping, not the maths of the run.
-RESUME_FREE = ("out", "max_steps", "save_every", "keep_checkpoints", "log_every", "data.num_workers",
+RESUME_FREE = ("out", "max_steps", "save_every", "keep_checkpoints", "save_steps", "log_every", "data.num_workers",
                "eval_temporal_views", "eval_spatial_crops")
+#: What a run forked from another run's checkpoint (``train(fork_from=...)``) may change beyond :data:`RESUME_FREE`.
+FORK_FREE = ("ssl.mode",)
 
 
 def check_resumable(run: Path, cfg: RunConfig, allow_change: bool, free: tuple[str, ...] = ()) -> None:
@@ -406,6 +416,28 @@ def check_resumable(run: Path, cfg: RunConfig, allow_change: bool, free: tuple[s
             + "\nuse the same config, another `out=`, --no-resume to restart, or --allow-config-change to continue"
         )
     log.warning("continuing %s with a changed config: %s", run, "; ".join(changed))
+
+
+def _fork_source(checkpoint: Path, cfg: RunConfig, allow_change: bool) -> Path:
+    """The checkpoint to fork a new run from, once its run's config is known to fit ``cfg`` (see :func:`train`)."""
+    if not (checkpoint / "state.json").is_file():
+        raise DataError(checkpoint, "not a checkpoint folder (RUN/checkpoints/step_XXXXXXX with state.json)")
+    source = checkpoint.parent.parent
+    if not (source / "config.yaml").is_file():
+        raise DataError(source / "config.yaml", "missing: the forked run's config is needed to check it fits")
+    if source.resolve() == Path(cfg.out).resolve():
+        raise ConfigError(f"fork_from={checkpoint}: a run cannot fork from itself (it resumes)")
+    check_resumable(source, cfg, allow_change, free=FORK_FREE)
+    return checkpoint
+
+
+def _copy_metrics(source: Path, target: Path, step: int) -> None:
+    """A forked run's log starts with its source's records up to the fork (the steps it did not train itself)."""
+    lines = source.read_text(encoding="utf-8").splitlines() if source.is_file() else []
+    keep = [line for line in lines if _logged_step(line) <= step]
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    os.replace(tmp, target)
 
 
 def _write_run_files(run: Path, cfg: RunConfig, names: list[str], labeled, unlabeled) -> None:
@@ -457,8 +489,17 @@ class Schedule:
         return decay**self.accum if ssl.ema_per_micro_batch else decay
 
 
-def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False) -> dict:
-    """Train one run into ``cfg.out``; returns the final validation metrics of student and teacher (and run facts)."""
+def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False,
+          fork_from: str | os.PathLike | None = None) -> dict:
+    """Train one run into ``cfg.out``; returns the final validation metrics of student and teacher (and run facts).
+
+    ``fork_from``: a checkpoint folder of another run (``RUN/checkpoints/step_XXXXXXX``) to start from, when this run
+    has no checkpoint of its own yet: its weights, teacher, optimizer, RNG states, data position and training time, and
+    its logged steps. A run whose config differs from that run's only in ``ssl.mode`` (:data:`FORK_FREE`) then goes on
+    exactly as if it had trained those steps itself, provided they were supervised-only steps (ξ = 0, and the teacher
+    equal to the student) in both: e.g. SeFAR forked from a supervised-only run at the end of its
+    ``ssl.supervised_epochs``. Other differences need ``allow_config_change``.
+    """
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
@@ -466,8 +507,11 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
     s, micro = cfg.ssl, cfg.optim.micro_batch_size
     run = Path(cfg.out)
     checkpoint = latest_checkpoint(run) if resume else None
+    forked = checkpoint is None and fork_from is not None
     if checkpoint is not None:
         check_resumable(run, cfg, allow_config_change)
+    elif forked:
+        checkpoint = _fork_source(Path(fork_from), cfg, allow_config_change)
 
     _seed_everything(cfg.seed)
     layout = ElementLayout.from_combo(cfg.model.combo)  # parsed once: data, transforms and model share it
@@ -497,11 +541,16 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
         unl_sampler = EpochBatchSampler(len(unl_ds), micro * s.unlabeled_ratio, seed=cfg.seed + 1,
                                         rank=rank, world_size=world)
 
-    step, consumed = 0, {"labeled": 0, "unlabeled": 0}
+    step, consumed, earlier_seconds = 0, {"labeled": 0, "unlabeled": 0}, 0.0
     if checkpoint is not None:
         meta = load_checkpoint(checkpoint, model, teacher, opt)
-        step, consumed = meta["step"], meta["consumed"]
-        accelerator.print(f"resumed from {checkpoint} at step {step}")
+        step, consumed, earlier_seconds = meta["step"], meta["consumed"], meta.get("train_seconds", 0.0)
+        accelerator.print(f"{'forked' if forked else 'resumed'} from {checkpoint} at step {step}")
+    if accelerator.is_main_process and (checkpoint is None or forked):  # a new run: no record of an earlier one
+        (run / "forked_from.json").unlink(missing_ok=True)
+        if forked:
+            _copy_metrics(checkpoint.parent.parent / "metrics.jsonl", run / "metrics.jsonl", step)
+            _atomic_json(run / "forked_from.json", {"checkpoint": str(checkpoint), "step": step})
     _truncate_metrics(run / "metrics.jsonl", step)  # at step 0 too: a run killed before its first checkpoint
     model = accelerator.prepare(model)
     teacher.to(accelerator.device)
@@ -515,7 +564,7 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sched.last_step, initial=step, disable=not accelerator.is_main_process, desc="train", unit="step")
-    started = time.perf_counter()
+    started = time.perf_counter() - earlier_seconds  # training time counts over resumptions (and a fork's source)
     interrupted = None
     patch = unwrap(model).cfg.patch_size
     with _StopFlag() as stop:
@@ -552,10 +601,11 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
                     _append_jsonl(run / "metrics.jsonl", record)
                     bar.set_postfix(loss=_short(record["loss"]), sup=_short(record["supervised"]))
             stop_now = stop.raised is not None
-            if step % cfg.save_every == 0 or stop_now or step == sched.last_step:
+            if step % cfg.save_every == 0 or stop_now or step == sched.last_step or step in cfg.save_steps:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
-                    save_checkpoint(run, step, model, teacher, opt, consumed, cfg.keep_checkpoints)
+                    save_checkpoint(run, step, model, teacher, opt, consumed, cfg.keep_checkpoints,
+                                    time.perf_counter() - started, tuple(cfg.save_steps))
             if stop_now:
                 interrupted = stop.raised
                 break
@@ -566,6 +616,8 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
 
     accelerator.wait_for_everyone()
     result = {"step": step, "train_seconds": round(time.perf_counter() - started, 1)}
+    if (run / "forked_from.json").is_file():  # the steps before it were trained by the run it names
+        result["forked_from"] = read_json_object(run / "forked_from.json")
     stem = unwrap(model).patch_embed.proj
     if getattr(stem, "frozen", False):  # what model.stem_dtype (auto: by this machine) computed the frozen CNN in
         result["stem_dtype"] = str(stem.compute_dtype).removeprefix("torch.")
@@ -681,12 +733,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def main_train(
-    config_path: str | None, overrides: list[str], resume: bool = True, allow_config_change: bool = False
+    config_path: str | None, overrides: list[str], resume: bool = True, allow_config_change: bool = False,
+    fork_from: str | None = None,
 ) -> int:
     """CLI entry: ``sefar encoder train CONFIG [key=value ...]`` (``CONFIG`` ``-``: defaults only)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = load_config(None if config_path in (None, "-") else config_path, overrides)
-    result = train(cfg, resume=resume, allow_config_change=allow_config_change)
+    result = train(cfg, resume=resume, allow_config_change=allow_config_change, fork_from=fork_from)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

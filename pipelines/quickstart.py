@@ -60,7 +60,7 @@ def _synth(out: Path, seed: int, size: str) -> dict:
     return summary
 
 
-def _train(config: Path, data: Path, out: Path, overrides: list[str]) -> dict:
+def _train(config: Path, data: Path, out: Path, overrides: list[str], fork_from: Path | None = None) -> dict:
     from encoder.train import train
 
     results = out / "final" / "results.json"
@@ -68,7 +68,21 @@ def _train(config: Path, data: Path, out: Path, overrides: list[str]) -> dict:
         print(f"      {out.name}: already trained")
         return read_json_object(results)
     cfg = load_config(config, [f"data.root={data}", f"out={out}", *overrides])
-    return train(cfg, resume=True)
+    fork = shown(fork_from) if fork_from is not None and fork_from.is_dir() else None  # as printed and recorded
+    return train(cfg, resume=True, fork_from=fork)
+
+
+def fork_step(config: Path, overrides: list[str]) -> int | None:
+    """The step where SeFAR's supervised-only epochs end, when the schedule fixes it (``optim.steps_per_epoch``):
+    up to it SeFAR trains exactly as the supervised-only run, so it forks from that run's checkpoint there instead
+    of training those steps again. None when there is nothing to share."""
+    from encoder.train import Schedule
+
+    cfg = load_config(config, overrides)
+    if not cfg.optim.steps_per_epoch:  # steps per epoch depend on the data and the processes: train both in full
+        return None
+    schedule = Schedule.build(cfg, cfg.optim.steps_per_epoch, world=1)
+    return schedule.supervised_steps if 0 < schedule.supervised_steps < schedule.last_step else None
 
 
 def _gymqa(data: Path, labeled: Path, out: Path, seed: int) -> dict:
@@ -235,10 +249,18 @@ def run_quickstart(out: str | os.PathLike, seed: int = 0, size: str = "default",
     data = out / "syngym"
     pairs = [tuple(p) for p in _synth(data, seed, size)["direction_pairs"]]
     rows = []
+    shared = fork_step(Path(config), [f"data.root={data}", *(overrides or [])])
     for i, mode in enumerate(("supervised", "sefar")):
-        print(f"[{2 + i}/6] training {mode} on 10% labels")
-        result = _train(Path(config), data, out / "encoder" / mode, [f"ssl.mode={mode}", *(overrides or [])])
         run = out / "encoder" / mode
+        if mode == "supervised":
+            extra, fork = [f"save_steps=[{shared}]"] if shared else [], None
+            print(f"[{2 + i}/6] training {mode} on 10% labels")
+        else:
+            extra, fork = [], out / "encoder" / "supervised" / "checkpoints" / f"step_{shared:07d}" if shared else None
+            print(f"[{2 + i}/6] training {mode} on 10% labels" + (
+                f" (its first {shared} steps, supervised-only, are the supervised run's: forked from there)"
+                if shared else ""))
+        result = _train(Path(config), data, run, [f"ssl.mode={mode}", *extra, *(overrides or [])], fork)
         split = read_json_object(run / "split" / "split.json")
         rows.append({"mode": mode, "labeled": split["num_labeled"], **result,
                      "direction_pairs": direction_pair_accuracy(run, pairs),

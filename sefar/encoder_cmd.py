@@ -19,6 +19,10 @@ def add_parser(subparsers, name: str, help_: str) -> None:
     train.add_argument("--no-resume", action="store_true", help="start from scratch even if checkpoints exist")
     train.add_argument("--allow-config-change", action="store_true",
                        help="resume even though the config differs from RUN/config.yaml (listed on stderr)")
+    train.add_argument("--fork-from", metavar="CHECKPOINT",
+                       help="start from another run's checkpoint (RUN/checkpoints/step_XXXXXXX) when this run has none "
+                            "yet, e.g. SeFAR from a supervised-only run at the end of its supervised epochs "
+                            "(config save_steps keeps such a checkpoint)")
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="multi-view evaluation with metrics, confusion matrix and teacher spread")
@@ -47,7 +51,7 @@ def _train(args: argparse.Namespace) -> int:
     from encoder.train import main_train
 
     return main_train(args.config, args.overrides, resume=not args.no_resume,
-                      allow_config_change=args.allow_config_change)
+                      allow_config_change=args.allow_config_change, fork_from=args.fork_from)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -18,8 +18,10 @@ from pipelines.quickstart import (
 
 @pytest.mark.slow
 def test_quickstart_runs_every_stage_and_resumes(tmp_path, capsys, monkeypatch):
-    overrides = ["max_steps=2", "data.num_workers=0", "optim.batch_size=4", "optim.micro_batch_size=4",
-                 "ssl.passes=2", "ssl.supervised_epochs=0", "log_every=1"]
+    # 4 steps: SeFAR's first 2 (supervised-only) are forked from the supervised run's checkpoint at step 2
+    overrides = ["optim.epochs=2", "optim.steps_per_epoch=2", "optim.warmup_steps=1", "data.num_workers=0",
+                 "optim.batch_size=4", "optim.micro_batch_size=4", "ssl.passes=2", "ssl.supervised_epochs=1",
+                 "log_every=1"]
     bridge = [f"llm.path={tiny_llama(tmp_path / 'llama')}", "adapter.num_layers=1", "adapter.num_queries=4",
               "train.steps=2", "train.batch_size=2", "train.save_every=1", "eval.max_questions=4"]
     monkeypatch.chdir(tmp_path)  # what it prints and records is relative to the working directory
@@ -30,8 +32,10 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, capsys, monkeypatch):
     assert summary["export"] == "export/sefar_tiny" and summary["gymqa"]["folder"] == "gymqa"
     modes = [r["mode"] for r in summary["rows"]]
     assert modes == ["supervised", "sefar"]
+    assert "(its first 2 steps, supervised-only, are the supervised run's: forked from there)" in printed
+    assert summary["rows"][1]["forked_from"]["step"] == 2 and "forked_from" not in summary["rows"][0]
     for row in summary["rows"]:
-        assert row["step"] == 2 and row["labeled"] == 33
+        assert row["step"] == 4 and row["labeled"] == 33
         for which in ("student", "teacher"):  # the reported accuracy is that of the saved val predictions
             saved = load_file(tmp_path / "encoder" / row["mode"] / "final" / f"val_predictions_{which}.safetensors")
             assert saved["probs"].shape == (33, 33)
@@ -50,7 +54,7 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, capsys, monkeypatch):
         assert scored["questions"] == 4 and set(scored["methods"]) == {"likelihood_sum", "likelihood_mean"}
         assert (tmp_path / "bridge" / name / "adapter" / "adapter.safetensors").is_file()
         assert (tmp_path / "bridge" / name / "eval" / "predictions_likelihood_mean.jsonl").is_file()
-    assert "| supervised | 33 | 2 |" in printed and "| SeFAR features | likelihood_mean | 4 |" in printed
+    assert "| supervised | 33 | 4 |" in printed and "| SeFAR features | likelihood_mean | 4 |" in printed
     assert "| frame-wise EfficientNet-Lite0 | likelihood_mean | 4 |" in printed
     reference = summary["classifier"]["methods"]["classifier"]  # the SeFAR teacher's classifier, same questions
     assert summary["classifier"]["questions"] == 4 and reference["n"] == 4 and 0.0 <= reference["accuracy"] <= 1.0

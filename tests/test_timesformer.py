@@ -15,6 +15,7 @@ from encoder.data.sampling import PAPER_COMBOS, ElementLayout
 from encoder.timesformer import (
     DividedSpaceTimeBlock,
     TimeSformerConfig,
+    TokenMix,
     checkpoint_filter_fn,
     create_model,
     list_models,
@@ -98,7 +99,68 @@ def test_batched_elements_equal_per_element_passes():
         for i, positions in enumerate(model.layout.elements):
             frames = x[:, :, list(positions)].transpose(1, 2)  # (B, L, C, H, W)
             time = model.time_embeds[i].expand(2, -1, -1)  # (B, L, D)
-            torch.testing.assert_close(batched[:, i], model._backbone(frames, time)[:, 0])
+            torch.testing.assert_close(batched[:, i], model._backbone(*model._embed(frames), time)[:, 0])
+
+
+# -------------------------------------------------------------------------------------------------- token mix
+
+
+def _mix(model, batch=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    grid = model.cfg.img_size // model.cfg.patch_size
+    mask = torch.rand(grid, grid, generator=gen) < 0.4  # (gh, gw): True where the partner's patch goes
+    return torch.randperm(batch, generator=gen), mask
+
+
+def test_token_mix_equals_pixel_mix_for_a_patchify_stem():
+    """A patchify stem embeds each patch alone, so mixing its tokens is mixing the patches' pixels."""
+    from encoder.ssl import tube_mix_tokens
+
+    model = _tiny(stem="patch").eval()
+    x = _clip(model, batch=3)
+    partner, mask = _mix(model)
+    with torch.no_grad():
+        mixed = model(x, mix=TokenMix(partner, mask.flatten()))
+        expected = model(torch.cat([x, tube_mix_tokens(x, partner, mask, model.cfg.patch_size)]))
+    assert mixed.shape == (6, NUM_CLASSES)
+    torch.testing.assert_close(mixed, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_token_mix_takes_the_partners_stem_tokens_for_a_conv_stem():
+    """With a convolutional stem (receptive field across patches) the mixed clip's tokens are exact copies of either
+    clip's own tokens, which pixel mixing would not give; the clips themselves come out as without the mix."""
+    from encoder.ssl import tube_mix_tokens
+
+    model = _tiny(stem="conv").eval()
+    x = _clip(model, batch=3)
+    partner, mask = _mix(model, seed=1)
+    seen = []
+    model.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        plain = model(x)
+        both = model(x, mix=TokenMix(partner, mask.flatten()))
+        in_pixels = model(tube_mix_tokens(x, partner, mask, model.cfg.patch_size))
+    torch.testing.assert_close(both[:3], plain, rtol=1e-5, atol=1e-6)
+    take = mask.flatten()
+    for tokens in seen[2:4]:  # the mixed run's block inputs, one per element length: (G*2B, 1+L*N, D)
+        groups = tokens.unflatten(0, (-1, 6))  # (G, 2B, 1+L*N, D)
+        n = take.numel()
+        own, mixed = groups[:, :3, 1:].unflatten(2, (-1, n)), groups[:, 3:, 1:].unflatten(2, (-1, n))  # (G, B, L, N, D)
+        # the embeddings added to the tokens (position, time) are the clip's own: compare after removing them
+        diff = mixed - own
+        torch.testing.assert_close(diff[:, :, :, ~take], torch.zeros_like(diff[:, :, :, ~take]))
+        torch.testing.assert_close(mixed[:, :, :, take], own[:, partner][:, :, :, take])
+    assert not torch.allclose(both[3:], in_pixels, atol=1e-4)  # the stem's receptive field crosses the patches
+
+
+def test_token_mix_rejects_a_mask_or_partner_of_another_shape():
+    model = _tiny().eval()
+    x = _clip(model, batch=2)
+    grid = model.cfg.img_size // model.cfg.patch_size
+    with pytest.raises(ValueError, match="token mix"):
+        model(x, mix=TokenMix(torch.tensor([1, 0]), torch.zeros(grid * grid + 1, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="token mix"):
+        model(x, mix=TokenMix(torch.tensor([1, 0, 2]), torch.zeros(grid * grid, dtype=torch.bool)))
 
 
 def test_each_element_sees_only_its_frames():

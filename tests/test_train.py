@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from encoder.config import load_config
-from common.errors import ConfigError
+from common.errors import ConfigError, DataError
 from tests.videos import write_toy_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -303,20 +303,26 @@ def test_resume_with_a_changed_config_stops_with_the_differing_keys(toy, tmp_pat
 # the tolerance is 2e-3: a change of the maths (a loss weight, a temperature, a mask) moves them by far more.
 PINNED = {
     "supervised": [(1, 1.329322, 1.329322, 0.0, 0.0), (2, 2.12131, 2.12131, 0.0, 0.0), (3, 1.83008, 1.83008, 0.0, 0.0)],
-    "sefar": [(1, 2.296207, 1.666097, 0.253923, 0.061132), (2, 2.335969, 1.682643, 0.201824, 0.124839),
-              (3, 3.686662, 2.393772, 0.358754, 0.287691)],
+    # pinned on the AVX2 CPU: the tube mixed after the (trainable, BatchNorm) conv stem
+    "sefar": [(1, 2.292603, 1.665887, 0.253, 0.060359), (2, 2.327705, 1.682486, 0.197808, 0.124802),
+              (3, 3.716428, 2.415634, 0.363886, 0.286511)],
+    # the tube mixed in the frames: the stem's BatchNorm normalises strong and mixed clips together
+    "sefar ssl.mix_space=pixels": [(1, 2.296207, 1.666097, 0.253923, 0.061132),
+                                   (2, 2.335969, 1.682643, 0.201824, 0.124839),
+                                   (3, 3.686662, 2.393772, 0.358754, 0.287691)],
 }
 
 
-@pytest.mark.parametrize("mode", sorted(PINNED))
-def test_first_losses_are_pinned(toy, tmp_path, mode):
+@pytest.mark.parametrize("run_name", sorted(PINNED))
+def test_first_losses_are_pinned(toy, tmp_path, run_name):
     from encoder.train import train
 
-    run = tmp_path / mode
-    train(load_config(None, tiny_overrides(toy, run, f"ssl.mode={mode}", "ssl.ramp_epochs=0", "max_steps=3")))
+    mode, *extra = run_name.split()
+    run = tmp_path / "run"
+    train(load_config(None, tiny_overrides(toy, run, f"ssl.mode={mode}", "ssl.ramp_epochs=0", "max_steps=3", *extra)))
     got = losses(run)
     assert [row[0] for row in got] == [1, 2, 3]
-    for row, pinned in zip(got, PINNED[mode], strict=True):
+    for row, pinned in zip(got, PINNED[run_name], strict=True):
         assert row == pytest.approx(pinned, rel=2e-3, abs=1e-5)
 
 
@@ -430,3 +436,97 @@ def test_label_smoothing_applies_to_the_supervised_loss_only():
     for bad in ("1.0", "-0.1"):
         with pytest.raises(ConfigError, match="ssl.label_smoothing"):
             load_config(None, [f"ssl.label_smoothing={bad}"])
+
+
+@pytest.mark.parametrize("shape", ["tokens", "box"])
+def test_mix_in_tokens_equals_mix_in_pixels_for_a_patchify_stem(shape):
+    """``ssl.mix_space=tokens`` mixes the stem's output (one stem pass for strong and mixed clips); with a patchify
+    stem that is the same loss as mixing the frames, and the same gradient."""
+    import torch
+
+    from encoder.config import SSLConfig
+    from encoder.timesformer import create_model
+    from encoder.train import compute_losses
+
+    torch.manual_seed(0)
+    student = create_model("tiny", 4, img_size=32, depth=1, stem="patch", head_dropout=0.0)
+    teacher = create_model("tiny", 4, img_size=32, depth=1, stem="patch").eval()
+    labeled = {"video": torch.randn(2, 3, 8, 32, 32), "label": torch.tensor([0, 3])}
+    unlabeled = {"weak": torch.randn(4, 3, 8, 32, 32), "strong": torch.randn(4, 3, 8, 32, 32),
+                 "label": torch.tensor([0, 1, 2, 3])}
+    out = {}
+    for space in ("tokens", "pixels"):
+        torch.manual_seed(1)
+        student.zero_grad()
+        losses = compute_losses(student, teacher, labeled, unlabeled, 1.0,
+                                SSLConfig(passes=2, mix_space=space, mix_shape=shape), 8)
+        losses.total.backward()
+        out[space] = (losses, student.patch_embed.proj.weight.grad.clone())
+    (a, grad_a), (b, grad_b) = out["tokens"], out["pixels"]
+    assert a.mix > 0
+    for name in ("total", "unlabeled", "mix"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grad_a, grad_b, rtol=1e-3, atol=1e-6)
+
+
+def test_mix_space_is_validated():
+    with pytest.raises(ConfigError, match="ssl.mix_space"):
+        load_config(None, ["ssl.mix_space=frames"])
+
+
+# ------------------------------------------------------------------------------------------------------ fork
+
+
+def test_sefar_forked_from_a_supervised_run_equals_an_unbroken_sefar_run(toy, tmp_path):
+    """SeFAR's supervised epochs are a supervised-only run's first steps (ξ = 0, teacher = student): forking SeFAR
+    from that run's checkpoint at their end (``save_steps``) gives the unbroken run's losses and weights exactly,
+    its log from step 1 and its training time counted from step 0."""
+    from safetensors.torch import load_file
+
+    from encoder.train import train
+
+    common = ("ssl.supervised_epochs=1", "ssl.ramp_epochs=1")  # 3 supervised steps of 6
+    unbroken = tmp_path / "unbroken"
+    train(load_config(None, tiny_overrides(toy, unbroken, "ssl.mode=sefar", *common)))
+    source = tmp_path / "supervised"
+    train(load_config(None, tiny_overrides(toy, source, "ssl.mode=supervised", "save_steps=[3]", *common)))
+    fork_point = source / "checkpoints" / "step_0000003"
+    assert fork_point.is_dir()  # kept beyond keep_checkpoints
+    assert sorted(p.name for p in (source / "checkpoints").glob("step_*")) == [
+        "step_0000003", "step_0000004", "step_0000006"]
+    forked = tmp_path / "forked"
+    result = train(load_config(None, tiny_overrides(toy, forked, "ssl.mode=sefar", *common)), fork_from=fork_point)
+
+    assert losses(forked) == losses(unbroken)  # every step, the 3 copied ones and the 3 trained after the fork
+    assert losses(forked)[4][3] > 0  # the unlabeled loss is on after the fork (ξ rises from 0 at step 4)
+    for which in ("student", "teacher"):
+        a, b = (load_file(run / "final" / f"{which}.safetensors") for run in (forked, unbroken))
+        assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
+    source_seconds = json.loads((fork_point / "state.json").read_text())["train_seconds"]
+    assert result["forked_from"] == {"checkpoint": str(fork_point), "step": 3}
+    assert result["train_seconds"] >= source_seconds > 0
+    # resuming the forked run later keeps the record; a fork with another config stops before writing anything
+    assert train(load_config(None, tiny_overrides(toy, forked, "ssl.mode=sefar", *common)),
+                 fork_from=fork_point)["forked_from"]["step"] == 3
+    with pytest.raises(ConfigError, match="optim.lr"):
+        train(load_config(None, tiny_overrides(toy, tmp_path / "other", "ssl.mode=sefar", "optim.lr=0.5", *common)),
+              fork_from=fork_point)
+    assert not (tmp_path / "other").exists()
+
+
+def test_fork_from_something_that_is_not_a_checkpoint(toy, tmp_path):
+    from encoder.train import train
+
+    cfg = load_config(None, tiny_overrides(toy, tmp_path / "run", "ssl.mode=sefar"))
+    with pytest.raises(DataError, match="not a checkpoint folder"):
+        train(cfg, fork_from=tmp_path)
+    (tmp_path / "ckpt" / "checkpoints" / "step_0000003").mkdir(parents=True)
+    (tmp_path / "ckpt" / "checkpoints" / "step_0000003" / "state.json").write_text("{}")
+    with pytest.raises(DataError, match="config.yaml"):
+        train(cfg, fork_from=tmp_path / "ckpt" / "checkpoints" / "step_0000003")
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
