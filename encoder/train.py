@@ -431,6 +431,20 @@ def _fork_source(checkpoint: Path, cfg: RunConfig, allow_change: bool) -> Path:
     return checkpoint
 
 
+def _check_fork_step(checkpoint: Path, cfg: RunConfig, sched: "Schedule", allow_change: bool) -> None:
+    """A run of another ``ssl.mode`` trained as this one only during the supervised-only steps: refuse a later fork
+    (it would be neither run), unless allowed."""
+    step = read_json_object(checkpoint / "state.json").get("step")
+    mode = load_config(checkpoint.parent.parent / "config.yaml").ssl.mode
+    if mode == cfg.ssl.mode or not isinstance(step, int) or step <= sched.supervised_steps:
+        return
+    message = (f"{checkpoint}: a {mode} run at step {step}, after the {sched.supervised_steps} supervised-only steps "
+               f"that it shares with ssl.mode={cfg.ssl.mode}")
+    if not allow_change:
+        raise ConfigError(message + "; fork from a checkpoint at or before that step, or use --allow-config-change")
+    log.warning("%s: forking anyway", message)
+
+
 def _copy_metrics(source: Path, target: Path, step: int) -> None:
     """A forked run's log starts with its source's records up to the fork (the steps it did not train itself)."""
     lines = source.read_text(encoding="utf-8").splitlines() if source.is_file() else []
@@ -532,6 +546,8 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
                          cache_mb=cfg.data.cache_mb)
     lab_sampler = EpochBatchSampler(len(lab_ds), micro, seed=cfg.seed, rank=rank, world_size=world)
     sched = Schedule.build(cfg, lab_sampler.batches_per_epoch, world)
+    if forked:
+        _check_fork_step(checkpoint, cfg, sched, allow_config_change)
     if accelerator.is_main_process:  # once the run is known to be valid
         _write_run_files(run, cfg, names, labeled_items, unlabeled_items)
     if ssl:

@@ -512,6 +512,10 @@ def test_sefar_forked_from_a_supervised_run_equals_an_unbroken_sefar_run(toy, tm
         train(load_config(None, tiny_overrides(toy, tmp_path / "other", "ssl.mode=sefar", "optim.lr=0.5", *common)),
               fork_from=fork_point)
     assert not (tmp_path / "other").exists()
+    late = source / "checkpoints" / "step_0000004"  # after the supervised-only steps: the runs differ there
+    with pytest.raises(ConfigError, match="after the 3 supervised-only steps"):
+        train(load_config(None, tiny_overrides(toy, tmp_path / "late", "ssl.mode=sefar", *common)), fork_from=late)
+    assert not (tmp_path / "late").exists()
 
 
 def test_fork_from_something_that_is_not_a_checkpoint(toy, tmp_path):
