@@ -10,10 +10,15 @@ Rows (each a SeFAR config variant, all with the same labeled clips per seed, ste
   without Ada-Reg (plain pseudo-labels, weight 1);
 * Tab. 4 strong temporal augmentation: spatial-only, warping, all-reverse, all-shuffle, mod-perturb;
 * the reference's choices against ours: the mix loss and tube (MSE + scattered tokens, the reference's and our
-  default, vs soft cross-entropy + one box) and the strong spatial augmentation (RandAugment, ours, vs the
-  reference's per-element crop/flip + channel dropout).
+  default, vs soft cross-entropy + one box), the strong spatial augmentation (RandAugment, ours, vs the
+  reference's per-element crop/flip + channel dropout), and where the tube is mixed (the stem's output tokens, ours,
+  vs the frames before the stem, the reference's).
 
 Every run of a seed takes the same optimizer steps (an epoch is one pass over the labeled clips in every mode).
+The supervised-only row runs first; a row that differs from it only in keys acting on unlabeled clips
+(``encoder.train.FORK_FREE``: every SeFAR and FixMatch row but w/o Dual-Ele) forks from its checkpoint where the
+supervised-only epochs end instead of training those steps again: the same run, exactly, for less time (its
+``train s`` still counts them).
 
 ``--level element`` classifies SynGym's 33 element classes; ``--level set`` its 6 sets (FineGym's set-level
 task; the lists are relabelled into ``OUT/lists_set``), which the tiny model learns within a CPU budget.
@@ -54,6 +59,7 @@ ROWS: dict[str, list[str]] = {
     "strong aug: all-shuffle": ["ssl.mode=sefar", "aug.temporal=all-shuffle"],
     "SeFAR, mix: soft-CE, box": ["ssl.mode=sefar", "ssl.mix_loss=soft-ce", "ssl.mix_shape=box"],
     "SeFAR, strong aug: reference": ["ssl.mode=sefar", "aug.strong=reference"],
+    "SeFAR, tube mixed in the frames": ["ssl.mode=sefar", "ssl.mix_space=pixels"],
 }
 TABLES = {
     "main": ["supervised-only", "FixMatch (threshold 0.95)", "SeFAR"],
@@ -62,7 +68,8 @@ TABLES = {
         "strong aug: spatial-only", "SeFAR w/o Mod-Perturb (warping)", "strong aug: all-reverse",
         "strong aug: all-shuffle", "SeFAR",
     ],
-    "the reference's choices vs ours": ["SeFAR", "SeFAR, mix: soft-CE, box", "SeFAR, strong aug: reference"],
+    "the reference's choices vs ours": ["SeFAR", "SeFAR, mix: soft-CE, box", "SeFAR, strong aug: reference",
+                                        "SeFAR, tube mixed in the frames"],
 }
 RENAME_IN_TAB4 = {"SeFAR w/o Mod-Perturb (warping)": "warping", "SeFAR": "mod-perturb (SeFAR)"}
 
@@ -87,11 +94,22 @@ def pair_metrics(probs: torch.Tensor, labels: torch.Tensor, elements: list[int],
     return {"pair_top1": top1, "pair_accuracy": binary}
 
 
+SUPERVISED = "supervised-only"
+
+
+def forkable(row: str) -> bool:
+    """Whether ``row`` is the supervised-only run during the supervised-only epochs (see the module notes)."""
+    from encoder.train import FORK_FREE
+
+    return row != SUPERVISED and all(o.split("=", 1)[0] in FORK_FREE for o in ROWS[row])
+
+
 def run_one(config: Path, data: Path, out: Path, overrides: list[str], seed: int, level: dict,
-            identity: dict | None = None) -> dict:
+            identity: dict | None = None, fork_from: Path | None = None) -> dict:
     """Train (resuming) or reuse the run in ``out``; ``identity``: the dataset's (:func:`dataset_identity`), kept
     in ``out/dataset.json`` so that a finished run of other clips is refused instead of reused. A finished run
-    trained with another config (an older recipe) is refused too (:class:`ConfigError`)."""
+    trained with another config (an older recipe) is refused too (:class:`ConfigError`). ``fork_from``: a
+    checkpoint to start a new run from (``train(fork_from=...)``), used when it exists."""
     from encoder.config import load_config
     from encoder.train import check_resumable, train
 
@@ -110,7 +128,7 @@ def run_one(config: Path, data: Path, out: Path, overrides: list[str], seed: int
         if identity is not None:
             out.mkdir(parents=True, exist_ok=True)
             stamp.write_text(json.dumps(identity) + "\n")
-        train(cfg, resume=True)
+        train(cfg, resume=True, fork_from=fork_from if fork_from is not None and fork_from.is_dir() else None)
     result = json.loads(results.read_text())
     pred = load_file(out / "final" / "val_predictions_teacher.safetensors")
     if len(pred["labels"]) != len(level["elements"]):
@@ -135,6 +153,14 @@ def prepare_level(data: Path, level: str, out: Path) -> dict:
     names = write_level_lists(data, root, level)
     print(f"{level} level: {len(names)} classes ({', '.join(names)})", flush=True)
     return {**info, "root": root, "overrides": [f"data.videos={(data / 'videos').resolve()}", "data.categories=null"]}
+
+
+def fork_point(config: Path, level: dict, overrides: list[str]) -> int | None:
+    """The step where the runs' supervised-only epochs end (None: not fixed by the config, or not inside the run)."""
+    from encoder.config import load_config
+    from encoder.train import supervised_steps_of
+
+    return supervised_steps_of(load_config(config, [f"data.root={level['root']}", *level["overrides"], *overrides]))
 
 
 def mean_std(values: list[float | None]) -> str:
@@ -171,17 +197,24 @@ def main(argv: list[str] | None = None) -> dict:
     args.out = args.out or Path("bench/results") / f"syngym_tables_{args.level}.json"
     level = prepare_level(args.data, args.level, args.runs)
     results: dict[str, list[dict]] = {}
-    for name in args.rows:
+    shared = fork_point(args.config, level, args.overrides) if SUPERVISED in args.rows else None
+    for name in sorted(args.rows, key=lambda n: n != SUPERVISED):  # the runs to fork from first
         for seed in args.seeds:
             out = args.runs / f"{slug(name)}_seed{seed}"
+            extra, fork = list(args.overrides), None
+            if shared and name == SUPERVISED:
+                extra.append(f"save_steps=[{shared}]")
+            elif shared and forkable(name):
+                fork = args.runs / f"{slug(SUPERVISED)}_seed{seed}" / "checkpoints" / f"step_{shared:07d}"
             try:
-                r = run_one(args.config, args.data, out, ROWS[name] + args.overrides, seed, level, identity)
+                r = run_one(args.config, args.data, out, ROWS[name] + extra, seed, level, identity, fork)
             except (DataError, ConfigError) as err:
                 print(f"error: {err}", file=sys.stderr)
                 raise SystemExit(2) from None
             results.setdefault(name, []).append({"seed": seed, **r})
             print(f"{name} seed {seed}: top-1 {100 * r['top1']:.1f}", flush=True)
 
+    results = {name: results[name] for name in args.rows}  # in the order asked for
     ratio = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("data.label_ratio=")), "0.1")
     labels = "all labels" if float(ratio) == 1.0 else f"{100 * float(ratio):g}% labels"
     tables = []

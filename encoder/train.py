@@ -396,8 +396,23 @@ def _seed_everything(seed: int) -> None:
 #: Keys that may change between a run and its resumption: bookkeeping, not the maths of the run.
 RESUME_FREE = ("out", "max_steps", "save_every", "keep_checkpoints", "save_steps", "log_every", "data.num_workers",
                "eval_temporal_views", "eval_spatial_crops")
-#: What a run forked from another run's checkpoint (``train(fork_from=...)``) may change beyond :data:`RESUME_FREE`.
-FORK_FREE = ("ssl.mode",)
+#: What a run forked from another run's checkpoint (``train(fork_from=...)``) may change beyond :data:`RESUME_FREE`:
+#: the keys that act on the unlabeled clips and the teacher only, so not during the supervised-only steps (ξ = 0, the
+#: teacher a copy of the student), where the two runs are the same run.
+FORK_FREE = ("ssl.mode", "ssl.threshold", "ssl.adaptive", "ssl.mix", "ssl.mix_alpha", "ssl.mix_shape", "ssl.mix_space",
+             "ssl.mix_loss", "ssl.gamma1", "ssl.gamma2", "ssl.beta", "ssl.eps", "ssl.passes", "ssl.unlabeled_ratio",
+             "ssl.ramp_epochs", "ssl.ema_decay", "ssl.ema_warmup", "ssl.ema_per_micro_batch", "aug.temporal",
+             "aug.strong", "aug.randaug_ops", "aug.randaug_magnitude", "aug.channel_dropout")
+
+
+def supervised_steps_of(cfg: RunConfig) -> int | None:
+    """The step where ``cfg``'s supervised-only epochs end, when the config alone fixes it (``optim.steps_per_epoch``
+    set) and it falls inside the run; else None. Runs of one config that differ only in :data:`FORK_FREE` keys
+    (a supervised-only run and a SeFAR run, say) are the same run up to there: see ``train(fork_from=...)``."""
+    if not cfg.optim.steps_per_epoch:  # it depends on the number of labeled clips and of processes
+        return None
+    schedule = Schedule.build(cfg, cfg.optim.steps_per_epoch, world=1)
+    return schedule.supervised_steps if 0 < schedule.supervised_steps < schedule.last_step else None
 
 
 def check_resumable(run: Path, cfg: RunConfig, allow_change: bool, free: tuple[str, ...] = ()) -> None:
@@ -418,8 +433,9 @@ def check_resumable(run: Path, cfg: RunConfig, allow_change: bool, free: tuple[s
     log.warning("continuing %s with a changed config: %s", run, "; ".join(changed))
 
 
-def _fork_source(checkpoint: Path, cfg: RunConfig, allow_change: bool) -> Path:
-    """The checkpoint to fork a new run from, once its run's config is known to fit ``cfg`` (see :func:`train`)."""
+def _fork_source(checkpoint: Path, cfg: RunConfig, allow_change: bool) -> tuple[Path, list[str]]:
+    """The checkpoint to fork a new run from, once its run's config is known to fit ``cfg`` (see :func:`train`), and
+    how the two configs differ (keys of :data:`FORK_FREE`, or any with ``allow_change``)."""
     if not (checkpoint / "state.json").is_file():
         raise DataError(checkpoint, "not a checkpoint folder (RUN/checkpoints/step_XXXXXXX with state.json)")
     source = checkpoint.parent.parent
@@ -428,18 +444,19 @@ def _fork_source(checkpoint: Path, cfg: RunConfig, allow_change: bool) -> Path:
     if source.resolve() == Path(cfg.out).resolve():
         raise ConfigError(f"fork_from={checkpoint}: a run cannot fork from itself (it resumes)")
     check_resumable(source, cfg, allow_change, free=FORK_FREE)
-    return checkpoint
+    changes = saved_config_changes(source / "config.yaml", lambda path: load_config(path).to_dict(), cfg.to_dict(),
+                                   RESUME_FREE)
+    return checkpoint, changes
 
 
-def _check_fork_step(checkpoint: Path, cfg: RunConfig, sched: "Schedule", allow_change: bool) -> None:
-    """A run of another ``ssl.mode`` trained as this one only during the supervised-only steps: refuse a later fork
-    (it would be neither run), unless allowed."""
+def _check_fork_step(checkpoint: Path, changes: list[str], sched: "Schedule", allow_change: bool) -> None:
+    """A run of another config is the same run only during the supervised-only steps: refuse a later fork (it would
+    be neither run), unless allowed."""
     step = read_json_object(checkpoint / "state.json").get("step")
-    mode = load_config(checkpoint.parent.parent / "config.yaml").ssl.mode
-    if mode == cfg.ssl.mode or not isinstance(step, int) or step <= sched.supervised_steps:
+    if not isinstance(step, int) or step <= sched.supervised_steps:
         return
-    message = (f"{checkpoint}: a {mode} run at step {step}, after the {sched.supervised_steps} supervised-only steps "
-               f"that it shares with ssl.mode={cfg.ssl.mode}")
+    message = (f"{checkpoint}: step {step} is after the {sched.supervised_steps} supervised-only steps that its run "
+               f"shares with this one ({'; '.join(changes)})")
     if not allow_change:
         raise ConfigError(message + "; fork from a checkpoint at or before that step, or use --allow-config-change")
     log.warning("%s: forking anyway", message)
@@ -525,7 +542,7 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
     if checkpoint is not None:
         check_resumable(run, cfg, allow_config_change)
     elif forked:
-        checkpoint = _fork_source(Path(fork_from), cfg, allow_config_change)
+        checkpoint, fork_changes = _fork_source(Path(fork_from), cfg, allow_config_change)
 
     _seed_everything(cfg.seed)
     layout = ElementLayout.from_combo(cfg.model.combo)  # parsed once: data, transforms and model share it
@@ -546,8 +563,8 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
                          cache_mb=cfg.data.cache_mb)
     lab_sampler = EpochBatchSampler(len(lab_ds), micro, seed=cfg.seed, rank=rank, world_size=world)
     sched = Schedule.build(cfg, lab_sampler.batches_per_epoch, world)
-    if forked:
-        _check_fork_step(checkpoint, cfg, sched, allow_config_change)
+    if forked and fork_changes:
+        _check_fork_step(checkpoint, fork_changes, sched, allow_config_change)
     if accelerator.is_main_process:  # once the run is known to be valid
         _write_run_files(run, cfg, names, labeled_items, unlabeled_items)
     if ssl:

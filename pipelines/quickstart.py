@@ -73,16 +73,11 @@ def _train(config: Path, data: Path, out: Path, overrides: list[str], fork_from:
 
 
 def fork_step(config: Path, overrides: list[str]) -> int | None:
-    """The step where SeFAR's supervised-only epochs end, when the schedule fixes it (``optim.steps_per_epoch``):
-    up to it SeFAR trains exactly as the supervised-only run, so it forks from that run's checkpoint there instead
-    of training those steps again. None when there is nothing to share."""
-    from encoder.train import Schedule
+    """The step where SeFAR's supervised-only epochs end: up to it SeFAR trains exactly as the supervised-only run,
+    so it forks from that run's checkpoint there instead of training those steps again (None: nothing shared)."""
+    from encoder.train import supervised_steps_of
 
-    cfg = load_config(config, overrides)
-    if not cfg.optim.steps_per_epoch:  # steps per epoch depend on the data and the processes: train both in full
-        return None
-    schedule = Schedule.build(cfg, cfg.optim.steps_per_epoch, world=1)
-    return schedule.supervised_steps if 0 < schedule.supervised_steps < schedule.last_step else None
+    return supervised_steps_of(load_config(config, overrides))
 
 
 def _gymqa(data: Path, labeled: Path, out: Path, seed: int) -> dict:

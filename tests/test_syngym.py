@@ -614,7 +614,7 @@ def test_tables_title_and_which_comparisons_are_shown(tiny, tmp_path, monkeypatc
 
     out, _ = tiny
     bench = _bench("syngym_tables")
-    monkeypatch.setattr(bench, "prepare_level", lambda data, level, runs: {"classes": 33})
+    monkeypatch.setattr(bench, "prepare_level", lambda data, level, runs: {"classes": 33, "root": out, "overrides": []})
     fake = {"top1": 0.3, "student_top1": 0.3, "step": 4, "train_seconds": 1.0, "pair_top1": 0.2, "pair_accuracy": 0.5}
     monkeypatch.setattr(bench, "run_one", lambda *args: fake)
     result = tmp_path / "r.json"
@@ -624,3 +624,24 @@ def test_tables_title_and_which_comparisons_are_shown(tiny, tmp_path, monkeypatc
     assert written["title"] == f"SynGym {title}"
     # a comparison beyond the main table is shown only where two of its rows ran
     assert [t["title"] for t in written["tables"]] == tables
+
+
+def test_tables_fork_the_semi_supervised_rows_from_the_supervised_run(tiny, tmp_path):
+    """The supervised-only row runs first and keeps its checkpoint where the supervised epochs end; SeFAR forks from
+    it (the same run up to there), w/o Dual-Ele (another model) trains in full."""
+    from common.results import read_result
+
+    out, _ = tiny
+    bench = _bench("syngym_tables")
+    runs = tmp_path / "runs"
+    budget = ["optim.epochs=2", "optim.steps_per_epoch=2", "optim.warmup_steps=1", "ssl.supervised_epochs=1",
+              "optim.batch_size=4", "optim.micro_batch_size=4", "ssl.passes=2", "data.num_workers=0", "log_every=1"]
+    bench.main([*budget, "--data", str(out), "--runs", str(runs), "--out", str(tmp_path / "r.json"), "--seeds", "0",
+                "--rows", "SeFAR", "SeFAR w/o Dual-Ele", "supervised-only"])
+    assert (runs / "supervised_only_seed0" / "checkpoints" / "step_0000002").is_dir()
+    forked = json.loads((runs / "sefar_seed0" / "forked_from.json").read_text())
+    assert forked["step"] == 2 and forked["checkpoint"].endswith("supervised_only_seed0/checkpoints/step_0000002")
+    assert not (runs / "sefar_w_o_dual_ele_seed0" / "forked_from.json").exists()
+    results = read_result(tmp_path / "r.json")["data"]["results"]
+    assert list(results) == ["SeFAR", "SeFAR w/o Dual-Ele", "supervised-only"]  # as asked, though trained in order
+    assert all(r[0]["step"] == 4 for r in results.values())

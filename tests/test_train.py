@@ -518,6 +518,27 @@ def test_sefar_forked_from_a_supervised_run_equals_an_unbroken_sefar_run(toy, tm
     assert not (tmp_path / "late").exists()
 
 
+@pytest.mark.parametrize("variant", [
+    ("ssl.mode=fixmatch", "ssl.threshold=0.01", "ssl.mix=false"),
+    ("ssl.mode=sefar", "aug.temporal=warping", "ssl.adaptive=false", "ssl.mix_space=pixels", "ssl.unlabeled_ratio=2"),
+], ids=["fixmatch", "sefar-variant"])
+def test_runs_that_differ_in_unlabeled_keys_only_fork_exactly(toy, tmp_path, variant):
+    """The keys of FORK_FREE act on unlabeled clips and the teacher only: such a run forked from a supervised-only
+    run at the end of the supervised epochs is the unbroken run."""
+    from encoder.train import FORK_FREE, train
+
+    assert all(v.split("=")[0] in FORK_FREE for v in variant)
+    common = ("ssl.supervised_epochs=1", "ssl.ramp_epochs=1")
+    unbroken = tmp_path / "unbroken"
+    train(load_config(None, tiny_overrides(toy, unbroken, *variant, *common)))
+    source = tmp_path / "supervised"
+    train(load_config(None, tiny_overrides(toy, source, "ssl.mode=supervised", "save_steps=[3]", *common)))
+    forked = tmp_path / "forked"
+    train(load_config(None, tiny_overrides(toy, forked, *variant, *common)),
+          fork_from=source / "checkpoints" / "step_0000003")
+    assert losses(forked) == losses(unbroken) and losses(forked)[4][3] > 0
+
+
 def test_fork_from_something_that_is_not_a_checkpoint(toy, tmp_path):
     from encoder.train import train
 
