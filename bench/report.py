@@ -30,7 +30,8 @@ BEGIN, END = "<!-- quickstart:begin -->", "<!-- quickstart:end -->"
 HISTORY = "history.json"
 # The order a reader wants: what the main job gives, then the method's tables, then speed and robustness.
 ORDER = [
-    "quickstart", "quickstart_adapters", "syngym_tables_element", "syngym_tables_labels20", "syngym_tables_set",
+    "quickstart", "quickstart_adapters", "syngym_tables_element", "syngym_tables_mixspace", "syngym_tables_labels20",
+    "syngym_tables_set",
     "syngym_tables_ceiling", "syngym_difficulty", "syngym_probe", "syngym_probe_labels10",
     "bridge_compare",
     "decode", "train_step", "gpu", "gymqa", "bridge_speed", "bridge_eval", "bridge_scale", "demo_load", "fuzz",

@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="folder of the training runs (default: outputs/bench/syngym_tables_LEVEL)")
     parser.add_argument("--out", type=Path, default=None, help="result file (default: "
                         "bench/results/syngym_tables_LEVEL.json)")
+    parser.add_argument("--title", help="the result's title (default: from the level and the labels)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. a shorter budget)")
     args = parser.parse_args(argv)
 
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         tables.append(table)
     summary = {"level": args.level, "seeds": args.seeds, "overrides": args.overrides, "results": results, **identity}
     title = "supervised ceiling" if labels == "all labels" else "semi-supervised tables"
-    write_result(args.out, f"SynGym {title} ({args.level} level, {labels})", tables, summary,
+    write_result(args.out, args.title or f"SynGym {title} ({args.level} level, {labels})", tables, summary,
                  started=started)
     return summary
 

@@ -622,6 +622,9 @@ def test_tables_title_and_which_comparisons_are_shown(tiny, tmp_path, monkeypatc
                 "--out", str(result), "--seeds", "0", "1", "--rows", *rows])
     written = read_result(result)
     assert written["title"] == f"SynGym {title}"
+    bench.main(["--data", str(out), "--runs", str(tmp_path / "runs"), "--out", str(result), "--seeds", "0",
+                "--rows", *rows, "--title", "Where the tube is mixed"])
+    assert read_result(result)["title"] == "Where the tube is mixed"
     # a comparison beyond the main table is shown only where two of its rows ran
     assert [t["title"] for t in written["tables"]] == tables
 
