@@ -526,10 +526,12 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
 
     ``fork_from``: a checkpoint folder of another run (``RUN/checkpoints/step_XXXXXXX``) to start from, when this run
     has no checkpoint of its own yet: its weights, teacher, optimizer, RNG states, data position and training time, and
-    its logged steps. A run whose config differs from that run's only in ``ssl.mode`` (:data:`FORK_FREE`) then goes on
-    exactly as if it had trained those steps itself, provided they were supervised-only steps (ξ = 0, and the teacher
-    equal to the student) in both: e.g. SeFAR forked from a supervised-only run at the end of its
-    ``ssl.supervised_epochs``. Other differences need ``allow_config_change``.
+    its logged steps. A run whose config differs from that run's only in keys that act on the unlabeled clips and the
+    teacher (:data:`FORK_FREE`: ``ssl.mode``, the mixing, the strong augmentation, ...) then goes on exactly as if it
+    had trained those steps itself, provided they were supervised-only steps in both (ξ = 0, the teacher a copy of the
+    student): e.g. SeFAR forked from a supervised-only run at the end of its ``ssl.supervised_epochs``
+    (:func:`supervised_steps_of`; ``save_steps`` keeps that checkpoint). A later fork, or other differences, need
+    ``allow_config_change``.
     """
     from accelerate import Accelerator
 
