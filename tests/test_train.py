@@ -477,7 +477,20 @@ def test_mix_space_is_validated():
 # ------------------------------------------------------------------------------------------------------ fork
 
 
-def test_sefar_forked_from_a_supervised_run_equals_an_unbroken_sefar_run(toy, tmp_path):
+FORK_COMMON = ("ssl.supervised_epochs=1", "ssl.ramp_epochs=1")  # 3 supervised-only steps of 6
+
+
+@pytest.fixture(scope="module")
+def fork_source(toy, tmp_path_factory):
+    """A supervised-only run that keeps its checkpoint at the end of the supervised epochs (step 3)."""
+    from encoder.train import train
+
+    source = tmp_path_factory.mktemp("fork") / "supervised"
+    train(load_config(None, tiny_overrides(toy, source, "ssl.mode=supervised", "save_steps=[3]", *FORK_COMMON)))
+    return source
+
+
+def test_sefar_forked_from_a_supervised_run_equals_an_unbroken_sefar_run(toy, tmp_path, fork_source):
     """SeFAR's supervised epochs are a supervised-only run's first steps (ξ = 0, teacher = student): forking SeFAR
     from that run's checkpoint at their end (``save_steps``) gives the unbroken run's losses and weights exactly,
     its log from step 1 and its training time counted from step 0."""
@@ -485,11 +498,9 @@ def test_sefar_forked_from_a_supervised_run_equals_an_unbroken_sefar_run(toy, tm
 
     from encoder.train import train
 
-    common = ("ssl.supervised_epochs=1", "ssl.ramp_epochs=1")  # 3 supervised steps of 6
+    common, source = FORK_COMMON, fork_source
     unbroken = tmp_path / "unbroken"
     train(load_config(None, tiny_overrides(toy, unbroken, "ssl.mode=sefar", *common)))
-    source = tmp_path / "supervised"
-    train(load_config(None, tiny_overrides(toy, source, "ssl.mode=supervised", "save_steps=[3]", *common)))
     fork_point = source / "checkpoints" / "step_0000003"
     assert fork_point.is_dir()  # kept beyond keep_checkpoints
     assert sorted(p.name for p in (source / "checkpoints").glob("step_*")) == [
@@ -522,20 +533,17 @@ def test_sefar_forked_from_a_supervised_run_equals_an_unbroken_sefar_run(toy, tm
     ("ssl.mode=fixmatch", "ssl.threshold=0.01", "ssl.mix=false"),
     ("ssl.mode=sefar", "aug.temporal=warping", "ssl.adaptive=false", "ssl.mix_space=pixels", "ssl.unlabeled_ratio=2"),
 ], ids=["fixmatch", "sefar-variant"])
-def test_runs_that_differ_in_unlabeled_keys_only_fork_exactly(toy, tmp_path, variant):
+def test_runs_that_differ_in_unlabeled_keys_only_fork_exactly(toy, tmp_path, variant, fork_source):
     """The keys of FORK_FREE act on unlabeled clips and the teacher only: such a run forked from a supervised-only
     run at the end of the supervised epochs is the unbroken run."""
     from encoder.train import FORK_FREE, train
 
     assert all(v.split("=")[0] in FORK_FREE for v in variant)
-    common = ("ssl.supervised_epochs=1", "ssl.ramp_epochs=1")
     unbroken = tmp_path / "unbroken"
-    train(load_config(None, tiny_overrides(toy, unbroken, *variant, *common)))
-    source = tmp_path / "supervised"
-    train(load_config(None, tiny_overrides(toy, source, "ssl.mode=supervised", "save_steps=[3]", *common)))
+    train(load_config(None, tiny_overrides(toy, unbroken, *variant, *FORK_COMMON)))
     forked = tmp_path / "forked"
-    train(load_config(None, tiny_overrides(toy, forked, *variant, *common)),
-          fork_from=source / "checkpoints" / "step_0000003")
+    train(load_config(None, tiny_overrides(toy, forked, *variant, *FORK_COMMON)),
+          fork_from=fork_source / "checkpoints" / "step_0000003")
     assert losses(forked) == losses(unbroken) and losses(forked)[4][3] > 0
 
 
