@@ -234,10 +234,13 @@ def test_cli_train_forwards_config_overrides_and_resume(monkeypatch):
     assert main(["encoder", "train", "cfg.yaml", "optim.lr=0.01", "ssl.mode=supervised", "--no-resume"]) == 0
     assert main(["encoder", "train", "-"]) == 0
     assert main(["encoder", "train", "-", "--allow-config-change"]) == 0
+    assert main(["encoder", "train", "-", "--fork-from", "sup/checkpoints/step_0000240"]) == 0
+    off = {"fork_from": None}
     assert calls == [
-        (("cfg.yaml", ["optim.lr=0.01", "ssl.mode=supervised"]), {"resume": False, "allow_config_change": False}),
-        (("-", []), {"resume": True, "allow_config_change": False}),
-        (("-", []), {"resume": True, "allow_config_change": True}),
+        (("cfg.yaml", ["optim.lr=0.01", "ssl.mode=supervised"]), {"resume": False, "allow_config_change": False, **off}),
+        (("-", []), {"resume": True, "allow_config_change": False, **off}),
+        (("-", []), {"resume": True, "allow_config_change": True, **off}),
+        (("-", []), {"resume": True, "allow_config_change": False, "fork_from": "sup/checkpoints/step_0000240"}),
     ]
 
 
