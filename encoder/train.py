@@ -759,12 +759,8 @@ def _logged_step(line: str) -> float:
 def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop logged steps after the checkpoint (they will be logged again), and a last line cut by a
     kill."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if _logged_step(line) <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-    os.replace(tmp, path)
+    if path.is_file():
+        _copy_metrics(path, path, step)
 
 
 def main_train(

@@ -494,6 +494,7 @@ def test_sefar_forked_from_a_supervised_run_equals_an_unbroken_sefar_run(toy, tm
     """SeFAR's supervised epochs are a supervised-only run's first steps (ξ = 0, teacher = student): forking SeFAR
     from that run's checkpoint at their end (``save_steps``) gives the unbroken run's losses and weights exactly,
     its log from step 1 and its training time counted from step 0."""
+    import torch
     from safetensors.torch import load_file
 
     from encoder.train import train
@@ -512,7 +513,7 @@ def test_sefar_forked_from_a_supervised_run_equals_an_unbroken_sefar_run(toy, tm
     assert losses(forked)[4][3] > 0  # the unlabeled loss is on after the fork (ξ rises from 0 at step 4)
     for which in ("student", "teacher"):
         a, b = (load_file(run / "final" / f"{which}.safetensors") for run in (forked, unbroken))
-        assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     source_seconds = json.loads((fork_point / "state.json").read_text())["train_seconds"]
     assert result["forked_from"] == {"checkpoint": str(fork_point), "step": 3}
     assert result["train_seconds"] >= source_seconds > 0
@@ -557,9 +558,3 @@ def test_fork_from_something_that_is_not_a_checkpoint(toy, tmp_path):
     (tmp_path / "ckpt" / "checkpoints" / "step_0000003" / "state.json").write_text("{}")
     with pytest.raises(DataError, match="config.yaml"):
         train(cfg, fork_from=tmp_path / "ckpt" / "checkpoints" / "step_0000003")
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return torch.equal(a, b)
