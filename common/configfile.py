@@ -336,5 +336,9 @@ def saved_config_changes(path: Path, load: Callable[[Path], dict], current: dict
         saved = load(path)
     except ConfigError:
         saved = OmegaConf.to_container(OmegaConf.load(path))
-    return [d for d in config_differences(saved, current)
-            if not any(d.split(":")[0] == k or d.startswith(k + ".") for k in free)]
+    return without_keys(config_differences(saved, current), free)
+
+
+def without_keys(differences: list[str], keys: Collection[str]) -> list[str]:
+    """The :func:`config_differences` lines that are not about ``keys`` (a leaf, or a whole section by its name)."""
+    return [d for d in differences if not any(d.split(":")[0] == k or d.startswith(k + ".") for k in keys)]

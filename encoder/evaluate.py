@@ -19,7 +19,7 @@ model's ``img_size`` and cut into S ``img_size`` squares spread along the long s
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,37 +85,64 @@ def predict_views(
     num_workers: int = 0,
 ) -> ViewPredictions:
     """Multi-view predictions, plus ``passes`` dropout passes of the head per view when ``passes > 0``."""
-    net = _as_timesformer(model)
+    return predict_views_many({"model": model}, items, cfg, batch_size, views, crops, device, passes,
+                              num_workers)["model"]
+
+
+def predict_views_many(
+    models: Mapping[str, TimeSformer | FrozenEncoder],
+    items: Sequence[Sample],
+    cfg,
+    batch_size: int = 8,
+    views: int = 1,
+    crops: int = 1,
+    device: str | torch.device = "cpu",
+    passes: int = 0,
+    num_workers: int = 0,
+) -> dict[str, ViewPredictions]:
+    """:func:`predict_views` of several models of one input layout (a run's student and teacher) in one pass over
+    the clips: each clip is read and transformed once, then goes through every model. Same numbers as one
+    :func:`predict_views` per model."""
+    nets = {name: _as_timesformer(model) for name, model in models.items()}
+    if not nets:
+        raise ValueError("no model to evaluate")
     pp = _as_preprocess(cfg)
     if views < 1 or crops < 1:
         raise ConfigError(f"views={views}, crops={crops}: both must be >= 1")
+    classes = {net.cfg.num_classes for net in nets.values()}
+    if len(classes) != 1:
+        raise ValueError(f"the models disagree on the number of classes: {sorted(classes)}")
     dataset = ClipDataset(
         items, pp.num_frames, EvalTransform(pp, crops), train=False, short_side=pp.short_side, temporal_views=views
     )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
-    n, c = len(items), net.cfg.num_classes
-    probs = torch.zeros(n, c, dtype=torch.float64)
-    pass_probs = torch.zeros(passes, n, c, dtype=torch.float64) if passes else None
-    was_training = net.training
-    net.eval()
+    n, c = len(items), classes.pop()
+    probs = {name: torch.zeros(n, c, dtype=torch.float64) for name in nets}
+    pass_probs = {name: torch.zeros(passes, n, c, dtype=torch.float64) for name in nets} if passes else None
+    was_training = {name: net.training for name, net in nets.items()}
+    for net in nets.values():
+        net.eval()
     try:
         for batch in tqdm(loader, desc="evaluate", unit="batch", leave=False):
             x = batch["clip"].to(device)  # (B, S, C, K, H, W)
             b, s = x.shape[:2]
-            with torch.no_grad():
-                features = net.forward_features(x.flatten(0, 1))  # (B*S, E, D)
-                p = net.forward_head(features).float().softmax(-1).view(b, s, c).sum(1)  # (B, C)
-            probs.index_add_(0, batch["index"], p.double().cpu())
-            if pass_probs is not None:
-                u = head_passes(net, net.head, features, passes).float().softmax(-1).view(passes, b, s, c).sum(2)  # (U, B, C)
-                pass_probs.index_add_(1, batch["index"], u.double().cpu())
+            for name, net in nets.items():
+                with torch.no_grad():
+                    features = net.forward_features(x.flatten(0, 1))  # (B*S, E, D)
+                    p = net.forward_head(features).float().softmax(-1).view(b, s, c).sum(1)  # (B, C)
+                probs[name].index_add_(0, batch["index"], p.double().cpu())
+                if pass_probs is not None:
+                    u = head_passes(net, net.head, features, passes).float().softmax(-1)
+                    u = u.view(passes, b, s, c).sum(2)  # (U, B, C)
+                    pass_probs[name].index_add_(1, batch["index"], u.double().cpu())
     finally:
-        net.train(was_training)
+        for name, net in nets.items():
+            net.train(was_training[name])
     scale = views * crops
     labels = torch.tensor([item.label for item in items], dtype=torch.long)
-    return ViewPredictions(
-        (probs / scale).float(), labels, None if pass_probs is None else (pass_probs / scale).float()
-    )
+    return {name: ViewPredictions((probs[name] / scale).float(), labels,
+                                  None if pass_probs is None else (pass_probs[name] / scale).float())
+            for name in nets}
 
 
 def predict(

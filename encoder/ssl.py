@@ -8,7 +8,7 @@ Notation follows the paper (see DESIGN.md):
 * ``τ1 = 2·sigmoid(e^μ* − e)``, ``τ2 = 2·(sigmoid(1 / (β σ* + ε)) − 0.5)``, ``η = τ1·τ2 ∈ (0, 1]``;
 * ``L_un = mean(η · CE(student(strong), target))``;
 * tube mixing replaces a set of patch positions, the same in every frame, of clip ``i`` by clip ``j``'s: a scattered
-  random set of tokens (the reference's :func:`tube_token_mask`) or one patch-aligned box (:func:`tube_mix_box`);
+  random set of tokens (the reference's :func:`tube_token_mask`) or one box of patches (:func:`tube_box_mask`);
   ``λ`` is the fraction of clip ``i`` that is kept, target ``λ p̄_i + (1−λ) p̄_j`` and weight ``η' = λη_i + (1−λ)η_j``;
   the mix loss is the reference's :func:`mse_to_probs` (or :func:`soft_cross_entropy`);
 * ``L = L_sup + ξ (γ1 L_un + γ2 L_mix)`` with ``ξ`` a sine-shaped warm-up after some supervised-only epochs.
@@ -115,20 +115,21 @@ def teacher_passes_full(teacher: nn.Module, head: nn.Module, clips: torch.Tensor
         teacher.train(was_training)
 
 
-def tube_mix_box(
-    height: int, width: int, lam: float, patch: int, generator: torch.Generator | None = None
-) -> tuple[slice, slice, float]:
-    """A patch-aligned box covering about ``1 - lam`` of an ``height × width`` frame.
+def tube_box_mask(
+    grid_h: int, grid_w: int, lam: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, float]:
+    """One box of patch positions covering about ``1 - lam`` of a ``grid_h × grid_w`` grid (CutMix's box, on
+    patches).
 
-    Returns the row and column slices (in pixels) and the kept fraction λ actually realised.
+    Returns the mask ``(grid_h, grid_w)`` bool (True: take the partner's patch) and the kept fraction λ realised.
     """
-    gh, gw = height // patch, width // patch
     cut = math.sqrt(max(0.0, 1.0 - lam))
-    bh, bw = round(gh * cut), round(gw * cut)
-    top = int(torch.randint(0, gh - bh + 1, (1,), generator=generator))
-    left = int(torch.randint(0, gw - bw + 1, (1,), generator=generator))
-    kept = 1.0 - (bh * bw) / (gh * gw)
-    return slice(top * patch, (top + bh) * patch), slice(left * patch, (left + bw) * patch), kept
+    bh, bw = round(grid_h * cut), round(grid_w * cut)
+    top = int(torch.randint(0, grid_h - bh + 1, (1,), generator=generator))
+    left = int(torch.randint(0, grid_w - bw + 1, (1,), generator=generator))
+    mask = torch.zeros(grid_h, grid_w, dtype=torch.bool)
+    mask[top : top + bh, left : left + bw] = True
+    return mask, 1.0 - (bh * bw) / (grid_h * grid_w)
 
 
 def tube_token_mask(
@@ -150,18 +151,6 @@ def tube_mix_tokens(clips: torch.Tensor, partner: torch.Tensor, mask: torch.Tens
     ``clips[partner]``'s. For a patchify stem this equals mixing the patch tokens."""
     pixels = mask.repeat_interleave(patch, 0).repeat_interleave(patch, 1).to(clips.device)  # (H, W)
     return torch.where(pixels, clips[partner], clips)  # (B, C, K, H, W)
-
-
-def tube_mix(
-    clips: torch.Tensor, partner: torch.Tensor, rows: slice, cols: slice
-) -> torch.Tensor:
-    """Paste the same box of ``clips[partner]`` into every frame of ``clips`` (B, C, K, H, W).
-
-    Patch-aligned pixel mixing equals mixing patch tokens, since patch embedding acts on each patch alone.
-    """
-    mixed = clips.clone()
-    mixed[:, :, :, rows, cols] = clips[partner][:, :, :, rows, cols]  # (B, C, K, h, w) box of the partner
-    return mixed
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from common.configfile import saved_config_changes
+from common.configfile import saved_config_changes, without_keys
 from common.errors import ConfigError, DataError
 from common.jsonio import dumps, loads, read_json_object
 from common.textio import write_text_atomic
@@ -71,7 +71,7 @@ from encoder.ssl import (
     pseudo_labels,
     soft_cross_entropy,
     teacher_passes,
-    tube_mix_box,
+    tube_box_mask,
     tube_mix_tokens,
     tube_token_mask,
     warmup_factor,
@@ -258,9 +258,7 @@ def mix_plan(strong: torch.Tensor, ssl: SSLConfig, patch: int) -> MixPlan:
     if ssl.mix_shape == "tokens":
         mask, lam = tube_token_mask(h // patch, w // patch, lam)
         return MixPlan(partner, mask, lam)
-    rows, cols, lam = tube_mix_box(h, w, lam, patch)
-    mask = torch.zeros(h // patch, w // patch, dtype=torch.bool)
-    mask[rows.start // patch : rows.stop // patch, cols.start // patch : cols.stop // patch] = True
+    mask, lam = tube_box_mask(h // patch, w // patch, lam)
     return MixPlan(partner, mask, lam)
 
 
@@ -415,22 +413,24 @@ def supervised_steps_of(cfg: RunConfig) -> int | None:
     return schedule.supervised_steps if 0 < schedule.supervised_steps < schedule.last_step else None
 
 
-def check_resumable(run: Path, cfg: RunConfig, allow_change: bool, free: tuple[str, ...] = ()) -> None:
+def check_resumable(run: Path, cfg: RunConfig, allow_change: bool, free: tuple[str, ...] = ()) -> list[str]:
     """Stop when ``cfg`` differs from the run's saved config (beyond :data:`RESUME_FREE` and ``free``), unless
-    allowed."""
+    allowed. Returns every difference beyond :data:`RESUME_FREE`, those in ``free`` too."""
     saved_path = run / "config.yaml"
     if not saved_path.is_file():
-        return
-    changed = saved_config_changes(saved_path, lambda path: load_config(path).to_dict(), cfg.to_dict(),
-                                   (*RESUME_FREE, *free))
+        return []
+    differences = saved_config_changes(saved_path, lambda path: load_config(path).to_dict(), cfg.to_dict(),
+                                       RESUME_FREE)
+    changed = without_keys(differences, free)
     if not changed:
-        return
+        return differences
     if not allow_change:
         raise ConfigError(
             f"{saved_path}: the run was started with another config; differing keys:\n  - " + "\n  - ".join(changed)
             + "\nuse the same config, another `out=`, --no-resume to restart, or --allow-config-change to continue"
         )
     log.warning("continuing %s with a changed config: %s", run, "; ".join(changed))
+    return differences
 
 
 def _fork_source(checkpoint: Path, cfg: RunConfig, allow_change: bool) -> tuple[Path, list[str]]:
@@ -443,10 +443,7 @@ def _fork_source(checkpoint: Path, cfg: RunConfig, allow_change: bool) -> tuple[
         raise DataError(source / "config.yaml", "missing: the forked run's config is needed to check it fits")
     if source.resolve() == Path(cfg.out).resolve():
         raise ConfigError(f"fork_from={checkpoint}: a run cannot fork from itself (it resumes)")
-    check_resumable(source, cfg, allow_change, free=FORK_FREE)
-    changes = saved_config_changes(source / "config.yaml", lambda path: load_config(path).to_dict(), cfg.to_dict(),
-                                   RESUME_FREE)
-    return checkpoint, changes
+    return checkpoint, check_resumable(source, cfg, allow_change, free=FORK_FREE)
 
 
 def _check_fork_step(checkpoint: Path, changes: list[str], sched: "Schedule", allow_change: bool) -> None:
@@ -678,28 +675,31 @@ HEADLINE = "teacher"
 
 
 def _finish(cfg: RunConfig, run: Path, models: dict[str, TimeSformer], names: list[str], facts: dict) -> dict:
-    """Save the final weights, evaluate student and teacher, write ``final/results.json`` (with the run ``facts``)."""
+    """Save the final weights, evaluate student and teacher (one pass over the val clips for both), write
+    ``final/results.json`` (with the run ``facts``)."""
+    from encoder.evaluate import predict_views_many
+
     final = run / "final"
     final.mkdir(exist_ok=True)
     result = dict(facts)
     for which, model in models.items():
         save_file(model.state_dict(), final / f"{which}.safetensors.tmp")
         os.replace(final / f"{which}.safetensors.tmp", final / f"{which}.safetensors")
-        result[which] = _final_eval(cfg, model, names, final / f"val_predictions_{which}.safetensors")
+    device = next(next(iter(models.values())).parameters()).device
+    outputs = predict_views_many(models, build_eval_items(cfg), cfg, batch_size=cfg.optim.micro_batch_size,
+                                 views=cfg.eval_temporal_views, crops=cfg.eval_spatial_crops, device=device,
+                                 num_workers=cfg.data.num_workers)
+    for which, out in outputs.items():
+        result[which] = _final_metrics(out.probs, out.labels, names, final / f"val_predictions_{which}.safetensors")
     result.update(result[HEADLINE], headline=HEADLINE)
     _atomic_json(final / "results.json", result)
     return result
 
 
-def _final_eval(cfg: RunConfig, model: TimeSformer, names: list[str], predictions_file: Path) -> dict:
-    from encoder.evaluate import NonFiniteScores, compute_metrics, predict
+def _final_metrics(probs: torch.Tensor, labels: torch.Tensor, names: list[str], predictions_file: Path) -> dict:
+    """Write one model's val predictions to ``predictions_file``; its headline metrics."""
+    from encoder.evaluate import NonFiniteScores, compute_metrics
 
-    items = build_eval_items(cfg)
-    probs, labels = predict(
-        model, items, cfg, batch_size=cfg.optim.micro_batch_size,
-        views=cfg.eval_temporal_views, crops=cfg.eval_spatial_crops, device=next(model.parameters()).device,
-        num_workers=cfg.data.num_workers,
-    )
     tmp = predictions_file.with_name(predictions_file.name + ".tmp")
     save_file({"probs": probs.float().contiguous(), "labels": labels.contiguous()}, tmp)
     os.replace(tmp, predictions_file)

@@ -19,6 +19,7 @@ from encoder.evaluate import (
     plot_confusion,
     predict,
     predict_views,
+    predict_views_many,
     spread_summary,
 )
 from encoder.export import PreprocessConfig, eval_views
@@ -125,6 +126,39 @@ def test_dropout_passes_spread_only_with_dropout(fake_run):
         assert out.pass_probs.shape == (4, 1, 5)
         assert bool(out.pass_probs.std(0).max() > 1e-4) is spread
         assert not model.training and not model.head.training
+
+
+def test_several_models_share_one_pass_over_the_clips(fake_run, monkeypatch):
+    """A run's student and teacher are evaluated in one pass: each clip is read once, each model gives what it
+    gives alone (probabilities and dropout passes), and the models' modes come back as they were."""
+    import encoder.data.dataset as dataset
+
+    path = fake_run.parent / "data" / "videos" / "clip0.mp4"
+    items = [Sample(str(path), 1), Sample(str(path), 3), Sample(str(path), 0)]
+    pp = PreprocessConfig(num_frames=8, img_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    torch.manual_seed(0)
+    student = create_model("tiny", 5, img_size=32, depth=1, head_dropout=0.5)
+    teacher = create_model("tiny", 5, img_size=32, depth=1, head_dropout=0.5).eval()
+    alone = {}
+    for name, model in (("student", student), ("teacher", teacher)):
+        torch.manual_seed(1)
+        alone[name] = predict_views(model, items, pp, batch_size=2, views=2, passes=3)
+    reads = []
+    real_read = dataset.read_frames
+    monkeypatch.setattr(dataset, "read_frames", lambda *a, **k: reads.append(1) or real_read(*a, **k))
+    torch.manual_seed(1)
+    both = predict_views_many({"student": student, "teacher": teacher}, items, pp, batch_size=2, views=2, passes=3)
+    assert len(reads) == len(items) * 2  # every clip's 2 temporal views, read once for both models
+    for name in ("student", "teacher"):
+        torch.testing.assert_close(both[name].probs, alone[name].probs)
+        assert both[name].labels.tolist() == [1, 3, 0]
+        assert both[name].pass_probs.shape == (3, 3, 5)
+    assert not torch.allclose(both["student"].probs, both["teacher"].probs)
+    assert student.training and not teacher.training
+    with pytest.raises(ValueError, match="number of classes"):
+        predict_views_many({"a": student, "b": create_model("tiny", 4, img_size=32, depth=1)}, items, pp)
+    with pytest.raises(ValueError, match="no model"):
+        predict_views_many({}, items, pp)
 
 
 def test_evaluate_run_writes_reports(fake_run, tmp_path, capsys):

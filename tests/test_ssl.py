@@ -12,8 +12,8 @@ from encoder.ssl import (
     soft_cross_entropy,
     teacher_passes,
     teacher_passes_full,
-    tube_mix,
-    tube_mix_box,
+    tube_box_mask,
+    tube_mix_tokens,
     warmup_factor,
 )
 
@@ -46,14 +46,16 @@ def test_threshold_baseline_masks_low_confidence():
         pseudo_labels(logits, adaptive=True)
 
 
-def test_tube_mix_box_target_and_weight():
+def test_tube_box_mask_target_and_weight():
     g = torch.Generator().manual_seed(0)
-    rows, cols, lam = tube_mix_box(32, 32, 0.75, patch=8, generator=g)  # 4x4 grid, box 2x2 -> keeps 12/16
-    assert lam == pytest.approx(0.75)
-    assert (rows.stop - rows.start, cols.stop - cols.start) == (16, 16)
-    assert rows.start % 8 == 0 and cols.start % 8 == 0
+    mask, lam = tube_box_mask(4, 4, 0.75, generator=g)  # 4x4 grid, box 2x2 -> keeps 12/16
+    assert lam == pytest.approx(0.75) and mask.shape == (4, 4) and mask.sum() == 4
+    rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+    assert rows.tolist() == list(range(rows[0], rows[0] + 2)) and cols.tolist() == list(range(cols[0], cols[0] + 2))
+    assert mask[rows[0] : rows[0] + 2, cols[0] : cols[0] + 2].all()  # one 2x2 box
+    assert tube_box_mask(4, 4, 1.0)[0].sum() == 0 and tube_box_mask(4, 4, 0.0)[0].all()
     clips = torch.stack([torch.zeros(3, 4, 32, 32), torch.ones(3, 4, 32, 32)])  # (B=2, C, K, H, W)
-    mixed = tube_mix(clips, torch.tensor([1, 0]), rows, cols)
+    mixed = tube_mix_tokens(clips, torch.tensor([1, 0]), mask, patch=8)
     assert mixed[0].mean().item() == pytest.approx(1 - lam)  # the box came from the partner, in every frame
     assert (mixed[0][:, 0] == mixed[0][:, 3]).all()
     # mixed target and weight as in the paper: λ p̄_i + (1-λ) p̄_j and η' = λ η_i + (1-λ) η_j
@@ -181,8 +183,6 @@ def test_token_mask_is_scattered_and_sized_by_lambda():
 
 
 def test_token_mix_replaces_the_same_patches_in_every_frame():
-    from encoder.ssl import tube_mix_tokens
-
     clips = torch.stack([torch.zeros(3, 4, 8, 8), torch.ones(3, 4, 8, 8)])  # (B=2, C, K, H, W)
     mask = torch.tensor([[True, False], [False, True]])  # 2x2 grid of 4-pixel patches
     mixed = tube_mix_tokens(clips, torch.tensor([1, 0]), mask, patch=4)
