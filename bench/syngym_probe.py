@@ -4,12 +4,14 @@
     python -m bench.syngym_probe --data outputs/syngym                     # every variant, about 15 min on 2 cores
     python -m bench.syngym_probe --data outputs/syngym --variants conv32   # one of them
     python -m bench.syngym_probe --data outputs/syngym --label-ratio 0.1 --variants cnn embedded  # 10% of the labels
+    python -m bench.syngym_probe --data outputs/syngym --labeled RUN/split/labeled.txt  # an encoder run's labeled clips
 
 A probe for choosing the embedded encoder, not a training recipe: every clip is read once (the 8 segment-centre
 frames that SeFAR samples at evaluation, at ``--size`` px, kept in memory), and each variant trains from scratch
-with all labels (or a class-stratified ``--label-ratio`` of them, drawn with ``--seed``), supervised only, on the
-same batches: AdamW with a one-cycle schedule, gradient clipping at 1, label smoothing 0.1, a random left-right
-flip (SynGym classes are flip-invariant). No frame jitter, no scale jitter, no decoding per step: a variant that
+with all labels (or a class-stratified ``--label-ratio`` of them, drawn with ``--seed``, or the clips of a
+``--labeled`` list such as an encoder run's labeled split), supervised only, on the same batches: AdamW with a
+one-cycle schedule, gradient clipping at 1, label smoothing 0.1, a random left-right flip (SynGym classes are
+flip-invariant). No frame jitter, no scale jitter, no decoding per step: a variant that
 cannot learn here will not learn in ``sefar encoder train`` either, at five to ten times the cost per step.
 
 The TimeSformer variants are :func:`encoder.timesformer.create_model` exactly as the encoder trains it (dual-level
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 
 from bench.syngym_difficulty import NUM_FRAMES, FrameCNN, load_split, model_input, scores, stratified
 from common.errors import DataError
-from common.finegym import read_categories
+from common.finegym import read_categories, read_element_list
 from common.results import Table, provenance, write_result
 from encoder.data.syngym import dataset_identity, direction_pairs
 from encoder.timesformer import PatchEmbed, create_model
@@ -76,6 +78,25 @@ VARIANTS: dict[str, tuple[str, Callable[[int, int], torch.nn.Module]]] = {
     "conv16_stem_linear": ("the conv16 stem alone: its tokens of the 8 frames concatenated in time order, one "
                            "linear classifier (no attention)", StemReadout),
 }
+
+
+def labeled_indices(listed: Path, train_list: Path, labels: torch.Tensor) -> torch.Tensor:
+    """Indices into ``train_list``'s clips of the clips in ``listed`` (a ``path label`` list, e.g. an encoder run's
+    ``split/labeled.txt``), matched by file name; a clip that the train list lacks, or labels otherwise, is refused
+    with its line."""
+    from encoder.data.splits import read_numbered_samples
+
+    where = {clip_id: i for i, (clip_id, _) in enumerate(read_element_list(train_list))}
+    keep = []
+    for line, sample in read_numbered_samples(listed):
+        clip_id = Path(sample.path).stem
+        if clip_id not in where:
+            raise DataError(listed, f"clip {clip_id} is not in {train_list}", line)
+        if int(labels[where[clip_id]]) != sample.label:
+            raise DataError(listed, f"clip {clip_id} has label {sample.label} here but "
+                                    f"{int(labels[where[clip_id]])} in {train_list}", line)
+        keep.append(where[clip_id])
+    return torch.tensor(sorted(keep))
 
 
 def inputs(model: torch.nn.Module, clips: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -127,8 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64, help="frame size (px; the embedded config's 64)")
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps per variant")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--label-ratio", type=float, default=1.0,
-                   help="train on this class-stratified share of the train clips (drawn with --seed); 1 = all")
+    share = p.add_mutually_exclusive_group()
+    share.add_argument("--label-ratio", type=float, default=1.0,
+                       help="train on this class-stratified share of the train clips (drawn with --seed); 1 = all")
+    share.add_argument("--labeled", type=Path, metavar="LIST",
+                       help="train on exactly these clips of the train list instead: a `path label` list such as an "
+                            "encoder run's split/labeled.txt (clips matched by file name)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -150,7 +175,16 @@ def main(argv: list[str] | None = None) -> int:
             *load_split(args.data, "val_element.txt", args.size))
     print(f"loaded {len(data[0])} train + {len(data[2])} val clips in {time.perf_counter() - began:.0f} s")
     labels = "All labels" if args.label_ratio == 1.0 else f"{args.label_ratio:.0%} of the labels"
-    if args.label_ratio < 1.0:
+    if args.labeled is not None:
+        try:
+            keep = labeled_indices(args.labeled, args.data / "train_element.txt", data[1])
+        except DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        data = (data[0][keep], data[1][keep], *data[2:])
+        labels = f"The labeled clips of {args.labeled}"
+        print(f"training on the {len(keep)} labeled clips of {args.labeled}")
+    elif args.label_ratio < 1.0:
         keep = stratified(data[1], args.label_ratio, args.seed)
         data = (data[0][keep], data[1][keep], *data[2:])
         print(f"training on {len(keep)} labeled clips ({args.label_ratio:.0%} of each class)")
@@ -170,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"{args.size} px, {args.threads} threads, seed {args.seed}; {len(data[2])} val clips, {num_classes} "
                    "classes (chance 3.0%). Frames held in memory (segment centres), flips only: see the module notes.")
     title = "Which encoder learns SynGym on a CPU: TimeSformer variants vs the early-fusion CNN"
-    write_result(args.out, title if args.label_ratio == 1.0 else f"{title}, {labels}",
+    write_result(args.out, title if labels == "All labels" else f"{title}, {labels[0].lower()}{labels[1:]}",
                  [table], {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                            "results": results, **identity}, started=started)
     return 0

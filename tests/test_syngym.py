@@ -524,6 +524,40 @@ def test_probe_bench_trains_on_a_stratified_share_of_the_labels(tiny, tmp_path, 
     assert "--label-ratio" in capsys.readouterr().err
 
 
+def test_probe_bench_trains_on_the_clips_of_a_labeled_list(tiny, tmp_path, capsys):
+    """--labeled: exactly an encoder run's labeled clips (``path label`` lines, matched by file name); a clip the
+    train list lacks or labels otherwise is one error line naming the list's line, and nothing is written."""
+    out, _ = tiny
+    probe = _bench("syngym_probe")
+    train = (out / "train_element.txt").read_text().split()
+    chosen = [(train[i], int(train[i + 1])) for i in range(0, 20, 4)]  # 5 clips of the train list
+    listed = tmp_path / "labeled.txt"
+    listed.write_text("".join(f"{out / 'videos' / clip}.mp4 {label}\n" for clip, label in chosen))
+    report = tmp_path / "probe.json"
+    assert probe.main(["--data", str(out), "--variants", "cnn", "--steps", "1", "--batch", "2", "--threads", "1",
+                       "--labeled", str(listed), "--out", str(report)]) == 0
+    assert f"training on the 5 labeled clips of {listed}" in capsys.readouterr().out
+    written = json.loads(report.read_text())
+    assert written["title"].endswith(f", the labeled clips of {listed}")
+    import torch
+
+    labels = torch.tensor([int(train[i + 1]) for i in range(0, len(train), 2)])
+    keep = probe.labeled_indices(listed, out / "train_element.txt", labels)
+    assert keep.tolist() == [0, 2, 4, 6, 8] and labels[keep].tolist() == [label for _, label in chosen]
+    for bad, reason in ((f"{out / 'videos' / chosen[0][0]}.mp4 {(chosen[0][1] + 1) % 33}", "has label"),
+                        ("videos/not_a_clip.mp4 0", "clip not_a_clip is not in")):
+        listed.write_text(f"{out / 'videos' / chosen[1][0]}.mp4 {chosen[1][1]}\n{bad}\n")
+        report.unlink(missing_ok=True)
+        assert probe.main(["--data", str(out), "--variants", "cnn", "--steps", "1", "--labeled", str(listed),
+                           "--out", str(report)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {listed}:2: ") and reason in err and "\n" not in err
+        assert not report.exists()
+    with pytest.raises(SystemExit) as exit_info:  # one way to choose the labeled clips
+        probe.main(["--data", str(out), "--labeled", str(listed), "--label-ratio", "0.5", "--out", str(report)])
+    assert exit_info.value.code == 2
+
+
 def test_benches_refuse_a_folder_of_another_syngym_version(tiny, tmp_path, capsys):
     """Numbers measured on clips of another generator version must not be published as this version's."""
     from common.errors import DataError
