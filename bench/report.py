@@ -32,7 +32,7 @@ HISTORY = "history.json"
 ORDER = [
     "quickstart", "quickstart_adapters", "syngym_tables_element", "syngym_tables_mixspace", "syngym_tables_labels20",
     "syngym_tables_set",
-    "syngym_tables_ceiling", "syngym_difficulty", "syngym_probe", "syngym_probe_labels10",
+    "syngym_tables_ceiling", "syngym_difficulty", "syngym_probe", "syngym_probe_labels10", "syngym_probe_encoder_split",
     "bridge_compare",
     "decode", "train_step", "mix_space", "gpu", "gymqa", "bridge_speed", "bridge_eval", "bridge_scale", "demo_load", "fuzz",
 ]
