@@ -11,8 +11,8 @@ frames that SeFAR samples at evaluation, at ``--size`` px, kept in memory), and 
 with all labels (or a class-stratified ``--label-ratio`` of them, drawn with ``--seed``, or the clips of a
 ``--labeled`` list such as an encoder run's labeled split), supervised only, on the same batches: AdamW with a
 one-cycle schedule, gradient clipping at 1, label smoothing 0.1, a random left-right flip (SynGym classes are
-flip-invariant). No frame jitter, no scale jitter, no decoding per step: a variant that
-cannot learn here will not learn in ``sefar encoder train`` either, at five to ten times the cost per step.
+flip-invariant). No frame jitter, no scale jitter, no decoding per step: a variant that cannot learn here will not
+learn in ``sefar encoder train`` either, at five to ten times the cost per step.
 
 The TimeSformer variants are :func:`encoder.timesformer.create_model` exactly as the encoder trains it (dual-level
 elements ``{2-2-4}``, fusion head), changed only where the variant says (stem, patch size, depth, combo). The
@@ -80,22 +80,24 @@ VARIANTS: dict[str, tuple[str, Callable[[int, int], torch.nn.Module]]] = {
 }
 
 
-def labeled_indices(listed: Path, train_list: Path, labels: torch.Tensor) -> torch.Tensor:
+def labeled_indices(listed: Path, train_list: Path) -> torch.Tensor:
     """Indices into ``train_list``'s clips of the clips in ``listed`` (a ``path label`` list, e.g. an encoder run's
     ``split/labeled.txt``), matched by file name; a clip that the train list lacks, or labels otherwise, is refused
     with its line."""
     from encoder.data.splits import read_numbered_samples
 
-    where = {clip_id: i for i, (clip_id, _) in enumerate(read_element_list(train_list))}
+    if not listed.is_file():
+        raise DataError(listed, "missing: a `path label` list of labeled clips")
+    where = {clip_id: (i, label) for i, (clip_id, label) in enumerate(read_element_list(train_list))}
     keep = []
     for line, sample in read_numbered_samples(listed):
         clip_id = Path(sample.path).stem
         if clip_id not in where:
             raise DataError(listed, f"clip {clip_id} is not in {train_list}", line)
-        if int(labels[where[clip_id]]) != sample.label:
-            raise DataError(listed, f"clip {clip_id} has label {sample.label} here but "
-                                    f"{int(labels[where[clip_id]])} in {train_list}", line)
-        keep.append(where[clip_id])
+        index, label = where[clip_id]
+        if label != sample.label:
+            raise DataError(listed, f"clip {clip_id} has label {sample.label} here but {label} in {train_list}", line)
+        keep.append(index)
     return torch.tensor(sorted(keep))
 
 
@@ -162,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 0.0 < args.label_ratio <= 1.0:
         p.error(f"--label-ratio {args.label_ratio}: use a share in (0, 1]")
-    try:
+    try:  # before any clip is read
         identity = dataset_identity(args.data)
+        chosen = None if args.labeled is None else labeled_indices(args.labeled, args.data / "train_element.txt")
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -175,15 +178,10 @@ def main(argv: list[str] | None = None) -> int:
             *load_split(args.data, "val_element.txt", args.size))
     print(f"loaded {len(data[0])} train + {len(data[2])} val clips in {time.perf_counter() - began:.0f} s")
     labels = "All labels" if args.label_ratio == 1.0 else f"{args.label_ratio:.0%} of the labels"
-    if args.labeled is not None:
-        try:
-            keep = labeled_indices(args.labeled, args.data / "train_element.txt", data[1])
-        except DataError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        data = (data[0][keep], data[1][keep], *data[2:])
+    if chosen is not None:
+        data = (data[0][chosen], data[1][chosen], *data[2:])
         labels = f"The labeled clips of {args.labeled}"
-        print(f"training on the {len(keep)} labeled clips of {args.labeled}")
+        print(f"training on the {len(chosen)} labeled clips of {args.labeled}")
     elif args.label_ratio < 1.0:
         keep = stratified(data[1], args.label_ratio, args.seed)
         data = (data[0][keep], data[1][keep], *data[2:])

@@ -539,13 +539,12 @@ def test_probe_bench_trains_on_the_clips_of_a_labeled_list(tiny, tmp_path, capsy
     assert f"training on the 5 labeled clips of {listed}" in capsys.readouterr().out
     written = json.loads(report.read_text())
     assert written["title"].endswith(f", the labeled clips of {listed}")
-    import torch
-
-    labels = torch.tensor([int(train[i + 1]) for i in range(0, len(train), 2)])
-    keep = probe.labeled_indices(listed, out / "train_element.txt", labels)
-    assert keep.tolist() == [0, 2, 4, 6, 8] and labels[keep].tolist() == [label for _, label in chosen]
+    labels = [int(train[i + 1]) for i in range(0, len(train), 2)]
+    keep = probe.labeled_indices(listed, out / "train_element.txt").tolist()
+    assert keep == [0, 2, 4, 6, 8] and [labels[i] for i in keep] == [label for _, label in chosen]
     for bad, reason in ((f"{out / 'videos' / chosen[0][0]}.mp4 {(chosen[0][1] + 1) % 33}", "has label"),
-                        ("videos/not_a_clip.mp4 0", "clip not_a_clip is not in")):
+                        ("videos/not_a_clip.mp4 0", "clip not_a_clip is not in"),
+                        (f"{out / 'videos' / chosen[1][0]}.mp4 {chosen[1][1]}", "duplicate of line 1")):
         listed.write_text(f"{out / 'videos' / chosen[1][0]}.mp4 {chosen[1][1]}\n{bad}\n")
         report.unlink(missing_ok=True)
         assert probe.main(["--data", str(out), "--variants", "cnn", "--steps", "1", "--labeled", str(listed),
@@ -553,6 +552,8 @@ def test_probe_bench_trains_on_the_clips_of_a_labeled_list(tiny, tmp_path, capsy
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: {listed}:2: ") and reason in err and "\n" not in err
         assert not report.exists()
+    assert probe.main(["--data", str(out), "--labeled", str(tmp_path / "missing.txt"), "--out", str(report)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'missing.txt'}")
     with pytest.raises(SystemExit) as exit_info:  # one way to choose the labeled clips
         probe.main(["--data", str(out), "--labeled", str(listed), "--label-ratio", "0.5", "--out", str(report)])
     assert exit_info.value.code == 2
