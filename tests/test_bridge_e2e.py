@@ -37,7 +37,7 @@ def test_short_run_on_tiny_syngym_is_clearly_above_chance(tmp_path):
         f"data.test_questions={tmp_path / 'gymqa' / 'test.jsonl'}", f"data.train_list={data / 'train_element.txt'}",
         f"data.test_list={data / 'val_element.txt'}", f"data.videos={data / 'videos'}", "data.types=[event]",
         f"data.direction_pairs={data / 'manifest.json'}",
-        "train.steps=30", "train.save_every=30", "eval.max_questions=null",
+        "train.steps=20", "train.save_every=20", "eval.max_questions=null",  # 20 and 30 steps: 24 of 33 right
     ])
     trained = train(cfg)
     first, last = trained["losses"][:5], trained["losses"][-5:]
