@@ -177,15 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     data = (*load_split(args.data, "train_element.txt", args.size),
             *load_split(args.data, "val_element.txt", args.size))
     print(f"loaded {len(data[0])} train + {len(data[2])} val clips in {time.perf_counter() - began:.0f} s")
-    labels = "All labels" if args.label_ratio == 1.0 else f"{args.label_ratio:.0%} of the labels"
+    share = None  # which labeled clips, when not all of them
     if chosen is not None:
         data = (data[0][chosen], data[1][chosen], *data[2:])
-        labels = f"The labeled clips of {args.labeled}"
+        share = f"the labeled clips of {args.labeled}"
         print(f"training on the {len(chosen)} labeled clips of {args.labeled}")
     elif args.label_ratio < 1.0:
         keep = stratified(data[1], args.label_ratio, args.seed)
         data = (data[0][keep], data[1][keep], *data[2:])
+        share = f"{args.label_ratio:.0%} of the labels"
         print(f"training on {len(keep)} labeled clips ({args.label_ratio:.0%} of each class)")
+    labels = "All labels" if share is None else share[0].upper() + share[1:]
 
     results = {}
     for name in args.variants:
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"{args.size} px, {args.threads} threads, seed {args.seed}; {len(data[2])} val clips, {num_classes} "
                    "classes (chance 3.0%). Frames held in memory (segment centres), flips only: see the module notes.")
     title = "Which encoder learns SynGym on a CPU: TimeSformer variants vs the early-fusion CNN"
-    write_result(args.out, title if labels == "All labels" else f"{title}, {labels[0].lower()}{labels[1:]}",
+    write_result(args.out, title if share is None else f"{title}, {share}",
                  [table], {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                            "results": results, **identity}, started=started)
     return 0

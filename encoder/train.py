@@ -578,12 +578,14 @@ def train(cfg: RunConfig, resume: bool = True, allow_config_change: bool = False
         meta = load_checkpoint(checkpoint, model, teacher, opt)
         step, consumed, earlier_seconds = meta["step"], meta["consumed"], meta.get("train_seconds", 0.0)
         accelerator.print(f"{'forked' if forked else 'resumed'} from {checkpoint} at step {step}")
-    if accelerator.is_main_process and (checkpoint is None or forked):  # a new run: no record of an earlier one
-        (run / "forked_from.json").unlink(missing_ok=True)
-        if forked:
+    if accelerator.is_main_process:  # the only process that writes the log
+        if checkpoint is None or forked:  # a new run: no record of an earlier one
+            (run / "forked_from.json").unlink(missing_ok=True)
+        if forked:  # the log starts with the source's records up to the fork, already cut there
             _copy_metrics(checkpoint.parent.parent / "metrics.jsonl", run / "metrics.jsonl", step)
             _atomic_json(run / "forked_from.json", {"checkpoint": str(checkpoint), "step": step})
-    _truncate_metrics(run / "metrics.jsonl", step)  # at step 0 too: a run killed before its first checkpoint
+        else:  # at step 0 too: a run killed before its first checkpoint
+            _truncate_metrics(run / "metrics.jsonl", step)
     model = accelerator.prepare(model)
     teacher.to(accelerator.device)
     lab_sampler.start_batch = consumed["labeled"]
