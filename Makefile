@@ -27,8 +27,11 @@ $(STAMP): pyproject.toml Makefile
 quickstart: $(STAMP)
 	$(BIN)/sefar quickstart --out $(OUT)
 
+# One pytest-xdist worker per core (at most 4: a worker holding the embedded LLM takes about 2 GB); each test runs
+# single-threaded (tests/conftest.py). A file's tests stay on one worker, so its fixtures are built once, and the
+# files holding a slow test are handed out first (conftest orders them), so no long file runs alone at the end.
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 chromium:
 	@test -x $(CHROMIUM) || { echo "installing chromium (apt-get) for the browser tests"; \

@@ -185,6 +185,7 @@ def _without_gguf_dtype_advice() -> Iterator[None]:
 
 UNPACKED_MARK = "sefar-unpacked.json"
 UNPACK_LIMIT = 2 << 30  # bytes: larger GGUF files are read as GGUF each time (see unpacked_gguf)
+LOCK_NAME = ".unpack.lock"  # in the cache folder: one unpack at a time (see _unpack_lock)
 
 
 def llm_cache_dir() -> Path | None:
@@ -255,6 +256,39 @@ def unpacked_gguf(file: Path) -> Path | None:
 
     try:  # before anything is read: where the cache cannot be written, load_llm reads (and checks) the GGUF once
         root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        cannot_keep(err)
+        return None
+    with _unpack_lock(root):
+        if (target / UNPACKED_MARK).is_file():  # another process unpacked it while this one waited
+            check_source(target, None)
+            return target
+        return _unpack(file, root, target, cannot_keep)
+
+
+@contextmanager
+def _unpack_lock(root: Path) -> Iterator[None]:
+    """Held while a process unpacks into ``root``: processes started together (``accelerate launch``, test workers)
+    wait for the first one's folder instead of each reading the GGUF file again. Without ``fcntl`` (not POSIX), or
+    where the lock file cannot be opened, there is no waiting: each unpacks into its own temporary folder and the
+    first rename wins, as before."""
+    try:
+        import fcntl
+
+        handle = open(root / LOCK_NAME, "a")  # noqa: SIM115 - closed below, after the lock is released
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def _unpack(file: Path, root: Path, target: Path, cannot_keep) -> Path | None:
+    """Read ``file`` with transformers and write the folder ``target`` (whole, by a rename)."""
+    try:
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
     except OSError as err:
         cannot_keep(err)

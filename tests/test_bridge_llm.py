@@ -8,7 +8,7 @@ import pytest
 import torch
 from bridge_fixtures import tiny_llama
 
-from bridge.llm import VIDEO_PLACEHOLDER, LLMConfig, PromptTemplate, embedded_smollm2_path, load_llm
+from bridge.llm import LOCK_NAME, VIDEO_PLACEHOLDER, LLMConfig, PromptTemplate, embedded_smollm2_path, load_llm
 from common.errors import ConfigError, DataError
 
 
@@ -176,7 +176,7 @@ def test_a_gguf_is_unpacked_once_then_read_from_its_folder(tmp_path, llama_dir, 
     gguf = _llama_gguf(tmp_path / "m.gguf")
     first = load_llm(LLMConfig(path=str(gguf)))
     assert fake_gguf_reads == ["m.gguf"]
-    folders = [p for p in cache.iterdir()]
+    folders = [p for p in cache.iterdir() if p.name != LOCK_NAME]
     assert len(folders) == 1 and folders[0].name.startswith("m-") and (folders[0] / UNPACKED_MARK).is_file()
     assert {p.name for p in folders[0].iterdir()} >= {"config.json", "model.safetensors", "tokenizer_config.json"}
     second = load_llm(LLMConfig(path=str(gguf)))
@@ -185,8 +185,37 @@ def test_a_gguf_is_unpacked_once_then_read_from_its_folder(tmp_path, llama_dir, 
     for k, v in first.model.state_dict().items():
         assert torch.equal(v, second.model.state_dict()[k]), k
     _llama_gguf(gguf, note="b")  # another file under the same name: unpacked again, beside the first
-    assert unpacked_gguf(gguf) != folders[0] and len(list(cache.iterdir())) == 2
+    assert unpacked_gguf(gguf) != folders[0] and len([p for p in cache.iterdir() if p.name != LOCK_NAME]) == 2
     assert fake_gguf_reads == ["m.gguf", "m.gguf"]
+
+
+def test_loads_started_together_unpack_once(tmp_path, llama_dir, monkeypatch, fake_gguf_reads):
+    """Two loads at once (two processes of one launch, test workers): the second waits for the first one's folder
+    instead of reading the GGUF file too. flock excludes separate opens of the lock file, threads included."""
+    import threading
+    import time
+
+    from bridge.llm import unpacked_gguf
+
+    monkeypatch.setenv("SEFAR_LLM_CACHE", str(tmp_path / "cache"))
+    gguf = _llama_gguf(tmp_path / "m.gguf")
+    from transformers import AutoModelForCausalLM
+
+    read = AutoModelForCausalLM.from_pretrained
+
+    def slow_read(*args, **kw):  # a read long enough for the other thread to arrive while it runs
+        time.sleep(0.5)
+        return read(*args, **kw)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", slow_read)
+    found = [None, None]
+    threads = [threading.Thread(target=lambda i=i: found.__setitem__(i, unpacked_gguf(gguf))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fake_gguf_reads == ["m.gguf"] and found[0] == found[1] and found[0].is_dir()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [LOCK_NAME, found[0].name]
 
 
 def test_the_unpacked_cache_can_be_off_unwritable_or_damaged(tmp_path, monkeypatch, fake_gguf_reads, caplog):
