@@ -14,8 +14,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # GGUF files unpacked once per test session into a folder of its own (bridge.llm.unpacked_gguf), never the user's
 # cache: the first load of the embedded SmolLM2 unpacks it, later ones (and spawned processes) read the folder.
-# Under pytest-xdist (`make test` runs two workers) the workers share the controller's folder: the first to need the
-# model unpacks it (the rename into place is atomic), and only the controller removes the folder at the end.
+# Under pytest-xdist (`make test` runs a worker per core) the workers share the controller's folder: the first to need
+# the model unpacks it while the others wait (bridge.llm's unpack lock), and only the controller removes the folder.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 _LLM_CACHE = os.environ.get("SEFAR_TEST_LLM_CACHE") if _WORKER else None
 if not _LLM_CACHE:
@@ -34,6 +34,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     files in this order, so no long file is left to run alone at the end."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)
+
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
