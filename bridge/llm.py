@@ -270,20 +270,21 @@ def unpacked_gguf(file: Path) -> Path | None:
 def _unpack_lock(root: Path) -> Iterator[None]:
     """Held while a process unpacks into ``root``: processes started together (``accelerate launch``, test workers)
     wait for the first one's folder instead of each reading the GGUF file again. Without ``fcntl`` (not POSIX), or
-    where the lock file cannot be opened, there is no waiting: each unpacks into its own temporary folder and the
-    first rename wins, as before."""
+    where the lock file cannot be opened or locked, there is no waiting: each unpacks into its own temporary folder
+    and the first rename wins, as before."""
     try:
         import fcntl
 
-        handle = open(root / LOCK_NAME, "a")  # noqa: SIM115 - closed below, after the lock is released
+        handle = open(root / LOCK_NAME, "a")  # noqa: SIM115 - closed by the with below, which releases the lock
     except (ImportError, OSError):
         yield
         return
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): no waiting
+            pass
         yield
-    finally:
-        handle.close()  # releases the lock
 
 
 def _unpack(file: Path, root: Path, target: Path, cannot_keep) -> Path | None:

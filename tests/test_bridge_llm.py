@@ -218,6 +218,20 @@ def test_loads_started_together_unpack_once(tmp_path, llama_dir, monkeypatch, fa
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [LOCK_NAME, found[0].name]
 
 
+def test_a_cache_on_a_file_system_without_locks_still_unpacks(tmp_path, llama_dir, monkeypatch, fake_gguf_reads):
+    import fcntl
+
+    from bridge.llm import UNPACKED_MARK, unpacked_gguf
+
+    def no_locks(*args):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setenv("SEFAR_LLM_CACHE", str(tmp_path / "cache"))
+    folder = unpacked_gguf(_llama_gguf(tmp_path / "m.gguf"))
+    assert (folder / UNPACKED_MARK).is_file() and fake_gguf_reads == ["m.gguf"]
+
+
 def test_the_unpacked_cache_can_be_off_unwritable_or_damaged(tmp_path, monkeypatch, fake_gguf_reads, caplog):
     import logging
 
