@@ -246,8 +246,7 @@ def unpacked_gguf(file: Path) -> Path | None:
         _logger.info("%s is over %d GiB: read as GGUF, not unpacked", file.name, UNPACK_LIMIT >> 30)
         return None
     target = root / _unpacked_name(file)
-    if (target / UNPACKED_MARK).is_file():
-        check_source(target, None)
+    if _complete(target):
         return target
 
     def cannot_keep(err: Exception) -> None:
@@ -260,10 +259,17 @@ def unpacked_gguf(file: Path) -> Path | None:
         cannot_keep(err)
         return None
     with _unpack_lock(root):
-        if (target / UNPACKED_MARK).is_file():  # another process unpacked it while this one waited
-            check_source(target, None)
+        if _complete(target):  # another process unpacked it while this one waited
             return target
         return _unpack(file, root, target, cannot_keep)
+
+
+def _complete(target: Path) -> bool:
+    """Whether ``target`` is a whole unpacked folder (then checked like any LLM folder)."""
+    if not (target / UNPACKED_MARK).is_file():
+        return False
+    check_source(target, None)
+    return True
 
 
 @contextmanager

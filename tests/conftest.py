@@ -66,7 +66,7 @@ def pytest_testnodedown(node, error) -> None:
     """The controller adds up the fuzz counts of its workers (tests of one target may run on several)."""
     merged = node.config.stash.setdefault(FUZZ_COUNTS, {})
     for target, c in getattr(node, "workeroutput", {}).get("fuzz_counts", {}).items():
-        into = merged.setdefault(target, dict.fromkeys(c, 0))
+        into = merged.setdefault(target, {})
         for key, value in c.items():
             into[key] = into.get(key, 0) + value
 
