@@ -24,7 +24,7 @@ def _samples(tmp_path, n=3):
     return out
 
 
-@pytest.mark.parametrize("train, jitter", [(True, 1.0), (True, 0.5), (False, 1.0)])
+@pytest.mark.parametrize("train, jitter", [(True, 1.0), (True, 0.5), (True, 0.0), (False, 1.0)])
 def test_cached_items_equal_disk_items(tmp_path, train, jitter):
     samples = _samples(tmp_path)
     kw = dict(train=train, seed=3, short_side=40, jitter=jitter, temporal_views=1 if train else 2)
@@ -36,8 +36,37 @@ def test_cached_items_equal_disk_items(tmp_path, train, jitter):
         assert a.keys() == b.keys()
         for name in a:
             assert torch.equal(torch.as_tensor(a[name]), torch.as_tensor(b[name])), (key, name)
-    assert len(cached._cache) == len(samples)
+    fixed = not train or jitter == 0  # then only the sampled frames are kept, per clip and temporal view
+    assert len(cached._cache) == len(samples) * (1 if train else 2)
+    held = sum((c[1] if fixed else c).numel() for c in cached._cache.values())
+    assert cached._cache_bytes == held
+    assert held == (len(cached._cache) * 8 * 3 * 40 * 53 if fixed else sum(
+        n * 3 * 40 * 53 for n in (37, 33, 47)))  # clip 1 trimmed to 0.2-3.5 s: 33 of its 42 frames
     assert cached[keys[0]]["video"].shape == (8, 3, 40, 53)
+
+
+def test_fixed_sampling_reads_only_the_sampled_frames(tmp_path, monkeypatch):
+    """Centre frames in training (jitter 0) and evaluation: the K frames are read from disk once, and kept."""
+    import encoder.data.dataset as dataset
+
+    asked = []
+    real = dataset.read_frames
+
+    def spy(path, indices, **kw):
+        frames = real(path, indices, **kw)
+        asked.append(len(frames))
+        return frames
+
+    monkeypatch.setattr(dataset, "read_frames", spy)
+    samples = _samples(tmp_path, n=2)
+    ds = ClipDataset(samples, 8, _keep, train=True, jitter=0.0, cache_mb=64)
+    for epoch in range(3):
+        for i in range(2):
+            ds[(i, epoch)]
+    assert asked == [8, 8]  # one read of 8 frames per clip, none after
+    whole = ClipDataset(samples, 8, _keep, train=True, jitter=1.0, cache_mb=64)
+    whole[(0, 0)]
+    assert asked[-1] == 37  # random frames: the whole clip is kept
 
 
 def test_a_cached_clip_is_not_read_again(tmp_path):
