@@ -134,3 +134,18 @@ def test_loader_workers_give_the_batches_of_a_dataset_without_cache(tmp_path):
 def test_bad_limits_are_refused(tmp_path, bad):
     with pytest.raises(ValueError, match="cache_mb"):
         ClipDataset(_samples(tmp_path, n=1), 8, _keep, train=True, cache_mb=bad)
+
+
+@pytest.mark.parametrize("jitter", [0.0, 1.0])
+def test_a_transform_writing_into_its_frames_does_not_change_the_cache(tmp_path, jitter):
+    def scribble(frames, generator):
+        out = {"video": frames.clone()}
+        frames.zero_()  # a transform that works in place
+        return out
+
+    samples = _samples(tmp_path, n=1)
+    cached = ClipDataset(samples, 8, scribble, train=True, jitter=jitter, cache_mb=64)
+    disk = ClipDataset(samples, 8, scribble, train=True, jitter=jitter)
+    for epoch in range(3):  # the later ones from the cache
+        video = cached[(0, epoch)]["video"]
+        assert video.any() and torch.equal(video, disk[(0, epoch)]["video"])

@@ -154,13 +154,14 @@ class ClipDataset(Dataset):
             return clip[torch.from_numpy(indices(len(clip)))]
         return _chw(read_frames(item.path, indices, start=item.start, end=item.end, short_side=self.short_side))
 
-
-    def _read_fixed(self, clip_index: int, item: Sample, view: int, indices: Callable[[int], np.ndarray]) -> torch.Tensor:
-        """:meth:`_read` where the sampled frames never change: the K frames themselves are read and cached."""
+    def _read_fixed(self, clip_index: int, item: Sample, view: int,
+                    indices: Callable[[int], np.ndarray]) -> torch.Tensor:
+        """:meth:`_read` where the sampled frames never change: the K frames themselves are read and cached (a
+        copy is returned, so a transform that writes into its input cannot change the cache)."""
         if (hit := self._cache.get((clip_index, view))) is not None:
             count, frames = hit
             indices(count)  # the item's rng advances as on a read from disk
-            return frames
+            return frames.clone()
         counted = []
 
         def sampled(count: int) -> np.ndarray:
@@ -170,7 +171,7 @@ class ClipDataset(Dataset):
         frames = _chw(read_frames(item.path, sampled, start=item.start, end=item.end, short_side=self.short_side))
         if not self._cache_full:
             if self._cache_bytes + frames.numel() <= self._cache_limit:
-                self._cache[(clip_index, view)] = (counted[0], frames)
+                self._cache[(clip_index, view)] = (counted[0], frames.clone())
                 self._cache_bytes += frames.numel()
             else:
                 self._cache_full = True
