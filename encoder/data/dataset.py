@@ -146,11 +146,7 @@ class ClipDataset(Dataset):
             return clip[torch.from_numpy(indices(len(clip)))]
         if not self._cache_full:  # decode the whole clip once; later reads index it
             clip = _chw(read_frames(item.path, None, start=item.start, end=item.end, short_side=self.short_side))
-            if self._cache_bytes + clip.numel() <= self._cache_limit:
-                self._cache[clip_index] = clip
-                self._cache_bytes += clip.numel()
-            else:
-                self._cache_full = True
+            self._store(clip_index, clip, clip.numel())
             return clip[torch.from_numpy(indices(len(clip)))]
         return _chw(read_frames(item.path, indices, start=item.start, end=item.end, short_side=self.short_side))
 
@@ -169,13 +165,19 @@ class ClipDataset(Dataset):
             return indices(count)
 
         frames = _chw(read_frames(item.path, sampled, start=item.start, end=item.end, short_side=self.short_side))
-        if not self._cache_full:
-            if self._cache_bytes + frames.numel() <= self._cache_limit:
-                self._cache[(clip_index, view)] = (counted[0], frames.clone())
-                self._cache_bytes += frames.numel()
-            else:
-                self._cache_full = True
-        return frames
+        return frames.clone() if self._store((clip_index, view), (counted[0], frames), frames.numel()) else frames
+
+    def _store(self, key, value, size: int) -> bool:
+        """Cache ``value`` (``size`` bytes) under ``key`` if it fits; the first value that does not fit ends the
+        caching. Returns whether it was kept."""
+        if self._cache_full:
+            return False
+        if self._cache_bytes + size > self._cache_limit:
+            self._cache_full = True
+            return False
+        self._cache[key] = value
+        self._cache_bytes += size
+        return True
 
 
 def _chw(frames: np.ndarray) -> torch.Tensor:
