@@ -34,7 +34,7 @@ ORDER = [
     "syngym_tables_set",
     "syngym_tables_ceiling", "syngym_difficulty", "syngym_probe", "syngym_probe_labels10", "syngym_probe_encoder_split",
     "bridge_compare",
-    "decode", "train_step", "mix_space", "gpu", "gymqa", "bridge_speed", "bridge_eval", "bridge_scale", "demo_load", "fuzz",
+    "decode", "clip_cache", "train_step", "mix_space", "gpu", "gymqa", "bridge_speed", "bridge_eval", "bridge_scale", "demo_load", "fuzz",
 ]
 
 HEADER = """# Results
