@@ -53,7 +53,7 @@ class ClipDataset(Dataset):
             disk gives, so the cache changes speed only; clips beyond the limit are read from disk every time.
             Where the sampled frames of a clip never change (evaluation, or training with ``jitter=0``), only
             those K frames are read and kept (per temporal view), not the whole clip: SynGym's 1,782 train clips
-            then take 167 MiB instead of 834 MiB, and a batch of cached items is read faster (bench/clip_cache.py).
+            then take 167 MiB instead of 834 MiB, and their first reads decode less (bench/clip_cache.py).
     """
 
     def __init__(
