@@ -377,3 +377,42 @@ def test_a_damaged_gguf_header_is_one_error_naming_the_file(tmp_path):
         cut.write_bytes(good[:end])
         with pytest.raises(DataError, match="not a readable GGUF file"):
             _gguf_architecture(cut)
+
+
+def test_gguf_is_parsed_once_within_the_block_and_restored_after(tmp_path):
+    import gguf
+
+    from bridge.llm import _gguf_parsed_once
+
+    plain_reader, plain_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    file = _llama_gguf(tmp_path / "m.gguf")
+    arch = gguf.MODEL_ARCH.LLAMA
+    with pytest.raises(RuntimeError, match="inside"), _gguf_parsed_once():
+        reader = gguf.GGUFReader(file)
+        assert gguf.GGUFReader(str(file)) is reader  # one parse per file, however it is named
+        assert reader.fields["general.name"].contents() == "a"
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+        assert gguf.get_tensor_name_map(arch, 3) is not gguf.get_tensor_name_map(arch, 2)
+        raise RuntimeError("inside")  # an error inside still restores the module
+    assert gguf.GGUFReader is plain_reader and gguf.get_tensor_name_map is plain_map
+    assert gguf.GGUFReader(file) is not gguf.GGUFReader(file)
+
+
+def test_unpacking_parses_the_gguf_once(tmp_path, monkeypatch, fake_gguf_reads):
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    from bridge.llm import unpacked_gguf
+
+    plain, seen = gguf.GGUFReader, []
+    fake = AutoModelForCausalLM.from_pretrained  # the fixture's: reads the tiny LLaMA folder
+
+    def model(folder, gguf_file=None, **kw):
+        if gguf_file:  # what transformers' GGUF loader would get for the file the tokenizer read
+            seen.append(gguf.GGUFReader(Path(folder) / gguf_file) is gguf.GGUFReader(Path(folder) / gguf_file))
+        return fake(folder, gguf_file=gguf_file, **kw)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", model)
+    monkeypatch.setenv("SEFAR_LLM_CACHE", str(tmp_path / "cache"))
+    assert unpacked_gguf(_llama_gguf(tmp_path / "m.gguf")) is not None
+    assert seen == [True] and fake_gguf_reads == ["m.gguf"] and gguf.GGUFReader is plain
