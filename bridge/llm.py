@@ -268,12 +268,13 @@ def unpacked_gguf(file: Path) -> Path | None:
 
     Reading a GGUF costs about 38 s on 2 AVX2 cores for SmolLM2-135M (transformers' ``gguf`` reader parses the
     49k-token vocabulary three times: tokenizer, config, weights; our architecture check reads the header alone);
-    unpacking parses it once (:func:`_gguf_parsed_once`: 19 s), and later loads read the folder in about 1 s. The folder is named by
-    the file's SHA-256 (and the library versions); it is written to a temporary folder and renamed into place whole,
-    so an interrupted or concurrent unpack never leaves a half folder. Files over ``UNPACK_LIMIT`` are not unpacked
-    (a 7B model's float32 copy would take 28 GB of memory and disk): they are read as GGUF each time. A cache that
-    cannot be written (read-only, full) is logged and skipped: the load reads the GGUF file as before. A damaged
-    cached folder is one :class:`DataError` naming its file (delete the folder to unpack again)."""
+    unpacking parses it once (:func:`_gguf_parsed_once`: 19 s), and later loads read the folder in about 1 s.
+    The folder is named by the file's SHA-256 (and the library versions); it is written to a temporary folder and
+    renamed into place whole, so an interrupted or concurrent unpack never leaves a half folder. Files over
+    ``UNPACK_LIMIT`` are not unpacked (a 7B model's float32 copy would take 28 GB of memory and disk): they are read
+    as GGUF each time. A cache that cannot be written (read-only, full) is logged and skipped: the load reads the
+    GGUF file as before. A damaged cached folder is one :class:`DataError` naming its file (delete the folder to
+    unpack again)."""
     root = llm_cache_dir()
     if root is None:
         return None
